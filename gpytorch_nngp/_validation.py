@@ -1,0 +1,48 @@
+"""Input checks shared by the kernels: every failure names the argument and the fix."""
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+
+def check_depth(depth) -> int:
+    if isinstance(depth, bool) or not isinstance(depth, numbers.Integral):
+        raise TypeError(f"depth must be a non-negative int (number of hidden layers), got {depth!r}")
+    if depth < 0:
+        raise ValueError(f"depth must be >= 0 (number of hidden layers), got {depth}")
+    return int(depth)
+
+
+def check_positive_variance(name: str, value) -> torch.Tensor:
+    """Turn a float or tensor into a tensor, insisting on finite, strictly positive entries."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.Tensor)):
+        raise TypeError(f"{name} must be a positive float or tensor (a variance, sigma^2), got {type(value).__name__}")
+    # Python numbers go through float64 so that a float64 kernel gets the exact value asked for.
+    tensor = value if isinstance(value, torch.Tensor) else torch.tensor(float(value), dtype=torch.float64)
+    if not torch.is_floating_point(tensor):
+        tensor = tensor.to(torch.get_default_dtype())
+    if not torch.isfinite(tensor).all() or (tensor <= 0).any():
+        raise ValueError(
+            f"{name} must be finite and > 0 (it is a variance sigma^2, not a standard deviation), got {value!r}; "
+            "for a network without biases use a tiny bias_var such as 1e-12"
+        )
+    return tensor
+
+
+def check_inputs(x1: torch.Tensor, x2: torch.Tensor) -> None:
+    for name, x in (("x1", x1), ("x2", x2)):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor of shape (..., n, d), got {type(x).__name__}")
+        if x.dim() < 2:
+            raise ValueError(f"{name} must have shape (..., n, d) with at least 2 dimensions, got shape {tuple(x.shape)}")
+        if not torch.is_floating_point(x):
+            raise TypeError(f"{name} must be a floating point tensor, got dtype {x.dtype}; convert with .double() or .float()")
+        if x.shape[-1] == 0 or x.shape[-2] == 0:
+            raise ValueError(f"{name} is empty (shape {tuple(x.shape)}): the kernel needs at least one point and one feature")
+        if not torch.isfinite(x).all():
+            raise ValueError(f"{name} contains NaN or inf; clean or impute the inputs before building the kernel")
+    if x1.shape[-1] != x2.shape[-1]:
+        raise ValueError(
+            f"x1 and x2 must have the same number of features (last dimension), got {x1.shape[-1]} and {x2.shape[-1]}"
+        )

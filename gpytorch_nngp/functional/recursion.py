@@ -1,0 +1,77 @@
+"""The fully connected NNGP / NTK recursion on precomputed input Grams.
+
+Lee et al. 2018 (Eq. 1-3) for the NNGP, Jacot et al. 2018 for the NTK in the NTK parametrization
+(as neural-tangents' stax.Dense with parameterization="ntk"):
+
+    K^0     = weight_var <x, x'> / d + bias_var,          Theta^0 = K^0
+    K^l     = weight_var F(K^{l-1}) + bias_var,           Theta^l = K^l + weight_var Fdot(K^{l-1}) Theta^{l-1}
+
+Only three numbers per pair flow from layer to layer -- the cross covariance and the two variances --
+so the recursion is written on broadcastable tensors: (..., n, m) for the cross term and
+(..., n, 1), (..., 1, m) for the variances (or (..., n) throughout for a diagonal).
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from .activations import Activation
+
+
+def input_grams(x1: torch.Tensor, x2: torch.Tensor, symmetric: bool):
+    """<x1, x2>/d (..., n, m) and the variances |x1|^2/d (..., n, 1), |x2|^2/d (..., 1, m).
+
+    With symmetric=True (x1 and x2 equal) the variances are read off the Gram's diagonal, so that the
+    diagonal entries have k12 == k11 == k22 bitwise and |c| = 1 exactly there.
+    """
+    d = x1.shape[-1]
+    gram = (x1 @ x2.transpose(-1, -2)) / d
+    if symmetric:
+        var1 = gram.diagonal(dim1=-2, dim2=-1).unsqueeze(-1)
+        return gram, var1, var1.transpose(-1, -2)
+    return gram, (x1 * x1).sum(-1, keepdim=True) / d, ((x2 * x2).sum(-1) / d).unsqueeze(-2)
+
+
+def input_gram_diag(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+    """<x1_i, x2_i>/d, (..., n)."""
+    return (x1 * x2).sum(-1) / x1.shape[-1]
+
+
+def fully_connected_recursion(
+    gram: torch.Tensor,
+    var1: torch.Tensor,
+    var2: torch.Tensor,
+    depth: int,
+    activation: Activation,
+    weight_var: torch.Tensor,
+    bias_var: torch.Tensor,
+    ntk: bool = False,
+    symmetric: bool = False,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Run `depth` hidden layers and the readout; returns (K^L, Theta^L or None).
+
+    gram: (..., n, m); var1: (..., n, 1); var2: (..., 1, m) -- or gram, var1, var2 all (..., n) for a
+    diagonal (pass the same tensor three times). weight_var, bias_var broadcast against them.
+    symmetric: var2 is var1 transposed (x1 == x2), so the second variance needs no work of its own.
+    """
+    k12 = weight_var * gram + bias_var
+    k11 = weight_var * var1 + bias_var
+    k22 = k11 if var2 is var1 else (k11.transpose(-1, -2) if symmetric else weight_var * var2 + bias_var)
+    theta = k12 if ntk else None
+    for _ in range(depth):
+        f, fdot = activation.dual(k12, k11, k22, ntk)
+        f11, _ = activation.dual(k11, k11, k11, False)
+        new_k11 = weight_var * f11 + bias_var
+        if k22 is k11:
+            new_k22 = new_k11
+        elif symmetric:
+            new_k22 = new_k11.transpose(-1, -2)
+        else:
+            f22, _ = activation.dual(k22, k22, k22, False)
+            new_k22 = weight_var * f22 + bias_var
+        new_k12 = weight_var * f + bias_var
+        if ntk:
+            theta = new_k12 + weight_var * fdot * theta
+        k12, k11, k22 = new_k12, new_k11, new_k22
+    return k12, theta

@@ -1,0 +1,111 @@
+"""Autograd functions whose gradients stay finite where the textbook ones blow up.
+
+The arc-cosine kernels use theta = arccos(c) and sqrt(k11 k22 - k12^2). Both have an infinite
+derivative at |c| = 1 (identical, parallel or antiparallel inputs), although the kernel itself is
+smooth there or has a kink whose natural (symmetric) subgradient is zero. Autograd through
+`torch.acos`/`torch.sqrt` would give inf or NaN; these functions give the analytic derivative
+where it exists and zero where the input is exactly degenerate.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def _sum_to(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Reduce a broadcast gradient back to the shape of the input it belongs to."""
+    return grad.sum_to_size(like.shape) if grad.shape != like.shape else grad
+
+
+class _SafeSqrt(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        out = x.clamp_min(0).sqrt()
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (out,) = ctx.saved_tensors
+        return torch.where(out > 0, grad / (2 * out).clamp_min(torch.finfo(out.dtype).tiny), torch.zeros_like(grad))
+
+
+def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
+    """sqrt(max(x, 0)) with gradient 0 (instead of inf) at x <= 0."""
+    return _SafeSqrt.apply(x)
+
+
+def _angle_parts(k12, k11, k22):
+    """s = sqrt(k11 k22 - k12^2) >= 0 and theta = atan2(s, k12) in [0, pi]."""
+    s = (k11 * k22 - k12 * k12).clamp_min_(0).sqrt_()
+    return s, torch.atan2(s, k12)
+
+
+def _angle_grads(grad_theta, k12, k11, k22, s):
+    """Gradients of theta = arccos(k12 / sqrt(k11 k22)), zero where s == 0 (|c| = 1).
+
+    d theta = -(dk12 - k12/2 (dk11/k11 + dk22/k22)) / s.
+    """
+    g = torch.where(s > 0, grad_theta / torch.where(s > 0, s, torch.ones_like(s)), torch.zeros_like(s))
+    g12 = -g
+    gk = g * k12 * 0.5
+    return g12, gk / k11, gk / k22
+
+
+class _SafeAngle(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, k12, k11, k22):
+        s, theta = _angle_parts(k12, k11, k22)
+        ctx.save_for_backward(k12, k11, k22, s)
+        return theta
+
+    @staticmethod
+    def backward(ctx, grad):
+        k12, k11, k22, s = ctx.saved_tensors
+        g12, g11, g22 = _angle_grads(grad, k12, k11, k22, s)
+        return _sum_to(g12, k12), _sum_to(g11, k11), _sum_to(g22, k22)
+
+
+def safe_angle(k12: torch.Tensor, k11: torch.Tensor, k22: torch.Tensor) -> torch.Tensor:
+    """theta = arccos(k12 / sqrt(k11 k22)) computed as atan2, with a finite gradient at |c| = 1.
+
+    Shapes broadcast: k12 (..., n, m), k11 (..., n, 1), k22 (..., 1, m) (or all (..., n) for diagonals).
+    """
+    return _SafeAngle.apply(k12, k11, k22)
+
+
+class _ABReLUDual(torch.autograd.Function):
+    """(F, Fdot) of phi(x) = a x (x < 0), b x (x >= 0); see activations.LeakyReLU for the formulas.
+
+    Backward uses Price's theorem, dF/dk12 = Fdot, and homogeneity, dF/dk11 = (F - k12 Fdot) / (2 k11)
+    = A s / (2 k11) with A = (a - b)^2 / (2 pi), so no large terms cancel near |c| = 1.
+    """
+
+    @staticmethod
+    def forward(ctx, k12, k11, k22, a: float, b: float):
+        s, theta = _angle_parts(k12, k11, k22)
+        amp = (a - b) ** 2 / (2 * torch.pi)
+        fdot = theta.mul_(-amp).add_((a * a + b * b) / 2)  # ((a^2+b^2) pi - (a-b)^2 theta) / (2 pi)
+        f = torch.addcmul(s * amp, fdot, k12)
+        ctx.amp = amp
+        ctx.save_for_backward(k12, k11, k22, s, fdot)
+        return f, fdot
+
+    @staticmethod
+    def backward(ctx, grad_f, grad_fdot):
+        k12, k11, k22, s, fdot = ctx.saved_tensors
+        amp = ctx.amp
+        g12 = torch.zeros_like(k12) if grad_f is None else grad_f * fdot
+        half_amp_s = s * (0.5 * amp)
+        g11 = 0 if grad_f is None else grad_f * half_amp_s / k11
+        g22 = 0 if grad_f is None else grad_f * half_amp_s / k22
+        if grad_fdot is not None and amp != 0:
+            t12, t11, t22 = _angle_grads(grad_fdot * (-amp), k12, k11, k22, s)
+            g12, g11, g22 = g12 + t12, g11 + t11, g22 + t22
+        zeros = torch.zeros_like
+        g11 = zeros(k11) if isinstance(g11, int) else _sum_to(g11, k11)
+        g22 = zeros(k22) if isinstance(g22, int) else _sum_to(g22, k22)
+        return _sum_to(g12, k12), g11, g22, None, None
+
+
+def abrelu_dual(k12, k11, k22, a: float, b: float):
+    return _ABReLUDual.apply(k12, k11, k22, float(a), float(b))

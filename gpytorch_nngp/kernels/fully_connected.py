@@ -1,0 +1,187 @@
+"""NNGP and NTK kernels of fully connected networks as GPyTorch kernels."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from gpytorch.constraints import Interval, Positive
+from gpytorch.kernels import Kernel
+from gpytorch.priors import Prior
+
+from .._validation import check_depth, check_inputs, check_positive_variance
+from ..functional.activations import Activation, get_activation
+from ..functional.recursion import fully_connected_recursion, input_gram_diag, input_grams
+
+
+class _GramCache:
+    """Keeps the hyperparameter-independent input Grams <x1, x2>/d for the last few input pairs.
+
+    A hyperparameter step then costs O(n m depth) instead of O(n m d). Entries hold private copies of the
+    inputs and are matched by value (O(n d)), so in-place edits of the inputs can never return a stale Gram.
+    """
+
+    def __init__(self, size: int = 2):
+        self.size = size
+        self.entries = []
+
+    def clear(self):
+        self.entries = []
+
+    def get(self, x1: torch.Tensor, x2: torch.Tensor, symmetric: bool):
+        if x1.requires_grad or x2.requires_grad or torch.is_inference_mode_enabled():
+            return input_grams(x1, x2, symmetric)
+        for i, (c1, c2, sym, grams) in enumerate(self.entries):
+            if sym == symmetric and _same(x1, c1) and (symmetric or _same(x2, c2)):
+                self.entries.insert(0, self.entries.pop(i))
+                return grams
+        grams = input_grams(x1, x2, symmetric)
+        self.entries.insert(0, (x1.detach().clone(), None if symmetric else x2.detach().clone(), symmetric, grams))
+        del self.entries[self.size:]
+        return grams
+
+
+def _same(x: torch.Tensor, cached: torch.Tensor) -> bool:
+    return x.shape == cached.shape and x.dtype == cached.dtype and x.device == cached.device and torch.equal(x, cached)
+
+
+class _FullyConnectedKernel(Kernel):
+    """Shared machinery of NNGPKernel and NTKKernel."""
+
+    has_lengthscale = False
+    _ntk = False
+
+    def __init__(
+        self,
+        depth: int,
+        activation="relu",
+        weight_var=2.0,
+        bias_var=0.1,
+        weight_var_prior: Optional[Prior] = None,
+        bias_var_prior: Optional[Prior] = None,
+        weight_var_constraint: Optional[Interval] = None,
+        bias_var_constraint: Optional[Interval] = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.depth = check_depth(depth)
+        self.activation: Activation = get_activation(activation)
+        weight_var = check_positive_variance("weight_var", weight_var)
+        bias_var = check_positive_variance("bias_var", bias_var)
+        shape = (*self.batch_shape, 1, 1)
+        self.register_parameter("raw_weight_var", torch.nn.Parameter(torch.zeros(shape)))
+        self.register_parameter("raw_bias_var", torch.nn.Parameter(torch.zeros(shape)))
+        self.register_constraint("raw_weight_var", weight_var_constraint or Positive())
+        self.register_constraint("raw_bias_var", bias_var_constraint or Positive())
+        for name, prior in (("weight_var", weight_var_prior), ("bias_var", bias_var_prior)):
+            if prior is not None:
+                if not isinstance(prior, Prior):
+                    raise TypeError(f"expected a gpytorch.priors.Prior for {name}_prior, got {type(prior).__name__}")
+                self.register_prior(
+                    f"{name}_prior", prior, lambda m, n=name: getattr(m, n), lambda m, v, n=name: m._set_var(n, v)
+                )
+        self._set_var("weight_var", weight_var)
+        self._set_var("bias_var", bias_var)
+        self._gram_cache = _GramCache()
+
+    # -- hyperparameters --------------------------------------------------------------------------
+    @property
+    def weight_var(self) -> torch.Tensor:
+        """Weight variance sigma_w^2 (weights ~ N(0, weight_var / fan_in)), shape (*batch_shape, 1, 1)."""
+        return self.raw_weight_var_constraint.transform(self.raw_weight_var)
+
+    @weight_var.setter
+    def weight_var(self, value):
+        self._set_var("weight_var", value)
+
+    @property
+    def bias_var(self) -> torch.Tensor:
+        """Bias variance sigma_b^2 (biases ~ N(0, bias_var)), shape (*batch_shape, 1, 1)."""
+        return self.raw_bias_var_constraint.transform(self.raw_bias_var)
+
+    @bias_var.setter
+    def bias_var(self, value):
+        self._set_var("bias_var", value)
+
+    def _set_var(self, name: str, value):
+        value = check_positive_variance(name, value)
+        raw = getattr(self, f"raw_{name}")
+        value = value.to(raw).expand(raw.shape) if value.numel() == 1 else value.to(raw).view(raw.shape)
+        self.initialize(**{f"raw_{name}": getattr(self, f"raw_{name}_constraint").inverse_transform(value)})
+
+    # -- evaluation -------------------------------------------------------------------------------
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor, diag: bool = False, last_dim_is_batch: bool = False, **params):
+        """Kernel matrix (..., n, m), or its diagonal (..., n) with diag=True. Inputs (..., n, d), (..., m, d)."""
+        if last_dim_is_batch:
+            raise ValueError(
+                f"{type(self).__name__} does not support last_dim_is_batch=True (deprecated in GPyTorch): the network "
+                "kernel mixes all input dimensions; use batch_shape or separate kernels instead"
+            )
+        check_inputs(x1, x2)
+        weight_var, bias_var = self.weight_var, self.bias_var
+        if diag:
+            if x1.shape[-2] != x2.shape[-2]:
+                raise ValueError(f"diag=True needs x1 and x2 with the same number of points, got {x1.shape[-2]} and {x2.shape[-2]}")
+            wv, bv = weight_var.squeeze(-1), bias_var.squeeze(-1)
+            if x1 is x2 or torch.equal(x1, x2):
+                var = input_gram_diag(x1, x1)
+                out_k, out_theta = fully_connected_recursion(var, var, var, self.depth, self.activation, wv, bv, self._ntk)
+            else:  # entries k(x1_i, x2_i)
+                out_k, out_theta = fully_connected_recursion(
+                    input_gram_diag(x1, x2), input_gram_diag(x1, x1), input_gram_diag(x2, x2),
+                    self.depth, self.activation, wv, bv, self._ntk,
+                )
+        else:
+            symmetric = x1 is x2 or (x1.shape == x2.shape and torch.equal(x1, x2))
+            gram, var1, var2 = self._gram_cache.get(x1, x2, symmetric)
+            out_k, out_theta = fully_connected_recursion(
+                gram, var1, var2, self.depth, self.activation, weight_var, bias_var, ntk=self._ntk, symmetric=symmetric
+            )
+        return out_theta if self._ntk else out_k
+
+    # -- housekeeping -----------------------------------------------------------------------------
+    def _apply(self, fn, *args, **kwargs):
+        self._gram_cache.clear()
+        return super()._apply(fn, *args, **kwargs)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_gram_cache"] = _GramCache()
+        return state
+
+    def extra_repr(self) -> str:
+        return f"depth={self.depth}, activation={self.activation!r}"
+
+
+class NNGPKernel(_FullyConnectedKernel):
+    r"""NNGP kernel of a fully connected network (Lee et al. 2018).
+
+    The covariance of the outputs of an infinitely wide network with `depth` hidden layers, weights
+    N(0, weight_var / fan_in), biases N(0, bias_var), and elementwise `activation`:
+
+        K^0 = weight_var <x, x'> / d + bias_var,   K^l = weight_var E[phi(u) phi(v)] + bias_var.
+
+    Equal to neural-tangents' ``stax.serial(*[Dense(W_std=sqrt(weight_var), b_std=sqrt(bias_var)), act] * depth,
+    Dense(...))`` NNGP kernel.
+
+    Args:
+        depth: number of hidden layers L (L nonlinearities, L + 1 dense layers); 0 is a linear model.
+        activation: a name ("relu", "erf", "abs", "identity", "gelu", "sign", "leaky_relu", "tanh", "sigmoid",
+            "softplus", "silu", "elu"), an Activation from gpytorch_nngp.activations, or any elementwise torch callable.
+        weight_var, bias_var: initial variances sigma_w^2, sigma_b^2 (> 0; learnable, positive-constrained).
+        weight_var_prior, bias_var_prior, weight_var_constraint, bias_var_constraint: as in GPyTorch.
+        **kwargs: batch_shape, active_dims, ... (GPyTorch Kernel arguments).
+
+    Inputs (..., n, d); output (..., n, m) or the diagonal (..., n).
+    """
+
+    _ntk = False
+
+
+class NTKKernel(_FullyConnectedKernel):
+    r"""Neural tangent kernel of a fully connected network (Jacot et al. 2018), NTK parametrization.
+
+    Theta^0 = K^0, Theta^l = K^l + weight_var E[phi'(u) phi'(v)] Theta^{l-1}; equal to neural-tangents' NTK of the
+    same ``stax.serial`` network. Same arguments as :class:`NNGPKernel`.
+    """
+
+    _ntk = True
