@@ -109,6 +109,19 @@ class _FullyConnectedKernel(Kernel):
         self.initialize(**{f"raw_{name}": getattr(self, f"raw_{name}_constraint").inverse_transform(value)})
 
     # -- evaluation -------------------------------------------------------------------------------
+    def __call__(self, x1, x2=None, diag=False, last_dim_is_batch=False, **params):
+        # Validate eagerly (GPyTorch evaluates lazily and would raise a bare RuntimeError on mismatched features).
+        def as_2d(x):
+            return x.unsqueeze(-1) if isinstance(x, torch.Tensor) and x.dim() == 1 else x
+
+        a = as_2d(x1)
+        b = a if x2 is None else as_2d(x2)
+        if self.active_dims is not None and isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+            if a.dim() >= 1 and b.dim() >= 1 and a.shape[-1] == b.shape[-1]:
+                a, b = a.index_select(-1, self.active_dims), b.index_select(-1, self.active_dims)
+        check_inputs(a, b)
+        return super().__call__(x1, x2, diag=diag, last_dim_is_batch=last_dim_is_batch, **params)
+
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, diag: bool = False, last_dim_is_batch: bool = False, **params):
         """Kernel matrix (..., n, m), or its diagonal (..., n) with diag=True. Inputs (..., n, d), (..., m, d)."""
         if last_dim_is_batch:

@@ -1,0 +1,129 @@
+"""The GPyTorch kernel contract: GPyTorch's own generic kernel tests, plus composition, pickling, dtype."""
+import pickle
+import unittest
+
+import gpytorch
+import torch
+from gpytorch.test.base_kernel_test_case import BaseKernelTestCase
+
+from gpytorch_nngp import NNGPKernel, NTKKernel, activations
+
+
+class TestNNGPReLUContract(BaseKernelTestCase, unittest.TestCase):
+    def create_kernel_no_ard(self, **kwargs):
+        return NNGPKernel(depth=2, activation="relu", **kwargs)
+
+
+class TestNTKErfContract(BaseKernelTestCase, unittest.TestCase):
+    def create_kernel_no_ard(self, **kwargs):
+        return NTKKernel(depth=3, activation="erf", **kwargs)
+
+
+class TestNTKNumericalContract(BaseKernelTestCase, unittest.TestCase):
+    def create_kernel_no_ard(self, **kwargs):
+        return NTKKernel(depth=1, activation="tanh", **kwargs)
+
+
+def test_floats_tensors_and_batch_shape():
+    k = NNGPKernel(2, weight_var=torch.tensor([1.0, 2.0]).view(2, 1, 1), bias_var=0.3, batch_shape=torch.Size([2]))
+    assert k.weight_var.shape == (2, 1, 1)
+    assert torch.allclose(k.weight_var.flatten(), torch.tensor([1.0, 2.0]))
+    assert torch.allclose(k.bias_var, torch.full((2, 1, 1), 0.3))
+    x = torch.randn(2, 5, 3)
+    out = k(x).to_dense()
+    assert out.shape == (2, 5, 5)
+    single = NNGPKernel(2, weight_var=2.0, bias_var=0.3)(x[1]).to_dense()
+    assert torch.allclose(out[1], single, rtol=1e-5, atol=1e-6)
+    k.weight_var = 1.5
+    assert torch.allclose(k.weight_var, torch.full((2, 1, 1), 1.5))
+
+
+def test_bxqxd_inputs_and_cross_covariance():
+    k = NTKKernel(3, "relu")
+    x1 = torch.randn(4, 3, 6)  # b x q x d, as BoTorch passes
+    x2 = torch.randn(10, 6)
+    out = k(x1, x2).to_dense()
+    assert out.shape == (4, 3, 10)
+    assert torch.allclose(out[2], k(x1[2], x2).to_dense())
+
+
+def test_priors_and_parameters_are_learnable():
+    k = NNGPKernel(2, weight_var_prior=gpytorch.priors.GammaPrior(2.0, 1.0), bias_var_prior=gpytorch.priors.GammaPrior(1.0, 5.0))
+    names = {name for name, _, _, _, _ in k.named_priors()}
+    assert names == {"weight_var_prior", "bias_var_prior"}
+    x = torch.randn(6, 4)
+    k(x).to_dense().sum().backward()
+    assert k.raw_weight_var.grad is not None and torch.isfinite(k.raw_weight_var.grad).all()
+    assert k.raw_bias_var.grad is not None and torch.isfinite(k.raw_bias_var.grad).all()
+
+
+def test_pickle_and_dtype_roundtrip():
+    k = NTKKernel(2, activations.LeakyReLU(0.1), weight_var=1.7, bias_var=0.2)
+    x = torch.randn(5, 3)
+    before = k(x).to_dense().detach()
+    k2 = pickle.loads(pickle.dumps(k))
+    assert torch.allclose(k2(x).to_dense(), before)
+    k64 = k2.double()
+    out64 = k64(x.double()).to_dense()
+    assert out64.dtype == torch.float64
+    assert torch.allclose(out64.float(), before, rtol=1e-5, atol=1e-6)
+    # numerical activation built from a module-level function pickles too
+    k3 = pickle.loads(pickle.dumps(NNGPKernel(1, "silu")))
+    assert torch.isfinite(k3(x).to_dense()).all()
+
+
+def test_composes_with_scale_additive_and_exact_gp():
+    x = torch.linspace(-1, 1, 30).unsqueeze(-1)
+    y = torch.sin(3 * x).squeeze(-1)
+    covar = gpytorch.kernels.ScaleKernel(NNGPKernel(2)) + gpytorch.kernels.ScaleKernel(NTKKernel(1, "erf"))
+    assert isinstance(covar, gpytorch.kernels.AdditiveKernel)
+
+    class GP(gpytorch.models.ExactGP):
+        def __init__(self):
+            super().__init__(x, y, gpytorch.likelihoods.GaussianLikelihood())
+            self.mean_module = gpytorch.means.ZeroMean()
+            self.covar_module = covar
+
+        def forward(self, inp):
+            return gpytorch.distributions.MultivariateNormal(self.mean_module(inp), self.covar_module(inp))
+
+    model = GP()
+    mll = gpytorch.mlls.ExactMarginalLogLikelihood(model.likelihood, model)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    losses = []
+    for _ in range(15):
+        opt.zero_grad()
+        loss = -mll(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    model.eval()
+    with torch.no_grad():
+        pred = model.likelihood(model(torch.linspace(-1, 1, 7).unsqueeze(-1)))
+    assert torch.isfinite(pred.mean).all() and (pred.variance > 0).all()
+
+
+def test_gram_cache_reused_and_never_stale():
+    k = NNGPKernel(1)
+    x = torch.randn(6, 3)
+    a = k(x).to_dense().detach()
+    assert len(k._gram_cache.entries) == 1
+    k.weight_var = 3.0
+    b = k(x).to_dense().detach()
+    assert len(k._gram_cache.entries) == 1 and not torch.allclose(a, b)
+    x.mul_(2.0)  # in-place edit: the cache must notice
+    c = k(x).to_dense().detach()
+    fresh = NNGPKernel(1, weight_var=3.0)(x.clone()).to_dense().detach()
+    assert torch.allclose(c, fresh)
+
+
+def test_last_dim_is_batch_rejected_clearly():
+    k = NNGPKernel(1)
+    x = torch.randn(4, 3)
+    try:
+        k.forward(x, x, last_dim_is_batch=True)
+    except ValueError as err:
+        assert "last_dim_is_batch" in str(err)
+    else:
+        raise AssertionError("expected ValueError")
