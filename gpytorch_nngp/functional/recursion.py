@@ -55,23 +55,31 @@ def fully_connected_recursion(
     diagonal (pass the same tensor three times). weight_var, bias_var broadcast against them.
     symmetric: var2 is var1 transposed (x1 == x2), so the second variance needs no work of its own.
     """
+    # Without autograd the layers are updated in place: on CPU, allocating a fresh n x n tensor costs as much as
+    # several arithmetic passes over it, so the inference path keeps to a handful of buffers.
+    inplace = not torch.is_grad_enabled() or not any(
+        t.requires_grad for t in (gram, var1, var2, weight_var, bias_var) if isinstance(t, torch.Tensor))
+
+    def affine(f):
+        return f.mul_(weight_var).add_(bias_var) if inplace else weight_var * f + bias_var
+
     k12 = weight_var * gram + bias_var
     k11 = weight_var * var1 + bias_var
     k22 = k11 if var2 is var1 else (k11.transpose(-1, -2) if symmetric else weight_var * var2 + bias_var)
-    theta = k12 if ntk else None
+    theta = (k12.clone() if inplace else k12) if ntk else None
     for _ in range(depth):
         f, fdot = activation.dual(k12, k11, k22, ntk)
         f11, _ = activation.dual(k11, k11, k11, False)
-        new_k11 = weight_var * f11 + bias_var
+        new_k11 = affine(f11)
         if k22 is k11:
             new_k22 = new_k11
         elif symmetric:
             new_k22 = new_k11.transpose(-1, -2)
         else:
             f22, _ = activation.dual(k22, k22, k22, False)
-            new_k22 = weight_var * f22 + bias_var
-        new_k12 = weight_var * f + bias_var
+            new_k22 = affine(f22)
+        new_k12 = affine(f)
         if ntk:
-            theta = new_k12 + weight_var * fdot * theta
+            theta = theta.mul_(fdot).mul_(weight_var).add_(new_k12) if inplace else new_k12 + weight_var * fdot * theta
         k12, k11, k22 = new_k12, new_k11, new_k22
     return k12, theta

@@ -36,7 +36,7 @@ def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
 
 def _angle_parts(k12, k11, k22):
     """s = sqrt(k11 k22 - k12^2) >= 0 and theta = atan2(s, k12) in [0, pi]."""
-    s = (k11 * k22 - k12 * k12).clamp_min_(0).sqrt_()
+    s = torch.mul(k11, k22).sub_(k12 * k12).clamp_min_(0).sqrt_()
     return s, torch.atan2(s, k12)
 
 
@@ -82,12 +82,17 @@ class _ABReLUDual(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, k12, k11, k22, a: float, b: float):
-        s, theta = _angle_parts(k12, k11, k22)
+        # Written with few large allocations: on CPU a fresh n x n tensor costs several in-place passes.
+        # Both products rounded separately (no fused multiply-add), so k11 k22 - k12^2 is exactly 0 on the diagonal.
+        buf = torch.mul(k12, k12)
+        s = torch.mul(k11, k22).sub_(buf).clamp_min_(0).sqrt_()
         amp = (a - b) ** 2 / (2 * torch.pi)
-        fdot = theta.mul_(-amp).add_((a * a + b * b) / 2)  # ((a^2+b^2) pi - (a-b)^2 theta) / (2 pi)
-        f = torch.addcmul(s * amp, fdot, k12)
+        fdot = torch.atan2(s, k12).mul_(-amp).add_((a * a + b * b) / 2)  # ((a^2+b^2) pi - (a-b)^2 theta) / (2 pi)
+        backward_needed = any(ctx.needs_input_grad[:3])
+        f = torch.mul(s, amp, out=buf).addcmul_(fdot, k12)
         ctx.amp = amp
-        ctx.save_for_backward(k12, k11, k22, s, fdot)
+        if backward_needed:
+            ctx.save_for_backward(k12, k11, k22, s, fdot)
         return f, fdot
 
     @staticmethod
