@@ -34,9 +34,18 @@ def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
     return _SafeSqrt.apply(x)
 
 
+def _sqrt_gap(k12, k11, k22):
+    """s = sqrt(max(k11 k22 - k12^2, 0)), and the k12^2 buffer (free for reuse by the caller).
+
+    Both products are rounded separately (no fused multiply-add), so the gap is exactly 0 on the diagonal.
+    """
+    squared = torch.mul(k12, k12)
+    return torch.mul(k11, k22).sub_(squared).clamp_min_(0).sqrt_(), squared
+
+
 def _angle_parts(k12, k11, k22):
     """s = sqrt(k11 k22 - k12^2) >= 0 and theta = atan2(s, k12) in [0, pi]."""
-    s = torch.mul(k11, k22).sub_(k12 * k12).clamp_min_(0).sqrt_()
+    s, _ = _sqrt_gap(k12, k11, k22)
     return s, torch.atan2(s, k12)
 
 
@@ -83,9 +92,7 @@ class _ABReLUDual(torch.autograd.Function):
     @staticmethod
     def forward(ctx, k12, k11, k22, a: float, b: float):
         # Written with few large allocations: on CPU a fresh n x n tensor costs several in-place passes.
-        # Both products rounded separately (no fused multiply-add), so k11 k22 - k12^2 is exactly 0 on the diagonal.
-        buf = torch.mul(k12, k12)
-        s = torch.mul(k11, k22).sub_(buf).clamp_min_(0).sqrt_()
+        s, buf = _sqrt_gap(k12, k11, k22)
         amp = (a - b) ** 2 / (2 * torch.pi)
         fdot = torch.atan2(s, k12).mul_(-amp).add_((a * a + b * b) / 2)  # ((a^2+b^2) pi - (a-b)^2 theta) / (2 pi)
         backward_needed = any(ctx.needs_input_grad[:3])
