@@ -14,7 +14,7 @@ import time
 import torch
 
 from gpytorch_nngp import NNGPKernel, NTKKernel, activations
-from gpytorch_nngp.functional.hermite import hermite_coefficients, pair_polynomial, with_tail
+from gpytorch_nngp.functional.hermite import geometric_tail, hermite_coefficients, pair_polynomial, pair_tail
 
 
 def timed(kernel, x, repeats=2):
@@ -43,21 +43,27 @@ def cost_table(n, d):
 
 
 def accuracy_table():
-    act = activations.Numerical(torch.relu, max_degree=256)
-    var = torch.tensor([1.0], dtype=torch.float64)
-    phi, _ = act._samples(var, ntk=False)
-    coeffs, energies = hermite_coefficients(phi, act.num_nodes, 256)
-    cs = torch.tensor([0.9, 0.99, 0.999, 1.0], dtype=torch.float64)
-    theta = torch.acos(cs)
-    exact = (torch.sin(theta) + (math.pi - theta) * cs) / (2 * math.pi)
-    print("\nReLU series vs closed form, relative error at c = 0.9 / 0.99 / 0.999 / 1.0")
-    print(f"{'degree':>6s}  {'plain series':>40s}  {'with parity tail':>40s}")
-    for degree in (32, 64, 128):
-        plain = (coeffs[..., : degree + 1] ** 2 * cs[:, None] ** torch.arange(degree + 1)).sum(-1)
-        a = with_tail(coeffs, energies, degree)
-        tail = pair_polynomial(cs[:, None], a[None, :], a[None, :])[:, 0]
-        fmt = lambda v: " ".join(f"{e:.1e}" for e in ((v - exact).abs() / exact).tolist())  # noqa: E731
-        print(f"{degree:6d}  {fmt(plain):>40s}  {fmt(tail):>40s}")
+    """Error of the series for steep functions at large variance, by degree: no tail, the two-term parity tail
+    used before (tail mass put at degrees K+1, K+2), and the geometric parity tail now used."""
+    cs = torch.tensor([0.0, 0.5, 0.9, 0.99, 0.999], dtype=torch.float64)
+    print("\nerf at variance v: max error over c in {0, .5, .9, .99, .999}, relative to the largest value")
+    print(f"{'map':5s} {'v':>4s} {'K':>5s} {'no tail':>9s} {'point tail':>11s} {'geometric':>10s}")
+    for v in (36.0, 100.0):
+        var = torch.tensor([v], dtype=torch.float64)
+        k12 = cs * v
+        exact_f, exact_fdot = activations.Erf().dual(k12, var.expand(5), var.expand(5), ntk=True)
+        act = activations.Numerical(torch.erf, max_degree=1024)
+        phi, dphi = act._samples(var, ntk=True)
+        for label, samples, exact in (("NNGP", phi, exact_f), ("NTK", dphi, exact_fdot)):
+            coeffs, energies = hermite_coefficients(samples, act.num_nodes, 1024)
+            for degree in (128, 256, 512):
+                kept = coeffs[..., : degree + 1]
+                plain = (kept ** 2 * cs[:, None] ** torch.arange(degree + 1)).sum(-1)
+                t, q, powers = geometric_tail(coeffs, energies, degree)
+                point = plain + sum(t[..., p] ** 2 / (1 - q[..., p] ** 2) * cs ** powers[p] for p in range(2))
+                geometric = plain + pair_tail(cs, (t, q, powers), (t, q, powers))
+                err = [((y - exact).abs().max() / exact.abs().max()).item() for y in (plain, point, geometric)]
+                print(f"{label:5s} {v:4.0f} {degree:5d} {err[0]:9.1e} {err[1]:11.1e} {err[2]:10.1e}")
 
 
 def main():

@@ -27,15 +27,18 @@ def _max_rel_err(ours, ref):
     return ((ours - ref).abs() / ref.abs().clamp_min(1e-9 * scale)).max().item()
 
 
-def _compare(case, act, tol):
+def _compare_kind(case, act, kind, cls, tol):
     name, depth, wv, bv, scale = case
-    ref = CASES[case]
+    k = _kernel(cls, depth, act, wv, bv)
+    with torch.no_grad():
+        for pair, args in (("11", (scale * X1,)), ("12", (scale * X1, scale * X2))):
+            err = _max_rel_err(k(*args).to_dense(), CASES[case][(kind, pair)])
+            assert err < tol, f"{kind} {pair} {case}: relative error {err:.2e} > {tol:.0e}"
+
+
+def _compare(case, act, tol):
     for kind, cls in (("nngp", NNGPKernel), ("ntk", NTKKernel)):
-        k = _kernel(cls, depth, act, wv, bv)
-        with torch.no_grad():
-            for pair, args in (("11", (scale * X1,)), ("12", (scale * X1, scale * X2))):
-                err = _max_rel_err(k(*args).to_dense(), ref[(kind, pair)])
-                assert err < tol, f"{kind} {pair} {case}: relative error {err:.2e} > {tol:.0e}"
+        _compare_kind(case, act, kind, cls, tol)
 
 
 @pytest.mark.parametrize("case", sorted(CASES), ids=lambda c: "-".join(map(str, c)))
@@ -43,23 +46,30 @@ def test_closed_forms_match_neural_tangents(case):
     _compare(case, CLOSED_FORM[case[0]](), 1e-6)
 
 
-# Known gap: erf at layer variance ~36 behaves like a step up to very high Hermite order; the series reaches
-# 2.8e-3 at degree 128 and 2.3e-4 at 512 (error ~ K^-1.2). strict=True makes this fail once it is fixed.
-_STEEP = pytest.mark.xfail(strict=True, reason="steep smooth activation at variance ~36: Hermite series converges slowly")
-NUMERICAL = [pytest.param(c, marks=_STEEP) if c == ("erf", 2, 4.0, 0.5, 3.0) else c
-             for c in sorted(CASES) if c[0] in AS_CALLABLE]
+NUMERICAL = [c for c in sorted(CASES) if c[0] in AS_CALLABLE]
+# Known gap: at input scale 3 and weight_var 4 one row reaches layer variance ~570, where erf' is a bump of width
+# 1/34 in z. The NTK needs Hermite degree ~10x the variance (measured: 1e-5 at variance 100); at the default
+# max_degree=1024 erf reaches 2e-4 there (GELU passes). The NNGP meets 1e-4. strict: fails once fixed.
+_STEEP_NTK = {("erf", 2, 4.0, 0.5, 3.0)}
+NUMERICAL_NTK = [pytest.param(c, marks=pytest.mark.xfail(strict=True, reason="steep phi' at variance ~570"))
+                 if c in _STEEP_NTK else c for c in NUMERICAL]
 
 
-@pytest.mark.parametrize("case", NUMERICAL, ids=lambda c: "-".join(map(str, c)) if isinstance(c, tuple) else None)
+def _case_id(c):
+    return "-".join(map(str, c)) if isinstance(c, tuple) else None
+
+
+@pytest.mark.parametrize("case", NUMERICAL, ids=_case_id)
 def test_numerical_nngp_matches_neural_tangents(case):
-    """The same functions as plain callables, through the Hermite series: NNGP to 1e-4 (variances up to ~40)."""
-    name, depth, wv, bv, scale = case
-    ref = CASES[case]
-    k = _kernel(NNGPKernel, depth, AS_CALLABLE[name], wv, bv)
-    with torch.no_grad():
-        for pair, args in (("11", (scale * X1,)), ("12", (scale * X1, scale * X2))):
-            err = _max_rel_err(k(*args).to_dense(), ref[("nngp", pair)])
-            assert err < 1e-4, f"{pair} {case}: relative error {err:.2e}"
+    """The same functions as plain callables, through the Hermite series, to 1e-4: layer variances reach ~570
+    (erf there is nearly a step), and the kinks of ReLU/abs/leaky ReLU are split off in closed form."""
+    _compare_kind(case, AS_CALLABLE[case[0]], "nngp", NNGPKernel, 1e-4)
+
+
+@pytest.mark.parametrize("case", NUMERICAL_NTK, ids=_case_id)
+def test_numerical_ntk_matches_neural_tangents(case):
+    """NTK of the same callables (phi' by autograd; the jump of ReLU' is split off) to 1e-4."""
+    _compare_kind(case, AS_CALLABLE[case[0]], "ntk", NTKKernel, 1e-4)
 
 
 def test_live_neural_tangents_if_installed():

@@ -68,15 +68,13 @@ def fully_connected_recursion(
     k22 = k11 if var2 is var1 else (k11.transpose(-1, -2) if symmetric else weight_var * var2 + bias_var)
     theta = (k12.clone() if inplace else k12) if ntk else None
     for _ in range(depth):
-        f, fdot = activation.dual(k12, k11, k22, ntk)
-        f11, _ = activation.dual(k11, k11, k11, False)
+        f, fdot, f11, f22 = activation.layer(k12, k11, k22, ntk, symmetric)
         new_k11 = affine(f11)
         if k22 is k11:
             new_k22 = new_k11
         elif symmetric:
             new_k22 = new_k11.transpose(-1, -2)
         else:
-            f22, _ = activation.dual(k22, k22, k22, False)
             new_k22 = affine(f22)
         new_k12 = affine(f)
         if ntk:
