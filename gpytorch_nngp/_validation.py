@@ -2,8 +2,26 @@
 from __future__ import annotations
 
 import numbers
+import weakref
 
 import torch
+
+# Tensors already found finite: (weak reference, version counter). A kernel call validates its inputs in __call__
+# and again in forward (GPyTorch may also re-enter __call__ when a lazy tensor is evaluated); the scan of a large
+# input is then paid once. An in-place edit bumps the version counter, so an edited tensor is checked again.
+_FINITE_SEEN: list = []
+
+
+def _known_finite(x: torch.Tensor) -> bool:
+    return any(ref() is x and version == x._version for ref, version in _FINITE_SEEN)
+
+
+def _remember_finite(x: torch.Tensor) -> None:
+    try:
+        _FINITE_SEEN.insert(0, (weakref.ref(x), x._version))
+    except (TypeError, RuntimeError):  # tensors without a version counter (inference mode) are just not remembered
+        return
+    del _FINITE_SEEN[4:]
 
 
 def check_depth(depth) -> int:
@@ -40,8 +58,11 @@ def check_inputs(x1: torch.Tensor, x2: torch.Tensor) -> None:
             raise TypeError(f"{name} must be a floating point tensor, got dtype {x.dtype}; convert with .double() or .float()")
         if x.shape[-1] == 0 or x.shape[-2] == 0:
             raise ValueError(f"{name} is empty (shape {tuple(x.shape)}): the kernel needs at least one point and one feature")
-        if not torch.isfinite(x).all():
-            raise ValueError(f"{name} contains NaN or inf; clean or impute the inputs before building the kernel")
+        if x.requires_grad or torch.is_inference_mode_enabled() or not _known_finite(x):
+            if not torch.isfinite(x).all():
+                raise ValueError(f"{name} contains NaN or inf; clean or impute the inputs before building the kernel")
+            if not x.requires_grad and not torch.is_inference_mode_enabled():
+                _remember_finite(x)
     if x1.shape[-1] != x2.shape[-1]:
         raise ValueError(
             f"x1 and x2 must have the same number of features (last dimension), got {x1.shape[-1]} and {x2.shape[-1]}"

@@ -19,7 +19,7 @@ import torch
 
 from .hermite import (choose_degree, geometric_tail, pair_polynomial, pair_tail, parity_energies, relative_tail,
                       _nodes_and_projection)
-from .safe_math import abrelu_dual, safe_angle
+from .safe_math import abrelu_dual, abrelu_dual_into, safe_angle
 
 Dual = Tuple[torch.Tensor, Optional[torch.Tensor]]
 
@@ -35,11 +35,13 @@ class Activation:
     def dual(self, k12: torch.Tensor, k11: torch.Tensor, k22: torch.Tensor, ntk: bool = False) -> Dual:
         raise NotImplementedError
 
-    def layer(self, k12, k11, k22, ntk=False, symmetric=False):
+    def layer(self, k12, k11, k22, ntk=False, symmetric=False, workspace=None):
         """One layer's maps: (F(k12), Fdot(k12) or None, F(k11) on the variances, F(k22) or None).
 
         F(k22) is None when k22 is k11 or, with symmetric=True, when k22 is k11 transposed (the caller reuses
         F(k11)). Activations whose dual has a per-point setup cost (Numerical) share it across the three maps.
+        workspace: a list of free tensors shaped like k12 that may be used (popped) for the outputs, given only
+        when no autograd is needed; activations may ignore it.
         """
         f, fdot = self.dual(k12, k11, k22, ntk)
         f11, _ = self.dual(k11, k11, k11, False)
@@ -79,6 +81,19 @@ class ABReLU(Activation):
     def dual(self, k12, k11, k22, ntk=False):
         f, fdot = abrelu_dual(k12, k11, k22, self.a, self.b)
         return f, (fdot if ntk else None)
+
+    def layer(self, k12, k11, k22, ntk=False, symmetric=False, workspace=None):
+        if workspace is None:
+            return super().layer(k12, k11, k22, ntk, symmetric)
+        # Inference path: F and Fdot are written into recycled buffers (see recursion.fully_connected_recursion).
+        buffers = [workspace.pop() if workspace else torch.empty_like(k12) for _ in range(2)]
+        f, fdot = abrelu_dual_into(k12, k11, k22, self.a, self.b, buffers)
+        if not ntk:
+            workspace.append(fdot)
+            fdot = None
+        f11, _ = self.dual(k11, k11, k11, False)
+        f22 = None if k22 is k11 or symmetric else self.dual(k22, k22, k22, False)[0]
+        return f, fdot, f11, f22
 
     def __repr__(self):
         return f"{type(self).__name__}(a={self.a}, b={self.b})"
@@ -408,7 +423,7 @@ class Numerical(Activation):
         fdot = self._pair(k12, k11, k22, side1, side2, deriv=True) if ntk else None
         return f, fdot
 
-    def layer(self, k12, k11, k22, ntk=False, symmetric=False):
+    def layer(self, k12, k11, k22, ntk=False, symmetric=False, workspace=None):
         # One set of samples and coefficients per point serves the matrix, its NTK term and the variances.
         # Variances go through the same series at c = 1 as the matrix diagonal, so that identical inputs keep
         # k12 == k11 == k22 bitwise in the next layer (|c| = 1 exactly, safe gradients).

@@ -67,8 +67,10 @@ def fully_connected_recursion(
     k11 = weight_var * var1 + bias_var
     k22 = k11 if var2 is var1 else (k11.transpose(-1, -2) if symmetric else weight_var * var2 + bias_var)
     theta = (k12.clone() if inplace else k12) if ntk else None
+    # Free n x m buffers (inference path only): each layer's old k12 and Fdot are recycled for the next layer.
+    workspace = [] if inplace and k12.dim() >= 2 else None
     for _ in range(depth):
-        f, fdot, f11, f22 = activation.layer(k12, k11, k22, ntk, symmetric)
+        f, fdot, f11, f22 = activation.layer(k12, k11, k22, ntk, symmetric, workspace=workspace)
         new_k11 = affine(f11)
         if k22 is k11:
             new_k22 = new_k11
@@ -79,5 +81,7 @@ def fully_connected_recursion(
         new_k12 = affine(f)
         if ntk:
             theta = theta.mul_(fdot).mul_(weight_var).add_(new_k12) if inplace else new_k12 + weight_var * fdot * theta
+        if workspace is not None:
+            workspace.extend(t for t in (k12, fdot) if t is not None and t.shape == new_k12.shape and t is not theta)
         k12, k11, k22 = new_k12, new_k11, new_k22
     return k12, theta

@@ -92,15 +92,7 @@ class _ABReLUDual(torch.autograd.Function):
     @staticmethod
     def forward(ctx, k12, k11, k22, a: float, b: float):
         # Written with few large allocations: on CPU a fresh n x n tensor costs several in-place passes.
-        s, buf = _sqrt_gap(k12, k11, k22)
-        amp = (a - b) ** 2 / (2 * torch.pi)
-        fdot = torch.atan2(s, k12).mul_(-amp).add_((a * a + b * b) / 2)  # ((a^2+b^2) pi - (a-b)^2 theta) / (2 pi)
-        backward_needed = any(ctx.needs_input_grad[:3])
-        f = torch.mul(s, amp, out=buf).addcmul_(fdot, k12)
-        ctx.amp = amp
-        if backward_needed:
-            ctx.save_for_backward(k12, k11, k22, s, fdot)
-        return f, fdot
+        return _abrelu_forward(ctx, k12, k11, k22, a, b)
 
     @staticmethod
     def backward(ctx, grad_f, grad_fdot):
@@ -121,3 +113,29 @@ class _ABReLUDual(torch.autograd.Function):
 
 def abrelu_dual(k12, k11, k22, a: float, b: float):
     return _ABReLUDual.apply(k12, k11, k22, float(a), float(b))
+
+
+def abrelu_dual_into(k12, k11, k22, a: float, b: float, buffers):
+    """abrelu_dual without autograd, writing (F, Fdot) into the two given buffers shaped like k12."""
+    return _abrelu_forward(None, k12, k11, k22, float(a), float(b), buffers)
+
+
+def _abrelu_forward(ctx, k12, k11, k22, a: float, b: float, buffers=None):
+    """F and Fdot of the ABReLU dual; with buffers (two tensors shaped like k12, no autograd) nothing is allocated:
+    F lands in buffers[0] and Fdot in buffers[1]."""
+    amp = (a - b) ** 2 / (2 * torch.pi)
+    if buffers is None:
+        s, buf = _sqrt_gap(k12, k11, k22)
+        theta = torch.atan2(s, k12)
+    else:
+        buf, theta = buffers
+        # k11 k22 and k12^2 are rounded separately (no fused multiply-add): the gap is exactly 0 on the diagonal.
+        s = torch.mul(k11, k22, out=buf).sub_(torch.mul(k12, k12, out=theta)).clamp_min_(0).sqrt_()
+        torch.atan2(s, k12, out=theta)
+    fdot = theta.mul_(-amp).add_((a * a + b * b) / 2)  # ((a^2+b^2) pi - (a-b)^2 theta) / (2 pi)
+    if buffers is not None:
+        return s.mul_(amp).addcmul_(fdot, k12), fdot  # s is buffers[0]: F overwrites it
+    ctx.amp = amp
+    if any(ctx.needs_input_grad[:3]):
+        ctx.save_for_backward(k12, k11, k22, s, fdot)
+    return torch.mul(s, amp, out=buf).addcmul_(fdot, k12), fdot
