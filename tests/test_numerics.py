@@ -4,7 +4,8 @@ import torch
 
 from gpytorch_nngp import NNGPKernel, NTKKernel, activations
 
-ACTIVATIONS = ["relu", "erf", "abs", "identity", "gelu", "sign", activations.LeakyReLU(0.2), "tanh", "softplus", "elu"]
+ACTIVATIONS = ["relu", "erf", "abs", "identity", "gelu", "sign", activations.LeakyReLU(0.2), "tanh", "softplus", "elu",
+               activations.Numerical(torch.relu, name="relu-callable"), activations.Numerical(torch.sign, name="sign-callable")]
 
 
 def boundary_inputs(dtype):
@@ -33,9 +34,11 @@ def test_finite_values_and_gradients_at_boundary(act, cls, dtype):
         assert g is not None and torch.isfinite(g).all(), f"non-finite gradient wrt {name}"
 
 
-@pytest.mark.parametrize("act", ["relu", "abs", activations.LeakyReLU(0.3)], ids=str)
+@pytest.mark.parametrize("act", ["relu", "abs", activations.LeakyReLU(0.3), "tanh",
+                                 activations.Numerical(torch.relu, name="relu-callable")], ids=str)
 def test_hyperparameter_gradients_match_finite_differences(act):
-    """Analytic backward of the arc-cosine family vs central differences, float64, with boundary rows."""
+    """Analytic backward of the arc-cosine family and of the numerical path (series, tail model and split-off kink)
+    vs central differences, float64, with boundary rows."""
     x = boundary_inputs(torch.float64)
     for cls in (NNGPKernel, NTKKernel):
         k = cls(2, act).double()
