@@ -10,6 +10,7 @@ from gpytorch.priors import Prior
 
 from .._validation import check_depth, check_inputs, check_positive_variance
 from ..functional.activations import Activation, get_activation
+from ..backends import NetworkKernelOperator, check_backend, resolve_backend
 from ..functional.recursion import fully_connected_recursion, input_gram_diag, input_grams
 
 
@@ -60,9 +61,11 @@ class _FullyConnectedKernel(Kernel):
         bias_var_prior: Optional[Prior] = None,
         weight_var_constraint: Optional[Interval] = None,
         bias_var_constraint: Optional[Interval] = None,
+        backend: str = "auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.backend = check_backend(backend)
         self.depth = check_depth(depth)
         self.activation: Activation = get_activation(activation)
         weight_var = check_positive_variance("weight_var", weight_var)
@@ -145,6 +148,9 @@ class _FullyConnectedKernel(Kernel):
                 )
         else:
             symmetric = x1 is x2 or (x1.shape == x2.shape and torch.equal(x1, x2))
+            if resolve_backend(self.backend, x1, x2) == "lazy":
+                return NetworkKernelOperator(x1, x2, weight_var, bias_var, depth=self.depth, activation=self.activation,
+                                             ntk=self._ntk, symmetric=symmetric)
             gram, var1, var2 = self._gram_cache.get(x1, x2, symmetric)
             out_k, out_theta = fully_connected_recursion(
                 gram, var1, var2, self.depth, self.activation, weight_var, bias_var, ntk=self._ntk, symmetric=symmetric

@@ -1,0 +1,32 @@
+"""Evaluation backends for the network kernels, and the automatic choice between them.
+
+- "dense": the whole matrix as a tensor (input Gram cached). Fastest for small and medium n; with autograd it
+  keeps about a dozen n x m intermediates per layer.
+- "lazy": a linear_operator (NetworkKernelOperator) evaluated in row blocks: products reuse a no-grad copy of the
+  matrix while it fits in memory, gradients recompute one block at a time. For large n on CPU.
+- "auto": dense up to DENSE_MAX_ENTRIES = n x m entries, lazy beyond.
+"""
+from __future__ import annotations
+
+import torch
+
+from .lazy import NetworkKernelOperator, kernel_rows
+
+BACKENDS = ("auto", "dense", "lazy")
+# 2900 x 2900 entries: with autograd through a depth-3 recursion the dense path then holds ~1.5 GB (float32).
+DENSE_MAX_ENTRIES = 2900 * 2900
+
+
+def check_backend(backend) -> str:
+    if not isinstance(backend, str) or backend.lower() not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(repr(b) for b in BACKENDS)}, got {backend!r}")
+    return backend.lower()
+
+
+def resolve_backend(backend: str, x1: torch.Tensor, x2: torch.Tensor) -> str:
+    if backend != "auto":
+        return backend
+    return "dense" if x1.shape[-2] * x2.shape[-2] <= DENSE_MAX_ENTRIES else "lazy"
+
+
+__all__ = ["BACKENDS", "DENSE_MAX_ENTRIES", "NetworkKernelOperator", "check_backend", "kernel_rows", "resolve_backend"]

@@ -1,0 +1,117 @@
+"""The row-block ("lazy") backend against the dense one: values, products, gradients, GPyTorch integration."""
+import gpytorch
+import pytest
+import torch
+
+from gpytorch_nngp import NNGPKernel, NTKKernel, activations, backends
+from gpytorch_nngp.backends import lazy
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Force several row blocks even on tiny matrices, so the block loops are what gets tested."""
+    monkeypatch.setattr(lazy, "BLOCK_BYTES", 4096)
+
+
+def _data():
+    torch.manual_seed(0)
+    x = torch.randn(23, 5, dtype=torch.float64)
+    x[3] = x[2]  # duplicate rows: |c| = 1 exactly must survive the blocking
+    x[4] = 0.0
+    z = torch.randn(9, 5, dtype=torch.float64)
+    u, v, w = (torch.randn(n, 2, dtype=torch.float64) for n in (23, 23, 9))
+    return x, z, u, v, w
+
+
+def _everything(cls, act, backend, cache_bytes=None, batch_shape=torch.Size()):
+    x, z, u, v, w = _data()
+    k = cls(3, act, backend=backend, batch_shape=batch_shape).double()
+    k.weight_var, k.bias_var = 1.7, 0.2
+    xr = x.clone().requires_grad_(True)
+    op = k(xr).evaluate_kernel()
+    cross = k(xr, z).evaluate_kernel()
+    if cache_bytes is not None:
+        op.cache_bytes = cross.cache_bytes = cache_bytes
+    loss = (u * (op @ v)).sum() + (u * (cross @ w)).sum() + op.diagonal(dim1=-2, dim2=-1).sum()
+    grads = torch.autograd.grad(loss, [k.raw_weight_var, k.raw_bias_var, xr])
+    return [op.to_dense().detach(), cross.to_dense().detach(), loss.detach(), *grads], op
+
+
+@pytest.mark.parametrize("cls", [NNGPKernel, NTKKernel])
+@pytest.mark.parametrize("act", ["relu", "erf", activations.Numerical(torch.tanh, name="tanh")], ids=str)
+@pytest.mark.parametrize("cache_bytes", [None, 0], ids=["cached", "recomputed"])
+def test_lazy_equals_dense(cls, act, cache_bytes, small_blocks):
+    dense, _ = _everything(cls, act, "dense")
+    lazy_values, op = _everything(cls, act, "lazy", cache_bytes)
+    assert isinstance(op, backends.NetworkKernelOperator)
+    # Closed forms agree to rounding. The numerical series picks its degree from the points of each block, so
+    # blocks may use different degrees: they agree to the series accuracy instead.
+    rtol = 1e-6 if isinstance(act, activations.Numerical) else 1e-10
+    for a, b in zip(dense, lazy_values):
+        assert torch.allclose(a, b, rtol=rtol, atol=rtol * 1e-2 * a.abs().max().item())
+
+
+def test_lazy_batch_shape(small_blocks):
+    dense, _ = _everything(NNGPKernel, "relu", "dense", batch_shape=torch.Size([2]))
+    lazy_values, op = _everything(NNGPKernel, "relu", "lazy", 0, batch_shape=torch.Size([2]))
+    assert op.shape == torch.Size([2, 23, 23])
+    for a, b in zip(dense, lazy_values):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12 * a.abs().max().item())
+
+
+def test_lazy_indexing_matches_dense():
+    x, z, *_ = _data()
+    k = NTKKernel(2, "relu", backend="lazy").double()
+    op = k(x).evaluate_kernel()
+    full = op.to_dense()
+    # Rows 2 and 3 are the same point: off the diagonal their c is 1 only up to rounding, which the sqrt(1 - c^2)
+    # of the arc-cosine kernel turns into ~1e-8 -- hence rtol 1e-7 for entries computed from differently sliced data.
+    rows, cols = torch.tensor([0, 3, 5]), torch.tensor([2, 2, 7])
+    assert torch.allclose(op[rows, cols], full[rows, cols], rtol=1e-7)
+    assert torch.allclose(op[2:9, 1:4].to_dense(), full[2:9, 1:4], rtol=1e-7)
+    assert torch.allclose(op.mT.to_dense(), full.mT, rtol=1e-12)
+
+
+def test_exact_gp_with_cg_matches_dense():
+    """Marginal likelihood, its gradient and fast predictive variances through GPyTorch's CG/Lanczos."""
+    torch.manual_seed(0)
+    x = torch.randn(200, 4, dtype=torch.float64)
+    y = torch.sin(x.sum(-1)) + 0.1 * torch.randn(200, dtype=torch.float64)
+    xt = torch.randn(30, 4, dtype=torch.float64)
+
+    class GP(gpytorch.models.ExactGP):
+        def __init__(self, kernel):
+            super().__init__(x, y, gpytorch.likelihoods.GaussianLikelihood().double())
+            self.mean = gpytorch.means.ConstantMean()
+            self.cov = gpytorch.kernels.ScaleKernel(kernel)
+
+        def forward(self, a):
+            return gpytorch.distributions.MultivariateNormal(self.mean(a), self.cov(a))
+
+    out = {}
+    for backend in ("dense", "lazy"):
+        torch.manual_seed(1)
+        model = GP(NNGPKernel(3, "relu", backend=backend)).double()
+        mll = gpytorch.mlls.ExactMarginalLogLikelihood(model.likelihood, model)
+        with gpytorch.settings.max_cholesky_size(0), gpytorch.settings.cg_tolerance(1e-6), \
+                gpytorch.settings.eval_cg_tolerance(1e-6):
+            model.train()
+            loss = -mll(model(x), y)
+            loss.backward()
+            model.eval()
+            with torch.no_grad(), gpytorch.settings.fast_pred_var():
+                pred = model.likelihood(model(xt))
+        grad = model.cov.base_kernel.raw_weight_var.grad
+        assert torch.isfinite(grad).all()
+        out[backend] = (loss.detach(), pred.mean, pred.variance, grad)
+    for a, b in zip(out["dense"], out["lazy"]):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-6)
+
+
+def test_automatic_choice_and_bad_backend():
+    small, big = torch.zeros(10, 3), torch.zeros(backends.DENSE_MAX_ENTRIES // 10 + 1, 3)
+    assert backends.resolve_backend("auto", small, small) == "dense"
+    assert backends.resolve_backend("auto", small, big) == "lazy"
+    assert backends.resolve_backend("dense", small, big) == "dense"
+    with pytest.raises(ValueError, match="backend"):
+        NNGPKernel(2, backend="gpu-magic")
