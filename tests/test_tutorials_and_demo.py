@@ -21,6 +21,15 @@ def test_tutorial_regression(tmp_path):
     assert (tmp_path / "prior_samples_by_depth.png").stat().st_size > 10_000
 
 
+def test_tutorial_exact_gp_large_n(tmp_path):
+    """The 50k tutorial at n=1,500 with the row-block backend forced (auto would pick dense at that size)."""
+    module = _load(os.path.join(ROOT, "tutorials", "02_exact_nngp_50k.py"))
+    report = module.main(["--quick", "--backend", "lazy", "--out", str(tmp_path)])
+    assert report["losses"][-1] < report["losses"][0]
+    assert report["rmse"] < 0.85 * report["target_sd"] and report["coverage"] > 0.8  # better than the mean, calibrated
+    assert (tmp_path / "exact_nngp_large_n.png").stat().st_size > 10_000
+
+
 def test_demo_digits_accuracy():
     from gpytorch_nngp import demo
 
