@@ -47,9 +47,8 @@ def kernel_rows(x1_rows, x2, weight_var, bias_var, depth, activation, ntk, diago
     if diagonal_offset is not None:
         rows = torch.arange(x1_rows.shape[-2], device=gram.device)
         cols = rows + diagonal_offset
-        gram = gram.clone() if gram.requires_grad else gram
         diag_values = var2[..., 0, :].index_select(-1, cols)
-        gram = gram.index_put((..., rows, cols), diag_values) if gram.dim() > 2 else gram.index_put((rows, cols), diag_values)
+        gram[..., rows, cols] = diag_values  # gram is a fresh tensor; its producer (a division) keeps no output
         var1 = diag_values.unsqueeze(-1)
     k, theta = fully_connected_recursion(gram, var1, var2, depth, activation, weight_var, bias_var, ntk=ntk)
     return theta if ntk else k
