@@ -4,15 +4,19 @@
   keeps about a dozen n x m intermediates per layer.
 - "lazy": a linear_operator (NetworkKernelOperator) evaluated in row blocks: products reuse a no-grad copy of the
   matrix while it fits in memory, gradients recompute one block at a time. For large n on CPU.
-- "auto": dense up to DENSE_MAX_ENTRIES = n x m entries, lazy beyond.
+- "keops": a KeOps LazyTensor formula (KeOpsNetworkKernelOperator): O(n + m) memory, closed-form activations
+  only, for GPUs (on a CPU KeOps compiles with g++ and runs far slower than "lazy").
+- "auto": dense up to DENSE_MAX_ENTRIES = n x m entries; beyond that keops for CUDA tensors with a closed-form
+  activation and no batch_shape, else lazy.
 """
 from __future__ import annotations
 
 import torch
 
+from .keops import KEOPS_AVAILABLE, KeOpsNetworkKernelOperator, keops_supported
 from .lazy import NetworkKernelOperator, kernel_rows
 
-BACKENDS = ("auto", "dense", "lazy")
+BACKENDS = ("auto", "dense", "lazy", "keops")
 # 2900 x 2900 entries: with autograd through a depth-3 recursion the dense path then holds ~1.5 GB (float32).
 DENSE_MAX_ENTRIES = 2900 * 2900
 
@@ -23,10 +27,15 @@ def check_backend(backend) -> str:
     return backend.lower()
 
 
-def resolve_backend(backend: str, x1: torch.Tensor, x2: torch.Tensor) -> str:
+def resolve_backend(backend: str, x1: torch.Tensor, x2: torch.Tensor, activation=None, batched: bool = False) -> str:
     if backend != "auto":
         return backend
-    return "dense" if x1.shape[-2] * x2.shape[-2] <= DENSE_MAX_ENTRIES else "lazy"
+    if x1.shape[-2] * x2.shape[-2] <= DENSE_MAX_ENTRIES:
+        return "dense"
+    if x1.is_cuda and KEOPS_AVAILABLE and not batched and activation is not None and keops_supported(activation):
+        return "keops"
+    return "lazy"
 
 
-__all__ = ["BACKENDS", "DENSE_MAX_ENTRIES", "NetworkKernelOperator", "check_backend", "kernel_rows", "resolve_backend"]
+__all__ = ["BACKENDS", "DENSE_MAX_ENTRIES", "KeOpsNetworkKernelOperator", "NetworkKernelOperator", "check_backend",
+           "kernel_rows", "keops_supported", "resolve_backend"]

@@ -82,9 +82,9 @@ class NetworkKernelOperator(LinearOperator):
         return torch.Size(self._batch() + (self.x1.shape[-2], self.x2.shape[-2]))
 
     def _transpose_nonbatch(self):
-        return NetworkKernelOperator(self.x2, self.x1, self.weight_var, self.bias_var, depth=self.depth,
-                                     activation=self.activation, ntk=self.ntk, symmetric=self.symmetric,
-                                     cache_bytes=self.cache_bytes)
+        return type(self)(self.x2, self.x1, self.weight_var, self.bias_var, depth=self.depth,
+                          activation=self.activation, ntk=self.ntk, symmetric=self.symmetric,
+                          cache_bytes=self.cache_bytes)
 
     # -- evaluation --------------------------------------------------------------------------------------------
     def _rows(self, start, stop, x1, x2, weight_var, bias_var):
@@ -192,12 +192,12 @@ class NetworkKernelOperator(LinearOperator):
         if batch_indices:
             return super()._getitem(row_index, col_index, *batch_indices)
         same_rows = self.symmetric and isinstance(row_index, slice) and row_index == col_index
-        return NetworkKernelOperator(self.x1[..., row_index, :], self.x2[..., col_index, :], self.weight_var,
-                                     self.bias_var, depth=self.depth, activation=self.activation, ntk=self.ntk,
-                                     symmetric=same_rows, cache_bytes=self.cache_bytes)
+        return type(self)(self.x1[..., row_index, :], self.x2[..., col_index, :], self.weight_var,
+                          self.bias_var, depth=self.depth, activation=self.activation, ntk=self.ntk,
+                          symmetric=same_rows, cache_bytes=self.cache_bytes)
 
     def _expand_batch(self, batch_shape):
-        return NetworkKernelOperator(
+        return type(self)(
             self.x1.expand(*batch_shape, *self.x1.shape[-2:]), self.x2.expand(*batch_shape, *self.x2.shape[-2:]),
             self.weight_var, self.bias_var, depth=self.depth, activation=self.activation, ntk=self.ntk,
             symmetric=self.symmetric, cache_bytes=self.cache_bytes)

@@ -10,7 +10,8 @@ from gpytorch.priors import Prior
 
 from .._validation import check_depth, check_inputs, check_positive_variance
 from ..functional.activations import Activation, get_activation
-from ..backends import NetworkKernelOperator, check_backend, resolve_backend
+from ..backends import (KeOpsNetworkKernelOperator, NetworkKernelOperator, check_backend, keops_supported,
+                        resolve_backend)
 from ..functional.recursion import fully_connected_recursion, input_gram_diag, input_grams
 
 
@@ -68,6 +69,9 @@ class _FullyConnectedKernel(Kernel):
         self.backend = check_backend(backend)
         self.depth = check_depth(depth)
         self.activation: Activation = get_activation(activation)
+        if self.backend == "keops" and not keops_supported(self.activation):
+            raise ValueError(f"backend='keops' supports the closed-form activations (relu, leaky_relu/ABReLU, abs, "
+                             f"identity, erf, sign), not {self.activation!r}; use backend='lazy' or 'auto'")
         weight_var = check_positive_variance("weight_var", weight_var)
         bias_var = check_positive_variance("bias_var", bias_var)
         shape = (*self.batch_shape, 1, 1)
@@ -148,9 +152,11 @@ class _FullyConnectedKernel(Kernel):
                 )
         else:
             symmetric = x1 is x2 or (x1.shape == x2.shape and torch.equal(x1, x2))
-            if resolve_backend(self.backend, x1, x2) == "lazy":
-                return NetworkKernelOperator(x1, x2, weight_var, bias_var, depth=self.depth, activation=self.activation,
-                                             ntk=self._ntk, symmetric=symmetric)
+            backend = resolve_backend(self.backend, x1, x2, self.activation, batched=len(self.batch_shape) > 0)
+            if backend in ("lazy", "keops"):
+                operator = KeOpsNetworkKernelOperator if backend == "keops" else NetworkKernelOperator
+                return operator(x1, x2, weight_var, bias_var, depth=self.depth, activation=self.activation,
+                                ntk=self._ntk, symmetric=symmetric)
             gram, var1, var2 = self._gram_cache.get(x1, x2, symmetric)
             out_k, out_theta = fully_connected_recursion(
                 gram, var1, var2, self.depth, self.activation, weight_var, bias_var, ntk=self._ntk, symmetric=symmetric
