@@ -20,7 +20,7 @@ import torch
 from linear_operator.operators import LinearOperator
 
 from ..functional.activations import Activation
-from ..functional.recursion import fully_connected_recursion, input_gram_diag
+from ..functional.recursion import fully_connected_recursion, input_gram_diag, take_buffer
 
 # Bytes of autograd intermediates allowed per block in the backward pass (about a dozen block x m tensors per
 # layer are saved) and per block in the forward pass.
@@ -33,7 +33,7 @@ def _block_rows(m: int, batch: int, itemsize: int, depth: int, with_grad: bool) 
     return max(1, BLOCK_BYTES // max(per_row, 1))
 
 
-def kernel_rows(x1_rows, x2, weight_var, bias_var, depth, activation, ntk, diagonal_offset=None):
+def kernel_rows(x1_rows, x2, weight_var, bias_var, depth, activation, ntk, diagonal_offset=None, workspace=None):
     """Kernel entries k(x1_rows, x2), (..., b, m), by the dense recursion.
 
     diagonal_offset: when x1_rows are rows offset.. of x2 itself (a block of a symmetric matrix), the entries
@@ -41,7 +41,13 @@ def kernel_rows(x1_rows, x2, weight_var, bias_var, depth, activation, ntk, diago
     the variances, so that k12 == k11 == k22 bitwise there (|c| = 1 exactly, safe gradients).
     """
     d = x2.shape[-1]
-    gram = x1_rows @ x2.transpose(-1, -2) / d
+    no_grad = not torch.is_grad_enabled() or not any(t.requires_grad for t in (x1_rows, x2, weight_var, bias_var))
+    if no_grad and workspace is not None and x1_rows.dim() == 2 and x2.dim() == 2:
+        # Inference: write the Gram into a recycled buffer, and let the recursion overwrite it.
+        buffer = take_buffer(workspace, x1_rows, (x1_rows.shape[0], x2.shape[0]))
+        gram = torch.matmul(x1_rows, x2.transpose(-1, -2), out=buffer).div_(d)
+    else:
+        gram = x1_rows @ x2.transpose(-1, -2) / d
     var1 = (x1_rows * x1_rows).sum(-1, keepdim=True) / d
     var2 = ((x2 * x2).sum(-1) / d).unsqueeze(-2)
     if diagonal_offset is not None:
@@ -50,7 +56,10 @@ def kernel_rows(x1_rows, x2, weight_var, bias_var, depth, activation, ntk, diago
         diag_values = var2[..., 0, :].index_select(-1, cols)
         gram[..., rows, cols] = diag_values  # gram is a fresh tensor; its producer (a division) keeps no output
         var1 = diag_values.unsqueeze(-1)
-    k, theta = fully_connected_recursion(gram, var1, var2, depth, activation, weight_var, bias_var, ntk=ntk)
+    k, theta = fully_connected_recursion(gram, var1, var2, depth, activation, weight_var, bias_var, ntk=ntk,
+                                         workspace=workspace, consume_gram=workspace is not None)
+    if ntk and workspace is not None and k is not theta and k.shape == theta.shape:
+        workspace.append(k)
     return theta if ntk else k
 
 
@@ -87,10 +96,10 @@ class NetworkKernelOperator(LinearOperator):
                           cache_bytes=self.cache_bytes)
 
     # -- evaluation --------------------------------------------------------------------------------------------
-    def _rows(self, start, stop, x1, x2, weight_var, bias_var):
+    def _rows(self, start, stop, x1, x2, weight_var, bias_var, workspace=None):
         offset = start if self.symmetric else None
         return kernel_rows(x1[..., start:stop, :], x2, weight_var, bias_var, self.depth, self.activation,
-                           self.ntk, diagonal_offset=offset)
+                           self.ntk, diagonal_offset=offset, workspace=workspace)
 
     def _blocks(self, with_grad: bool):
         n, m = self.x1.shape[-2], self.x2.shape[-2]
@@ -103,8 +112,11 @@ class NetworkKernelOperator(LinearOperator):
         if self._dense_cache is None and self.shape.numel() * self.x1.element_size() <= self.cache_bytes:
             with torch.no_grad():
                 out = torch.empty(self.shape, dtype=self.x1.dtype, device=self.x1.device)
+                workspace = []  # blocks share their buffers: fresh n x m allocations cost as much as the arithmetic
                 for start, stop in self._blocks(with_grad=False):
-                    out[..., start:stop, :] = self._rows(start, stop, self.x1, self.x2, self.weight_var, self.bias_var)
+                    block = self._rows(start, stop, self.x1, self.x2, self.weight_var, self.bias_var, workspace)
+                    out[..., start:stop, :] = block
+                    workspace.append(block)
             self._dense_cache = out
         return self._dense_cache
 
@@ -116,8 +128,11 @@ class NetworkKernelOperator(LinearOperator):
             return dense @ rhs
         with torch.no_grad():
             out = None
+            workspace = []
             for start, stop in self._blocks(with_grad=False):
-                part = self._rows(start, stop, self.x1, self.x2, self.weight_var, self.bias_var) @ rhs
+                block = self._rows(start, stop, self.x1, self.x2, self.weight_var, self.bias_var, workspace)
+                part = block @ rhs
+                workspace.append(block)
                 if out is None:
                     out = torch.empty(part.shape[:-2] + (self.x1.shape[-2], part.shape[-1]), dtype=part.dtype,
                                       device=part.device)

@@ -86,7 +86,9 @@ class ABReLU(Activation):
         if workspace is None:
             return super().layer(k12, k11, k22, ntk, symmetric)
         # Inference path: F and Fdot are written into recycled buffers (see recursion.fully_connected_recursion).
-        buffers = [workspace.pop() if workspace else torch.empty_like(k12) for _ in range(2)]
+        from .recursion import take_buffer
+
+        buffers = [take_buffer(workspace, k12) for _ in range(2)]
         f, fdot = abrelu_dual_into(k12, k11, k22, self.a, self.b, buffers)
         if not ntk:
             workspace.append(fdot)

@@ -38,6 +38,17 @@ def input_gram_diag(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
     return (x1 * x2).sum(-1) / x1.shape[-1]
 
 
+def take_buffer(workspace: Optional[list], like: torch.Tensor, shape=None) -> torch.Tensor:
+    """A free tensor with like's dtype/device and shape (default like.shape) from the workspace list (removed from
+    it), or a new contiguous one."""
+    shape = torch.Size(like.shape if shape is None else shape)
+    if workspace:
+        for i, t in enumerate(workspace):
+            if t.shape == shape and t.dtype == like.dtype and t.device == like.device and t.is_contiguous():
+                return workspace.pop(i)
+    return torch.empty(shape, dtype=like.dtype, device=like.device)
+
+
 def fully_connected_recursion(
     gram: torch.Tensor,
     var1: torch.Tensor,
@@ -48,12 +59,17 @@ def fully_connected_recursion(
     bias_var: torch.Tensor,
     ntk: bool = False,
     symmetric: bool = False,
+    workspace: Optional[list] = None,
+    consume_gram: bool = False,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Run `depth` hidden layers and the readout; returns (K^L, Theta^L or None).
 
     gram: (..., n, m); var1: (..., n, 1); var2: (..., 1, m) -- or gram, var1, var2 all (..., n) for a
     diagonal (pass the same tensor three times). weight_var, bias_var broadcast against them.
     symmetric: var2 is var1 transposed (x1 == x2), so the second variance needs no work of its own.
+    workspace: a list of free tensors shaped like gram, reused and refilled by the inference path (a caller that
+    evaluates many blocks of the same shape passes the same list, so only the first block allocates).
+    consume_gram: gram is a temporary of the caller and may be overwritten (inference path only).
     """
     # Without autograd the layers are updated in place: on CPU, allocating a fresh n x n tensor costs as much as
     # several arithmetic passes over it, so the inference path keeps to a handful of buffers.
@@ -63,12 +79,22 @@ def fully_connected_recursion(
     def affine(f):
         return f.mul_(weight_var).add_(bias_var) if inplace else weight_var * f + bias_var
 
-    k12 = weight_var * gram + bias_var
+    if inplace and consume_gram and torch.broadcast_shapes(gram.shape, torch.as_tensor(weight_var).shape,
+                                                           torch.as_tensor(bias_var).shape) == gram.shape:
+        k12 = gram.mul_(weight_var).add_(bias_var)
+    else:
+        k12 = weight_var * gram + bias_var
     k11 = weight_var * var1 + bias_var
     k22 = k11 if var2 is var1 else (k11.transpose(-1, -2) if symmetric else weight_var * var2 + bias_var)
-    theta = (k12.clone() if inplace else k12) if ntk else None
     # Free n x m buffers (inference path only): each layer's old k12 and Fdot are recycled for the next layer.
-    workspace = [] if inplace and k12.dim() >= 2 else None
+    if not inplace or k12.dim() < 2:
+        workspace = None
+    elif workspace is None:
+        workspace = []
+    theta = None
+    if ntk:
+        theta = (take_buffer(workspace, k12).copy_(k12) if inplace else k12) if workspace is not None else (
+            k12.clone() if inplace else k12)
     for _ in range(depth):
         f, fdot, f11, f22 = activation.layer(k12, k11, k22, ntk, symmetric, workspace=workspace)
         new_k11 = affine(f11)
