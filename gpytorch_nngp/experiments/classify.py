@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inducing", type=int, default=500, help="inducing points (svgp)")
     parser.add_argument("--epochs", type=int, default=30, help="ELBO epochs (svgp)")
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--lr", type=float, default=0.02, help="Adam learning rate (svgp)")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
 
