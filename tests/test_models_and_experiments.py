@@ -97,3 +97,16 @@ def test_bad_dataset_arguments():
         load_dataset("digits", 5000)
     with pytest.raises(SystemExit):
         experiments_main(["classify", "--dataset", "cifar"])
+
+
+def test_figure_commands_write_pngs(tmp_path):
+    calibration = experiments_main(["calibration", "--dataset", "digits", "--n-train", "300", "--depth", "2",
+                                    "--bins", "8", "--out", str(tmp_path / "calibration.png")])
+    assert calibration["correlation"] > 0.5  # larger predicted variance, larger realized error
+    grid = experiments_main(["grid", "--dataset", "digits", "--n-train", "200", "--depth", "2", "--grid-size", "3",
+                             "--out", str(tmp_path / "grid.png"), "--json", str(tmp_path / "grid.json")])
+    assert len(grid["validation_accuracy"]) == 3 and len(grid["validation_accuracy"][0]) == 3
+    assert grid["by_validation"]["test_accuracy"] > 0.85 and grid["by_marginal_likelihood"]["test_accuracy"] > 0.85
+    for name in ("calibration.png", "grid.png"):
+        assert (tmp_path / name).stat().st_size > 10_000
+    assert json.loads((tmp_path / "grid.json").read_text())["weight_var"] == grid["weight_var"]

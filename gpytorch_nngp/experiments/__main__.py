@@ -1,8 +1,8 @@
-"""python -m gpytorch_nngp.experiments {classify} ...: reproductions of the NNGP paper's experiments."""
+"""python -m gpytorch_nngp.experiments {classify,calibration,grid} ...: reproductions of the NNGP paper's experiments."""
 import argparse
 import sys
 
-from . import classify
+from . import classify, figures
 
 
 def main(argv=None):
@@ -11,9 +11,18 @@ def main(argv=None):
     classify.add_arguments(commands.add_parser("classify", help="classification accuracy and NLL, JSON output",
                                                description=classify.__doc__,
                                                formatter_class=argparse.RawDescriptionHelpFormatter))
+    for name, add, help_text in (("calibration", figures.add_calibration_arguments,
+                                  "predicted variance vs realized error (PNG)"),
+                                 ("grid", figures.add_grid_arguments,
+                                  "accuracy and evidence over a (weight_var, bias_var) grid (PNG)")):
+        add(commands.add_parser(name, help=help_text, description=figures.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter))
     args = parser.parse_args(argv)
     if args.command == "classify":
         return classify.main(args)
+    if args.command == "calibration":
+        return figures.calibration(args)
+    return figures.grid(args)
 
 
 if __name__ == "__main__":
