@@ -54,15 +54,14 @@ def _nodes_and_projection(num_nodes: int, max_degree: int, dtype: torch.dtype, d
     return z.to(dtype=dtype, device=device), w.to(dtype=dtype, device=device), proj.to(dtype=dtype, device=device)
 
 
-def hermite_coefficients(values: torch.Tensor, num_nodes: int, max_degree: int, degree=None):
+def hermite_coefficients(values: torch.Tensor, num_nodes: int, max_degree: int):
     """Coefficients and parity energies of functions sampled on the quadrature nodes.
 
-    values: (..., Q) samples f(z_q). Returns a (..., K+1) with a_k = E[f he_k] for k <= degree (default
-    max_degree; the projection table is built once for max_degree), and the energies (..., 2) of the even and
-    odd parts, E[((f(z) +- f(-z)) / 2)^2].
+    values: (..., Q) samples f(z_q). Returns a (..., K+1) with a_k = E[f he_k], and the energies (..., 2) of the
+    even and odd parts, E[((f(z) +- f(-z)) / 2)^2].
     """
     _, w, proj = _nodes_and_projection(num_nodes, max_degree, values.dtype, str(values.device))
-    coeffs = values @ (proj if degree is None or degree >= max_degree else proj[:, : degree + 1])
+    coeffs = values @ proj
     return coeffs, parity_energies(values, w)
 
 

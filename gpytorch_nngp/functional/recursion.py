@@ -91,10 +91,9 @@ def fully_connected_recursion(
         workspace = None
     elif workspace is None:
         workspace = []
-    theta = None
-    if ntk:
-        theta = (take_buffer(workspace, k12).copy_(k12) if inplace else k12) if workspace is not None else (
-            k12.clone() if inplace else k12)
+    # The NTK accumulator starts as a copy of K^0 (a recycled buffer on the inference path, where K^0 then
+    # changes in place).
+    theta = (take_buffer(workspace, k12).copy_(k12) if inplace else k12) if ntk else None
     for _ in range(depth):
         f, fdot, f11, f22 = activation.layer(k12, k11, k22, ntk, symmetric, workspace=workspace)
         new_k11 = affine(f11)

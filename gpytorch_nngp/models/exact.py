@@ -88,17 +88,19 @@ class ExactNNGPClassifier:
         return self
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor, batch_size: int = 2048):
-        """Posterior mean (m, C) of the shifted targets and the shared predictive variance (m,) of the latent f."""
+    def predict(self, x: torch.Tensor, batch_size: int = 2048, variance: bool = True):
+        """Posterior mean (m, C) of the shifted targets and the shared predictive variance (m,) of the latent f
+        (None with variance=False, which skips its triangular solves)."""
         means, variances = [], []
         for start in range(0, x.shape[0], batch_size):
             xb = x[start:start + batch_size]
             k_sd = self.kernel(xb, self.x_train).to_dense()
             means.append(k_sd @ self.alpha)
-            v = torch.linalg.solve_triangular(self.chol, k_sd.mT, upper=False)
-            prior = self.kernel(xb, diag=True)
-            variances.append((prior - (v * v).sum(0)).clamp_min(0))
-        return torch.cat(means), torch.cat(variances)
+            if variance:
+                v = torch.linalg.solve_triangular(self.chol, k_sd.mT, upper=False)
+                prior = self.kernel(xb, diag=True)
+                variances.append((prior - (v * v).sum(0)).clamp_min(0))
+        return torch.cat(means), (torch.cat(variances) if variance else None)
 
     def gaussian_nll(self, mean, variance, y) -> float:
         """Mean over test points of -log N(t | mean, (variance + noise) I) for the shifted one-hot targets t."""
