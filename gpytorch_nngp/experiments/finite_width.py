@@ -3,7 +3,7 @@
     python -m gpytorch_nngp.experiments finite-width [--widths 64 256 1024 --epochs 60] --out finite_width.png
 
 Fully connected ReLU networks with `depth` hidden layers are initialized as the NNGP assumes: weights
-N(0, weight_var / fan_in) and biases N(0, bias_var). They are trained with SGD and momentum (step proportional to 1 / (d + depth x width)) on the mean squared
+N(0, weight_var / fan_in) and biases N(0, bias_var). They are trained with SGD and momentum on the mean squared
 error to the shifted one-hot targets, the paper's regression view. For each width the command reports test
 accuracy, the agreement of the network's argmax with the NNGP's, and the RMS difference between the network's
 outputs and the NNGP posterior mean. The figure plots accuracy and agreement against width, with the NNGP as a
@@ -18,20 +18,20 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import NNGPKernel
-from ..models import DATASETS, ExactNNGPClassifier, load_dataset, shifted_one_hot
+from ..models import ExactNNGPClassifier, load_dataset, shifted_one_hot
+from .arguments import add_data_arguments, add_network_arguments, add_progress_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", choices=DATASETS, default="mnist5k")
-    parser.add_argument("--n-train", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--depth", type=int, default=3)
-    parser.add_argument("--weight-var", type=float, default=2.0)
-    parser.add_argument("--bias-var", type=float, default=0.2)
+    add_data_arguments(parser)
+    add_network_arguments(parser, kernel=False)
+    add_progress_argument(parser)
     parser.add_argument("--widths", type=int, nargs="+", default=[64, 256, 1024])
     parser.add_argument("--epochs", type=int, default=60)
-    parser.add_argument("--lr", type=float, default=0.012,
-                        help="SGD step, scaled by 1000 / (d + depth x width) for each width")
+    parser.add_argument("--lr", type=float, default=1.0,
+                        help="SGD step in units of the inverse tangent-kernel scale at initialization (the step "
+                             "is lr / scale, so one value suits every width and input dimension; momentum 0.9 "
+                             "is stable below about 1.9)")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--out", required=True, help="PNG path")
 
@@ -53,6 +53,25 @@ def make_network(d_in, width, depth, num_classes, weight_var, bias_var, generato
     return net
 
 
+def tangent_kernel_scale(net: torch.nn.Module, x: torch.Tensor, points: int = 100) -> float:
+    """Largest eigenvalue of the empirical tangent kernel of the first output on up to `points` inputs x (n, d),
+    divided by their number. On the loss mean_i ||f(x_i) - t_i||^2, gradient descent with momentum beta
+    stays stable while step x 2 x this scale < 2 (1 + beta) (the linearized network of Lee et al. 2019 is a
+    quadratic whose curvature is the tangent kernel), so a step of lr / scale with lr ~ 1 suits every width and
+    input dimension.
+    """
+    from torch.func import functional_call, jacrev, vmap
+
+    params = {name: p.detach() for name, p in net.named_parameters()}
+
+    def first_output(p, xi):
+        return functional_call(net, p, (xi.unsqueeze(0),))[0, 0]
+
+    jac = vmap(jacrev(first_output), in_dims=(None, 0))(params, x[:points])
+    gram = sum(j.flatten(1) @ j.flatten(1).T for j in jac.values())
+    return torch.linalg.eigvalsh(gram)[-1].item() / gram.shape[0]
+
+
 def run(args) -> dict:
     import matplotlib
 
@@ -70,11 +89,11 @@ def run(args) -> dict:
     for width in args.widths:
         generator = torch.Generator().manual_seed(args.seed)
         net = make_network(x.shape[1], width, args.depth, 10, args.weight_var, args.bias_var, generator)
-        # Standard parametrization: the tangent kernel is a sum over layers of their fan-ins, so the stable step
-        # shrinks like 1 / (d + depth x width). lr is the step when that sum is 1000.
-        step = args.lr * 1000 / (x.shape[1] + args.depth * width)
+        # In the standard parametrization the tangent kernel grows with the width and the input dimension, so
+        # the step is lr over its measured scale.
+        step = args.lr / tangent_kernel_scale(net, x)
         optimizer = torch.optim.SGD(net.parameters(), lr=step, momentum=0.9)
-        for _ in tqdm(range(args.epochs), desc=f"width {width}", leave=False):
+        for _ in tqdm(range(args.epochs), desc=f"width {width}", leave=False, disable=args.no_progress):
             perm = torch.randperm(x.shape[0], generator=generator)
             for start in range(0, x.shape[0], args.batch_size):
                 idx = perm[start:start + args.batch_size]

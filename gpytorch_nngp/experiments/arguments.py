@@ -1,0 +1,27 @@
+"""Command-line arguments shared by the experiment subcommands, so that each means the same everywhere."""
+from __future__ import annotations
+
+import argparse
+
+from ..models import DATASETS
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, n_train: int = 1000) -> None:
+    """--dataset, --n-train (train on that many, test on the rest), --seed (split and initialization)."""
+    parser.add_argument("--dataset", choices=DATASETS, default="mnist5k")
+    parser.add_argument("--n-train", type=int, default=n_train)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def add_network_arguments(parser: argparse.ArgumentParser, variances: bool = True, kernel: bool = True) -> None:
+    """--depth (hidden layers), and --weight-var / --bias-var (variances, not standard deviations), --kernel."""
+    parser.add_argument("--depth", type=int, default=3, help="hidden layers")
+    if variances:
+        parser.add_argument("--weight-var", type=float, default=2.0)
+        parser.add_argument("--bias-var", type=float, default=0.2)
+    if kernel:
+        parser.add_argument("--kernel", choices=("nngp", "ntk"), default="nngp")
+
+
+def add_progress_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
