@@ -35,3 +35,32 @@ def test_demo_digits_accuracy():
 
     results = demo.main(["--n-train", "300"])
     assert results["NNGP"] > 0.9 and results["NTK"] > 0.9
+
+
+def test_tutorial_classification(tmp_path):
+    """The classification tutorial on 300 digits: every model beats chance by far, the figures are written."""
+    module = _load(os.path.join(ROOT, "tutorials", "03_classification.py"))
+    report = module.main(["--quick", "--out", str(tmp_path)])
+    assert report["exact_accuracy"] > 0.9 and report["learned_accuracy"] > 0.9
+    assert report["learned_neg_mll"][1] < report["learned_neg_mll"][0]
+    assert report["error_high_variance"] > report["error_low_variance"]  # the variance flags the mistakes
+    assert report["svgp_accuracy"] > 0.8 and report["svgp_neg_elbo"][1] < report["svgp_neg_elbo"][0]
+    for name in ("uncertain_digits", "svgp", "calibration", "grid", "finite_width"):
+        assert (tmp_path / f"classification_{name}.png").stat().st_size > 10_000
+
+
+def test_tutorial_dnn2gp(tmp_path):
+    """DNN2GP tutorial at reduced size: wider bands off the data, the evidence picks a delta with a low test
+    error, the trained network's kernel transfers better than an RBF, and the digit kernel groups classes."""
+    module = _load(os.path.join(ROOT, "tutorials", "04_dnn2gp.py"))
+    report = module.main(["--quick", "--out", str(tmp_path)])
+    assert report["dnn2gp_sd_gap_over_data"] > 1.5
+    best = max(range(len(report["deltas"])), key=report["evidence"].__getitem__)
+    assert report["test_mse"][best] <= 1.2 * min(report["test_mse"])
+    tuned = report["tuned"]["log_marginal_likelihood"]
+    assert tuned[1] >= tuned[0]
+    rmse = report["transfer_rmse"]
+    assert rmse["finite NTK of the task-A network"] < rmse["RBF"]
+    assert report["classifier_accuracy"] > 0.8 and report["kernel_within_over_between"] > 1.2
+    for name in ("regression", "evidence_vs_delta", "digits_kernel"):
+        assert (tmp_path / f"dnn2gp_{name}.png").stat().st_size > 10_000

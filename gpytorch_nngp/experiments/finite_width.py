@@ -103,8 +103,13 @@ def run(args) -> dict:
                 optimizer.step()
         with torch.no_grad():
             out = net(x_test)
+        if not torch.isfinite(out).all():
+            print(f"width {width:6d}: training diverged (non-finite outputs); lower --lr (now {args.lr})")
+            rows.append({"width": width, "diverged": True, "accuracy": float("nan"),
+                         "agreement_with_nngp": float("nan"), "rms_to_nngp_mean": float("nan")})
+            continue
         pred = out.argmax(-1)
-        rows.append({"width": width, "accuracy": (pred == y_test).double().mean().item(),
+        rows.append({"width": width, "diverged": False, "accuracy": (pred == y_test).double().mean().item(),
                      "agreement_with_nngp": (pred == nngp_pred).double().mean().item(),
                      "rms_to_nngp_mean": (out - nngp_mean).pow(2).mean().sqrt().item()})
         print(f"width {width:6d}: test accuracy {rows[-1]['accuracy']:.4f}, argmax agreement with the NNGP "
