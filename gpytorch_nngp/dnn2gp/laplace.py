@@ -33,7 +33,7 @@ from linear_operator.utils.lanczos import lanczos_tridiag, lanczos_tridiag_to_di
 
 from .._validation import check_positive_variance
 from .kernel import EXPLICIT_BYTES, MODES
-from .linearize import JACOBIAN_BLOCK_BYTES, LinearizedNetwork
+from .linearize import LinearizedNetwork
 
 LIKELIHOODS = ("regression", "classification")
 EXPLICIT_MAX_SIZE = 6000  # "auto" eigendecomposes the N x N matrix (N = n C) only up to this N
@@ -197,8 +197,7 @@ class DNN2GP:
             and n * c <= EXPLICIT_MAX_SIZE)
         self.explicit = explicit
         if explicit:
-            self._J = net.jacobian(X)  # (n, C, P)
-            self._JL = self._apply_root_to_rows(self._J)
+            self._JL = self._apply_root_to_rows(net.jacobian(X))  # L0^T J per point, (n, C, P)
             flat = self._JL.flatten(0, 1)
             mu, self._U = torch.linalg.eigh(flat @ flat.mT)
             self._mu = mu.clamp_min(0)
@@ -303,8 +302,7 @@ class DNN2GP:
         delta = torch.tensor(self.prior_precision, dtype=dtype)
         sigma = torch.tensor(self.sigma_noise if self.likelihood == "regression" else 1.0, dtype=dtype)
         scale = self._scale(delta, sigma)
-        c, per_point = self.num_outputs, self.num_outputs * net.num_params * dtype.itemsize
-        rows = max(1, min(net.chunk_size, JACOBIAN_BLOCK_BYTES // per_point))
+        c, rows = self.num_outputs, net.jacobian_rows(X)
         if not self.explicit:
             rows = max(1, min(rows, 64 // c))  # each test output is one CG right-hand side
         covs = []

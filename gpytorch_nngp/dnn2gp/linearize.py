@@ -87,14 +87,14 @@ class LinearizedNetwork:
 
         return vmap(jacrev(one_point), in_dims=(None, 0))(self.params, x)
 
-    def _jacobian_rows(self, x: torch.Tensor) -> int:
+    def jacobian_rows(self, x: torch.Tensor) -> int:
         """Points per batch of per-point Jacobians: at most chunk_size and JACOBIAN_BLOCK_BYTES of Jacobians."""
         per_point = self.num_outputs(x) * self.num_params * self.dtype.itemsize
         return max(1, min(self.chunk_size, JACOBIAN_BLOCK_BYTES // per_point))
 
     def jacobian(self, x: torch.Tensor) -> torch.Tensor:
         """J(x) (n, C, P), parameters flattened in named_parameters order. Memory n C P: small models only."""
-        rows = self._jacobian_rows(x)
+        rows = self.jacobian_rows(x)
         out = None
         for a in range(0, x.shape[0], rows):
             jac = self._point_jacobians(x[a:a + rows])
@@ -133,7 +133,7 @@ class LinearizedNetwork:
     def kernel_diagonal(self, x: torch.Tensor) -> torch.Tensor:
         """The per-point blocks J(x_i) J(x_i)^T (n, C, C), from the Jacobians of a few points at a time
         (JACOBIAN_BLOCK_BYTES), so no n x P matrix is formed."""
-        rows = self._jacobian_rows(x)
+        rows = self.jacobian_rows(x)
         blocks = []
         for a in range(0, x.shape[0], rows):
             b = min(x.shape[0], a + rows)
