@@ -64,3 +64,14 @@ def test_tutorial_dnn2gp(tmp_path):
     assert report["classifier_accuracy"] > 0.8 and report["kernel_within_over_between"] > 1.2
     for name in ("regression", "evidence_vs_delta", "digits_kernel"):
         assert (tmp_path / f"dnn2gp_{name}.png").stat().st_size > 10_000
+
+
+def test_tutorial_bayesian_optimization(tmp_path):
+    """The BoTorch loop with an NNGP surrogate reaches the global basin of the 1-D test function."""
+    import pytest
+
+    pytest.importorskip("botorch")
+    module = _load(os.path.join(ROOT, "tutorials", "05_bayesian_optimization.py"))
+    report = module.main(["--quick", "--out", str(tmp_path)])
+    assert report["best"] > report["optimum"] - 0.3 and report["best_x"] > 2.0
+    assert (tmp_path / "bayesian_optimization_nngp.png").stat().st_size > 10_000
