@@ -72,11 +72,15 @@ class FiniteNTKKernel(Kernel):
             return False
         return n_points * self.network.num_params * self.network.dtype.itemsize > EXPLICIT_BYTES
 
+    @staticmethod
+    def _require_single_output(count: int) -> None:
+        if count != 1:
+            raise ValueError(f"the model has {count} outputs: pass output=<index> to FiniteNTKKernel")
+
     def _jacobian(self, x: torch.Tensor) -> torch.Tensor:
         """(..., n, d) -> (..., n, P) for the single output."""
         jac = self.network.jacobian(x.reshape(-1, x.shape[-1]))
-        if jac.shape[1] != 1:
-            raise ValueError(f"the model has {jac.shape[1]} outputs: pass output=<index> to FiniteNTKKernel")
+        self._require_single_output(jac.shape[1])
         return jac[:, 0].reshape(*x.shape[:-1], -1)
 
     def forward(self, x1, x2, diag: bool = False, last_dim_is_batch: bool = False, **params):
@@ -89,8 +93,7 @@ class FiniteNTKKernel(Kernel):
         if diag:
             if x1.shape == x2.shape and torch.equal(x1, x2):
                 flat = self.network.kernel_diagonal(x1.reshape(-1, x1.shape[-1]))
-                if flat.shape[-1] != 1:
-                    raise ValueError(f"the model has {flat.shape[-1]} outputs: pass output=<index> to FiniteNTKKernel")
+                self._require_single_output(flat.shape[-1])
                 values = flat.reshape(*x1.shape[:-1])
             else:
                 values = (self._jacobian(x1) * self._jacobian(x2)).sum(-1)
@@ -98,8 +101,7 @@ class FiniteNTKKernel(Kernel):
         batched = x1.dim() > 2 or x2.dim() > 2
         if self._use_operator(x1.shape[-2] + x2.shape[-2], batched):
             op = FiniteNTKOperator(x1, x2, network=self.network)
-            if op.num_outputs != 1:
-                raise ValueError(f"the model has {op.num_outputs} outputs: pass output=<index> to FiniteNTKKernel")
+            self._require_single_output(op.num_outputs)
             return op * scale.reshape(())
         j1 = self._jacobian(x1)
         j2 = j1 if x2 is x1 else self._jacobian(x2)

@@ -210,19 +210,22 @@ class DNN2GP:
                              if rank > 0 else None)
         return self
 
-    def _apply_root_to_rows(self, rows: torch.Tensor) -> torch.Tensor:
-        """L_i^T R_i per training point for R (n, C, k): (n, C, k); identity for regression."""
-        return rows if self._root is None else self._root.mT @ rows
+    def _apply_root_to_rows(self, rows: torch.Tensor, transpose: bool = True) -> torch.Tensor:
+        """L_i^T R_i (or L_i R_i) per training point for R (n, C, k): (n, C, k); identity for regression."""
+        if self._root is None:
+            return rows
+        return (self._root.mT if transpose else self._root) @ rows
+
+    def _apply_root_to_stack(self, stacked: torch.Tensor, transpose: bool = True) -> torch.Tensor:
+        """The same for t stacked training-set vectors (t, n, C)."""
+        return self._apply_root_to_rows(stacked.permute(1, 2, 0), transpose).permute(2, 0, 1)
 
     def _m0_matmul(self, v: torch.Tensor) -> torch.Tensor:
         """M0 v = L0^T J J^T L0 v for v (N, t), through one VJP and one JVP."""
         n, c, t = self.X.shape[0], self.num_outputs, v.shape[-1]
         u = v.mT.reshape(t, n, c)
-        if self._root is not None:
-            u = (self._root @ u.permute(1, 2, 0)).permute(2, 0, 1)  # L_i u_i
-        ku = self.network.jvp(self.X, self.network.vjp(self.X, u))  # (t, n, C)
-        if self._root is not None:
-            ku = (self._root.mT @ ku.permute(1, 2, 0)).permute(2, 0, 1)
+        u = self._apply_root_to_stack(u, transpose=False)  # L_i u_i
+        ku = self._apply_root_to_stack(self.network.jvp(self.X, self.network.vjp(self.X, u)))  # (t, n, C)
         return ku.reshape(t, n * c).mT
 
     def _lanczos_quadrature(self):
@@ -315,9 +318,7 @@ class DNN2GP:
                 reduction = torch.einsum("acn,n,adn->acd", g, shrink, g)
             else:
                 # R = L0^T J X* (N, b C): one JVP per test output, then B^-1 R by conjugate gradients.
-                cross = net.jvp(self.X, net.unflatten(jac.flatten(0, 1)))  # (b C, n, C)
-                if self._root is not None:
-                    cross = (self._root.mT @ cross.permute(1, 2, 0)).permute(2, 0, 1)
+                cross = self._apply_root_to_stack(net.jvp(self.X, net.unflatten(jac.flatten(0, 1))))  # (b C, n, C)
                 rhs = cross.reshape(cross.shape[0], -1).mT
                 preconditioner = None if self._nystrom is None else nystrom_preconditioner(*self._nystrom, scale)
                 solve, self.cg_info = conjugate_gradients(lambda v: v + self._m0_matmul(v) / scale, rhs,

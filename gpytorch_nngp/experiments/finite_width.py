@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import NNGPKernel
+from ..dnn2gp import LinearizedNetwork
 from ..models import ExactNNGPClassifier, load_dataset, shifted_one_hot
 from .arguments import add_data_arguments, add_network_arguments, add_progress_argument
 
@@ -60,15 +61,8 @@ def tangent_kernel_scale(net: torch.nn.Module, x: torch.Tensor, points: int = 10
     quadratic whose curvature is the tangent kernel), so a step of lr / scale with lr ~ 1 suits every width and
     input dimension.
     """
-    from torch.func import functional_call, jacrev, vmap
-
-    params = {name: p.detach() for name, p in net.named_parameters()}
-
-    def first_output(p, xi):
-        return functional_call(net, p, (xi.unsqueeze(0),))[0, 0]
-
-    jac = vmap(jacrev(first_output), in_dims=(None, 0))(params, x[:points])
-    gram = sum(j.flatten(1) @ j.flatten(1).T for j in jac.values())
+    jac = LinearizedNetwork(net, output=0).jacobian(x[:points])[:, 0]  # (points, P)
+    gram = jac @ jac.T
     return torch.linalg.eigvalsh(gram)[-1].item() / gram.shape[0]
 
 
