@@ -43,10 +43,11 @@ def finite_ntk_kernel():
     return FiniteNTKKernel(net, mode="explicit")
 
 
-KERNELS = {
-    "nngp": lambda: NNGPKernel(3, "relu"),
-    "ntk": lambda: NTKKernel(2, "erf"),
-    "finite_ntk": finite_ntk_kernel,
+KERNELS = {  # covariance modules as a user writes them
+    "nngp": lambda: ScaleKernel(NNGPKernel(3, "relu")),
+    "nngp_unscaled": lambda: NNGPKernel(3, "relu"),  # what the README advises for ReLU: weight_var is the scale
+    "ntk": lambda: ScaleKernel(NTKKernel(2, "erf")),
+    "finite_ntk": lambda: ScaleKernel(finite_ntk_kernel()),
 }
 
 
@@ -55,7 +56,7 @@ def test_single_task_gp_bayesian_optimization_step(name):
     g = torch.Generator().manual_seed(0)
     train_x = torch.rand(12, 3, generator=g, dtype=torch.float64)
     train_y = objective(train_x).unsqueeze(-1)
-    model = SingleTaskGP(train_x, train_y, covar_module=ScaleKernel(KERNELS[name]()).double(),
+    model = SingleTaskGP(train_x, train_y, covar_module=KERNELS[name]().double(),
                          input_transform=Normalize(3), outcome_transform=Standardize(1))
     mll = ExactMarginalLogLikelihood(model.likelihood, model)
     fit_gpytorch_mll(mll)

@@ -1,6 +1,7 @@
 """ReLU and erf recursions checked against values worked out by hand (math module only)."""
 import math
 
+import pytest
 import torch
 
 from gpytorch_nngp import NNGPKernel, NTKKernel
@@ -51,3 +52,26 @@ def test_erf_depth2_by_hand():
         k.weight_var, k.bias_var = wv, bv
     assert math.isclose(nngp(x1, x2).to_dense().item(), k12, rel_tol=1e-12)
     assert math.isclose(ntk(x1, x2).to_dense().item(), t12, rel_tol=1e-12)
+
+
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "abs", "identity"])
+@pytest.mark.parametrize("kernel_class", [NNGPKernel, NTKKernel])
+def test_weight_var_is_the_output_scale_of_homogeneous_activations(kernel_class, activation):
+    # For a positively homogeneous activation and bias_var -> 0 (1e-30 here; 0 is refused), every layer multiplies
+    # the kernel by weight_var: K^L(weight_var) = weight_var^(L+1) K^L(1), and so for the NTK. An output scale s is
+    # weight_var * s^(1/(L+1)), which is why the README advises against a ScaleKernel around these kernels.
+    x = torch.randn(5, 3, dtype=torch.float64)
+    depth, scale = 3, 7.0
+    base, moved = (kernel_class(depth, activation).double() for _ in range(2))
+    base.weight_var, moved.weight_var = 1.3, 1.3 * scale ** (1 / (depth + 1))  # set in float64, not rounded to float32
+    base.bias_var = moved.bias_var = 1e-30
+    torch.testing.assert_close(moved(x).to_dense(), scale * base(x).to_dense(), rtol=1e-10, atol=1e-12)
+
+
+def test_weight_var_is_not_the_output_scale_of_erf():
+    # erf saturates: the same identity fails, so there a ScaleKernel adds a degree of freedom.
+    x = torch.randn(5, 3, dtype=torch.float64)
+    base, moved = (NNGPKernel(3, "erf").double() for _ in range(2))
+    base.weight_var, moved.weight_var = 1.3, 1.3 * 7.0 ** 0.25
+    base.bias_var = moved.bias_var = 1e-30
+    assert not torch.allclose(moved(x).to_dense(), 7.0 * base(x).to_dense(), rtol=1e-2)

@@ -3,8 +3,11 @@
     python tutorials/05_bayesian_optimization.py [--quick] [--out tutorials/figures]
 
 A 1-D function with several local maxima is maximized by a BO loop: at each step a SingleTaskGP with
-ScaleKernel(NNGPKernel(3, "relu")) (inputs normalized to [0, 1], outputs standardized, hyperparameters fitted by
-fit_gpytorch_mll) proposes the maximizer of qLogExpectedImprovement. The figure shows the surrogate and the
+NNGPKernel(3, "relu") (inputs normalized to [-0.5, 0.5], outputs standardized, hyperparameters fitted by
+fit_gpytorch_mll) proposes the maximizer of qLogExpectedImprovement. No ScaleKernel: for ReLU the kernel's
+weight_var already is its output scale (see benchmarks/bo_surrogate_fit.py). The objective is noiseless, so the
+model is told so (train_Yvar = 1e-4): with the noise left to the marginal likelihood, four points of a wiggly 1-D
+function are explained as noise and the loop searches blindly. The figure shows the surrogate and the
 acquisition function at three stages of the loop, and the best value found against the number of evaluations.
 Needs botorch (pip install 'gpytorch_nngp[bo]'); gpytorch_nngp itself does not import it.
 """
@@ -21,7 +24,6 @@ from botorch.fit import fit_gpytorch_mll  # noqa: E402
 from botorch.models import SingleTaskGP  # noqa: E402
 from botorch.models.transforms import Normalize, Standardize  # noqa: E402
 from botorch.optim import optimize_acqf  # noqa: E402
-from gpytorch.kernels import ScaleKernel  # noqa: E402
 from gpytorch.mlls import ExactMarginalLogLikelihood  # noqa: E402
 
 from gpytorch_nngp import NNGPKernel  # noqa: E402
@@ -36,7 +38,7 @@ def objective(x):
 
 
 def fit_surrogate(x, y):
-    model = SingleTaskGP(x, y, covar_module=ScaleKernel(NNGPKernel(3, "relu")).double(),
+    model = SingleTaskGP(x, y, train_Yvar=torch.full_like(y, 1e-4), covar_module=NNGPKernel(3, "relu").double(),
                          input_transform=Normalize(1, bounds=BOUNDS, center=0.0), outcome_transform=Standardize(1))
     fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
     return model

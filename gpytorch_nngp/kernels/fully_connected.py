@@ -188,6 +188,12 @@ class NNGPKernel(_FullyConnectedKernel):
     Equal to neural-tangents' ``stax.serial(*[Dense(W_std=sqrt(weight_var), b_std=sqrt(bias_var)), act] * depth,
     Dense(...))`` NNGP kernel.
 
+    Output scale: for positively homogeneous activations (relu, leaky_relu, abs, identity) weight_var already is
+    one. As bias_var -> 0, s K(weight_var) = K(s^(1/(L+1)) weight_var), for the NTK too. A ScaleKernel around the
+    kernel is then a nearly redundant parameter along which L-BFGS (BoTorch's fit_gpytorch_mll) wanders, with
+    several times more evaluations for the same fit (benchmarks/bo_surrogate_fit.py). For saturating activations
+    (erf, tanh, ...) a ScaleKernel does add freedom.
+
     Args:
         depth: number of hidden layers L (L nonlinearities, L + 1 dense layers); 0 is a linear model.
         activation: a name ("relu", "erf", "abs", "identity", "gelu", "sign", "leaky_relu", "tanh", "sigmoid",
