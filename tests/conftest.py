@@ -4,8 +4,6 @@ import tempfile
 # KeOps builds its formulas once and caches them here (must be set before pykeops is imported).
 os.environ.setdefault("KEOPS_CACHE_FOLDER", os.path.join(tempfile.gettempdir(), "gpytorch_nngp_keops_cache"))
 
-import os
-
 import pytest
 import torch
 

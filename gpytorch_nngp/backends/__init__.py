@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .keops import KEOPS_AVAILABLE, KeOpsNetworkKernelOperator, keops_supported
+from .keops import KEOPS_AVAILABLE, KeOpsNetworkKernelOperator, check_keops_activation, keops_supported
 from .lazy import NetworkKernelOperator, kernel_rows
 
 BACKENDS = ("auto", "dense", "lazy", "keops")
@@ -38,4 +38,4 @@ def resolve_backend(backend: str, x1: torch.Tensor, x2: torch.Tensor, activation
 
 
 __all__ = ["BACKENDS", "DENSE_MAX_ENTRIES", "KeOpsNetworkKernelOperator", "NetworkKernelOperator", "check_backend",
-           "kernel_rows", "keops_supported", "resolve_backend"]
+           "check_keops_activation", "kernel_rows", "keops_supported", "resolve_backend"]

@@ -37,6 +37,13 @@ def keops_supported(activation: Activation) -> bool:
     return isinstance(activation, SUPPORTED)
 
 
+def check_keops_activation(activation: Activation) -> None:
+    """Raise a ValueError naming the alternatives when the KeOps backend cannot compute `activation`."""
+    if not keops_supported(activation):
+        raise ValueError(f"backend='keops' supports the closed-form activations (relu, leaky_relu/ABReLU, abs, "
+                         f"identity, erf, sign), not {activation!r}; use backend='lazy' or 'auto'")
+
+
 def _gap_sqrt(k12, v1, v2, rel_eps):
     gap = (v1 * v2 * (1.0 - rel_eps) - k12 * k12).relu()
     return gap * gap.rsqrt()
@@ -60,8 +67,8 @@ def _dual(activation, k12, v1, v2, ntk, rel_eps):
     if isinstance(activation, Sign):
         s = _gap_sqrt(k12, v1, v2, rel_eps)
         return 1 - (2 / math.pi) * s.atan2(k12), 0.0
-    raise ValueError(f"the KeOps backend supports the closed forms {', '.join(c.__name__ for c in SUPPORTED)}; "
-                     f"got activation {activation!r} -- use backend='lazy' for it")
+    check_keops_activation(activation)
+    raise AssertionError(f"{activation!r} is in SUPPORTED but has no KeOps formula")
 
 
 def layer_variances(x, weight_var, bias_var, depth, activation):
@@ -111,8 +118,7 @@ class KeOpsNetworkKernelOperator(NetworkKernelOperator):
 
     def __init__(self, x1, x2, weight_var, bias_var, **kwargs):
         super().__init__(x1, x2, weight_var, bias_var, **kwargs)
-        if not keops_supported(self.activation):
-            _dual(self.activation, None, None, None, False, 0.0)  # raises the explanatory ValueError
+        check_keops_activation(self.activation)
 
     def _matmul(self, rhs):
         formula = keops_kernel(self.x1, self.x2, self.weight_var, self.bias_var, self.depth, self.activation, self.ntk)

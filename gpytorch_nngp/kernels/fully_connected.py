@@ -10,7 +10,7 @@ from gpytorch.priors import Prior
 
 from .._validation import check_depth, check_inputs, check_positive_variance
 from ..functional.activations import Activation, get_activation
-from ..backends import (KeOpsNetworkKernelOperator, NetworkKernelOperator, check_backend, keops_supported,
+from ..backends import (KeOpsNetworkKernelOperator, NetworkKernelOperator, check_backend, check_keops_activation,
                         resolve_backend)
 from ..functional.recursion import fully_connected_recursion, input_gram_diag, input_grams
 
@@ -69,9 +69,8 @@ class _FullyConnectedKernel(Kernel):
         self.backend = check_backend(backend)
         self.depth = check_depth(depth)
         self.activation: Activation = get_activation(activation)
-        if self.backend == "keops" and not keops_supported(self.activation):
-            raise ValueError(f"backend='keops' supports the closed-form activations (relu, leaky_relu/ABReLU, abs, "
-                             f"identity, erf, sign), not {self.activation!r}; use backend='lazy' or 'auto'")
+        if self.backend == "keops":
+            check_keops_activation(self.activation)
         weight_var = check_positive_variance("weight_var", weight_var)
         bias_var = check_positive_variance("bias_var", bias_var)
         shape = (*self.batch_shape, 1, 1)
