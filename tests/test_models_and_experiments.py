@@ -1,5 +1,6 @@
 """Model classes (exact paper-style classifier, SVGPs) and the experiments command line, at small sizes."""
 import json
+import math
 
 import pytest
 import torch
@@ -26,6 +27,11 @@ def test_exact_classifier_on_digits():
     _, var_train = clf.predict(x[:20])
     assert var_train.max() < 1e-3 * var.mean()
     assert torch.isfinite(torch.tensor(clf.gaussian_nll(mean, var, yt)))
+    # fit's evidence from its own factor is the differentiable log_marginal_likelihood's value
+    noisy = ExactNNGPClassifier(NNGPKernel(3, "relu").double(), noise=1e-3).fit(x, y)
+    with torch.no_grad():
+        assert math.isclose(noisy.fitted_log_marginal_likelihood, noisy.log_marginal_likelihood(x, y).item(),
+                            rel_tol=1e-12)
 
 
 def test_exact_classifier_learns_hyperparameters():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from .. import NNGPKernel, NTKKernel
 from ..models import DATASETS
 
 
@@ -21,6 +22,12 @@ def add_network_arguments(parser: argparse.ArgumentParser, variances: bool = Tru
         parser.add_argument("--bias-var", type=float, default=0.2)
     if kernel:
         parser.add_argument("--kernel", choices=("nngp", "ntk"), default="nngp")
+
+
+def network_kernel(args, weight_var: float, bias_var: float, activation="relu"):
+    """The float64 NNGPKernel or NTKKernel (--kernel) of --depth hidden layers that add_network_arguments describes."""
+    cls = NTKKernel if args.kernel == "ntk" else NNGPKernel
+    return cls(args.depth, activation, weight_var=weight_var, bias_var=bias_var).double()
 
 
 def add_progress_argument(parser: argparse.ArgumentParser) -> None:

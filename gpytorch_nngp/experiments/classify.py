@@ -16,10 +16,9 @@ import time
 
 import torch
 
-from .. import NNGPKernel, NTKKernel
 from ..models import ExactNNGPClassifier, SVGPClassifier, load_dataset, train_svgp
 from ..models.svgp import SCHEDULES
-from .arguments import add_data_arguments, add_network_arguments, add_progress_argument
+from .arguments import add_data_arguments, add_network_arguments, add_progress_argument, network_kernel
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,8 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_classification(args) -> dict:
     torch.manual_seed(args.seed)
     x, y, x_test, y_test = load_dataset(args.dataset, args.n_train, args.seed)
-    cls = NTKKernel if args.kernel == "ntk" else NNGPKernel
-    kernel = cls(args.depth, args.activation, weight_var=args.weight_var, bias_var=args.bias_var).double()
+    kernel = network_kernel(args, args.weight_var, args.bias_var, args.activation)
     start = time.perf_counter()
     extra = {}
     if args.model == "exact":

@@ -19,9 +19,8 @@ import math
 
 import torch
 
-from .. import NNGPKernel, NTKKernel
 from ..models import ExactNNGPClassifier, load_dataset, shifted_one_hot
-from .arguments import add_data_arguments, add_network_arguments, add_progress_argument
+from .arguments import add_data_arguments, add_network_arguments, add_progress_argument, network_kernel
 
 
 def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,11 +41,6 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", default=None, help="also write the grid values as JSON")
 
 
-def _kernel(args, weight_var, bias_var):
-    cls = NTKKernel if args.kernel == "ntk" else NNGPKernel
-    return cls(args.depth, "relu", weight_var=weight_var, bias_var=bias_var).double()
-
-
 def calibration(args) -> dict:
     import matplotlib
 
@@ -54,7 +48,7 @@ def calibration(args) -> dict:
     import matplotlib.pyplot as plt
 
     x, y, x_test, y_test = load_dataset(args.dataset, args.n_train, args.seed)
-    clf = ExactNNGPClassifier(_kernel(args, args.weight_var, args.bias_var)).fit(x, y)
+    clf = ExactNNGPClassifier(network_kernel(args, args.weight_var, args.bias_var)).fit(x, y)
     mean, variance = clf.predict(x_test)
     err = ((mean - shifted_one_hot(y_test, 10, mean.dtype)) ** 2).mean(-1)  # per point, averaged over outputs
     order = torch.argsort(variance)
@@ -94,14 +88,13 @@ def grid(args) -> dict:
     evidence = torch.zeros(len(bvs), len(wvs))
     for i, bv in enumerate(tqdm(bvs, desc="grid rows", disable=args.no_progress)):
         for j, wv in enumerate(wvs):
-            clf = ExactNNGPClassifier(_kernel(args, wv, bv), noise=1e-3)
-            with torch.no_grad():
-                evidence[i, j] = clf.log_marginal_likelihood(x, y)
-                mean, _ = clf.fit(x, y).predict(x_val)
+            clf = ExactNNGPClassifier(network_kernel(args, wv, bv), noise=1e-3).fit(x, y)  # one factor for both
+            evidence[i, j] = clf.fitted_log_marginal_likelihood
+            mean, _ = clf.predict(x_val, variance=False)
             accuracy[i, j] = (mean.argmax(-1) == y_val).double().mean()
 
     def test_accuracy(i, j):
-        clf = ExactNNGPClassifier(_kernel(args, wvs[j], bvs[i]), noise=1e-3).fit(x, y)
+        clf = ExactNNGPClassifier(network_kernel(args, wvs[j], bvs[i]), noise=1e-3).fit(x, y)
         return (clf.predict(x_test)[0].argmax(-1) == y_test).double().mean().item()
 
     best_val = divmod(int(accuracy.argmax()), len(wvs))

@@ -17,7 +17,6 @@ import torch
 from tqdm.auto import tqdm
 
 
-
 def shifted_one_hot(y: torch.Tensor, num_classes: int, dtype=torch.float64) -> torch.Tensor:
     return torch.nn.functional.one_hot(y, num_classes).to(dtype) - 1.0 / num_classes
 
@@ -54,7 +53,11 @@ class ExactNNGPClassifier:
         """sum over the C outputs of log N(t_c | 0, K + noise I), divided by n (differentiable)."""
         targets = shifted_one_hot(y, self.num_classes, x.dtype)
         chol, _ = self._factor(self.kernel(x).to_dense())
-        alpha = torch.cholesky_solve(targets, chol)
+        return self._evidence(targets, chol, torch.cholesky_solve(targets, chol))
+
+    @staticmethod
+    def _evidence(targets, chol, alpha):
+        """log N(targets | 0, chol chol^T) summed over the C columns, divided by n; alpha = (chol chol^T)^-1 targets."""
         n, c = targets.shape
         quad = (targets * alpha).sum()
         logdet = 2 * chol.diagonal().log().sum()
@@ -81,10 +84,13 @@ class ExactNNGPClassifier:
 
     @torch.no_grad()
     def fit(self, x: torch.Tensor, y: torch.Tensor) -> "ExactNNGPClassifier":
+        """Factor K_DD + noise I once. Also sets fitted_log_marginal_likelihood (float), the value of
+        log_marginal_likelihood(x, y) from the same factor."""
         self.x_train = x
         targets = shifted_one_hot(y, self.num_classes, x.dtype)
         self.chol, self.noise_used = self._factor(self.kernel(x).to_dense())
         self.alpha = torch.cholesky_solve(targets, self.chol)
+        self.fitted_log_marginal_likelihood = self._evidence(targets, self.chol, self.alpha).item()
         return self
 
     @torch.no_grad()
