@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numbers
 import weakref
+from typing import Sequence
 
 import torch
 
@@ -25,6 +26,7 @@ def _remember_finite(x: torch.Tensor) -> None:
 
 
 def check_depth(depth) -> int:
+    """depth as an int >= 0 (hidden layers). Raises TypeError / ValueError naming `depth`."""
     if isinstance(depth, bool) or not isinstance(depth, numbers.Integral):
         raise TypeError(f"depth must be a non-negative int (number of hidden layers), got {depth!r}")
     if depth < 0:
@@ -32,20 +34,49 @@ def check_depth(depth) -> int:
     return int(depth)
 
 
-def check_positive_variance(name: str, value) -> torch.Tensor:
-    """Turn a float or tensor into a tensor, insisting on finite, strictly positive entries."""
+def check_choice(name: str, value, choices: Sequence[str]) -> str:
+    """value if it is one of `choices` (strings). Raises ValueError naming the argument and listing the choices."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+    return value
+
+
+# What each positive hyperparameter is, for error messages that are true for it.
+VARIANCE = "a variance sigma^2, not a standard deviation"
+STANDARD_DEVIATION = "a standard deviation sigma, not a variance"
+PRECISION = "a precision (inverse variance) delta, the weight decay of the prior N(0, I / delta)"
+
+
+def check_positive(name: str, value, meaning: str, hint: str = "") -> torch.Tensor:
+    """A float or tensor as a tensor with finite entries > 0.
+
+    Args:
+        name: the argument's name, for the message.
+        value: a real number or a floating point tensor.
+        meaning: what the argument is (VARIANCE, STANDARD_DEVIATION, PRECISION), said in the message.
+        hint: an extra sentence for the message.
+
+    Returns:
+        A tensor (Python numbers become float64, so that a float64 kernel gets the exact value asked for).
+
+    Raises:
+        TypeError: value is not a real number or tensor.
+        ValueError: an entry is NaN, infinite or <= 0.
+    """
     if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.Tensor)):
-        raise TypeError(f"{name} must be a positive float or tensor (a variance, sigma^2), got {type(value).__name__}")
-    # Python numbers go through float64 so that a float64 kernel gets the exact value asked for.
+        raise TypeError(f"{name} must be a positive float or tensor ({meaning}), got {type(value).__name__}")
     tensor = value if isinstance(value, torch.Tensor) else torch.tensor(float(value), dtype=torch.float64)
     if not torch.is_floating_point(tensor):
         tensor = tensor.to(torch.get_default_dtype())
     if not torch.isfinite(tensor).all() or (tensor <= 0).any():
-        raise ValueError(
-            f"{name} must be finite and > 0 (it is a variance sigma^2, not a standard deviation), got {value!r}; "
-            "for a network without biases use a tiny bias_var such as 1e-12"
-        )
+        raise ValueError(f"{name} must be finite and > 0 (it is {meaning}), got {value!r}" + (f"; {hint}" if hint else ""))
     return tensor
+
+
+def check_positive_variance(name: str, value) -> torch.Tensor:
+    """check_positive for the network variances weight_var and bias_var."""
+    hint = "for a network without biases use a tiny bias_var such as 1e-12" if name == "bias_var" else ""
+    return check_positive(name, value, VARIANCE, hint)
 
 
 def check_inputs(x1: torch.Tensor, x2: torch.Tensor) -> None:

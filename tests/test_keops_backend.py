@@ -1,45 +1,144 @@
-"""The KeOps backend on the CPU (pykeops compiles with g++): tiny sizes, one depth, cached builds.
+"""The KeOps backend: every formula it supports against the dense recursion, values and gradients.
 
-The first run compiles a handful of KeOps formulas (a few minutes on 2 cores); later runs reuse the build in
-KEOPS_CACHE_FOLDER (set in conftest.py). On a GPU the same code path is the fast one.
+KeOps compiles each formula (and each gradient formula) with g++ on a CPU, about 15 s apiece on 2 cores. So the
+formulas are checked in two ways:
+- the formula builder run on plain torch tensors (tests/keops_stand_in.py stands in for LazyTensor): every
+  activation, NNGP and NTK, depths 2 and 3, values and gradients, in milliseconds;
+- compiled by KeOps: one end-to-end case in the default run, and every formula under `-m slow`. Builds are
+  cached in KEOPS_CACHE_FOLDER (set in conftest.py), so only a cold cache pays for compilation.
 """
 import pytest
 import torch
 
-from gpytorch_nngp import NNGPKernel, NTKKernel, backends
+from gpytorch_nngp import NNGPKernel, NTKKernel, activations, backends
 from gpytorch_nngp.activations import ReLU
+from gpytorch_nngp.backends import keops
+from gpytorch_nngp.functional.recursion import fully_connected_recursion, input_grams
+from keops_stand_in import TorchLazyTensor
 
-pytestmark = pytest.mark.skipif(not backends.KEOPS_AVAILABLE, reason="pykeops not importable")
+FORMULAS = ["relu", activations.LeakyReLU(0.2), activations.ABReLU(-0.3, 1.2), "abs", "identity", "erf", "sign"]
+compiled = pytest.mark.skipif(not backends.KEOPS_AVAILABLE, reason="pykeops not importable")
 
 
-def test_keops_matches_dense_values_products_and_gradients():
-    torch.manual_seed(0)
-    x = torch.randn(12, 3, dtype=torch.float64)
-    x[3] = x[2]  # identical points: the gap threshold must give finite gradients
-    u, v = torch.randn(12, 2, dtype=torch.float64), torch.randn(12, 2, dtype=torch.float64)
+@pytest.fixture
+def torch_formulas(monkeypatch):
+    """The KeOps formula builder on torch tensors (see keops_stand_in.py)."""
+    monkeypatch.setattr(keops, "LazyTensor", TorchLazyTensor)
+    monkeypatch.setattr(keops, "KEOPS_AVAILABLE", True)
+
+
+def boundary_points(n=9, d=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    x[3] = x[2]  # identical: the formulas' gap threshold must give |c| = 1 and finite gradients
+    x[4] = 0.0  # zero input
+    x[5] = -x[2]  # antiparallel
+    return x, torch.randn(n - 2, d, generator=g, dtype=torch.float64)
+
+
+def dense_reference(x1, x2, weight_var, bias_var, depth, activation, ntk):
+    gram, var1, var2 = input_grams(x1, x2)
+    k, theta = fully_connected_recursion(gram, var1, var2, depth, activation, weight_var, bias_var, ntk=ntk)
+    return theta if ntk else k
+
+
+def values_and_gradients(kernel_fn, x1, x2, u, v):
+    """K (n, m), and d/d(weight_var, bias_var, x1, x2) of sum(u * (K @ v))."""
+    weight_var = torch.tensor([[1.7]], dtype=torch.float64, requires_grad=True)
+    bias_var = torch.tensor([[0.2]], dtype=torch.float64, requires_grad=True)
+    x1, x2 = x1.clone().requires_grad_(True), x2.clone().requires_grad_(True)
+    matrix, product = kernel_fn(x1, x2, weight_var, bias_var, v)
+    grads = torch.autograd.grad((u * product).sum(), [weight_var, bias_var, x1, x2])
+    return [matrix.detach(), product.detach(), *grads]
+
+
+def check_formula(activation, ntk, depth, x1, x2, rtol):
+    act = activations.get_activation(activation)
+    g = torch.Generator().manual_seed(1)
+    u = torch.randn(x1.shape[0], 2, generator=g, dtype=torch.float64)
+    v = torch.randn(x2.shape[0], 2, generator=g, dtype=torch.float64)
+
+    def dense(a, b, wv, bv, rhs):
+        k = dense_reference(a, b, wv, bv, depth, act, ntk)
+        return k, k @ rhs
+
+    def formula(a, b, wv, bv, rhs):
+        lazy = keops.keops_kernel(a, b, wv, bv, depth, act, ntk)
+        eye = torch.eye(b.shape[0], dtype=b.dtype)
+        return lazy @ eye, lazy @ rhs
+
+    expected = values_and_gradients(dense, x1, x2, u, v)
+    got = values_and_gradients(formula, x1, x2, u, v)
+    for name, a, b in zip(["matrix", "product", "weight_var", "bias_var", "x1", "x2"], expected, got):
+        assert torch.isfinite(b).all(), name
+        assert torch.allclose(a, b, rtol=rtol, atol=rtol * a.abs().max().item()), name
+
+
+@pytest.mark.parametrize("depth", [2, 3])
+@pytest.mark.parametrize("ntk", [False, True], ids=["nngp", "ntk"])
+@pytest.mark.parametrize("activation", FORMULAS, ids=str)
+def test_formula_matches_dense(activation, ntk, depth, torch_formulas):
+    x, z = boundary_points()
+    check_formula(activation, ntk, depth, x, x, rtol=1e-9)  # symmetric, with the boundary rows
+    check_formula(activation, ntk, depth, x, z, rtol=1e-9)  # cross-covariance
+
+
+def test_operator_through_kernel_matches_dense(torch_formulas):
+    """The kernel's keops backend end to end (operator, products, MLL-style gradients), formulas on torch."""
+    x, _ = boundary_points()
+    v = torch.randn(x.shape[0], 3, dtype=torch.float64)
+    out = {}
+    for backend in ("dense", "keops"):
+        k = NTKKernel(2, "relu", backend=backend).double()
+        op = k(x).evaluate_kernel()
+        loss = (op @ v).square().sum()
+        out[backend] = (loss.detach(), *torch.autograd.grad(loss, [k.raw_weight_var, k.raw_bias_var]))
+        if backend == "keops":
+            assert isinstance(op, backends.KeOpsNetworkKernelOperator)
+    for a, b in zip(out["dense"], out["keops"]):
+        assert torch.allclose(a, b, rtol=1e-10)
+
+
+@compiled
+def test_compiled_keops_matches_dense_products_and_hyperparameter_gradients():
+    """One case through the real KeOps compiler, what a marginal-likelihood step needs: products and their
+    gradients wrt weight_var and bias_var (input gradients are compiled under -m slow, and their formulas are
+    checked on torch above)."""
+    x, _ = boundary_points(12, 3)
+    v = torch.randn(12, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     out = {}
     for backend in ("dense", "keops"):
         k = NNGPKernel(1, "relu", backend=backend).double()
         k.weight_var, k.bias_var = 1.7, 0.2
-        xr = x.clone().requires_grad_(True)
-        op = k(xr).evaluate_kernel()
+        op = k(x).evaluate_kernel()
         product = op @ v
-        loss = (u * product).sum()
-        grads = torch.autograd.grad(loss, [k.raw_weight_var, k.raw_bias_var, xr])
+        grads = torch.autograd.grad(product.square().sum(), [k.raw_weight_var, k.raw_bias_var])
         out[backend] = (product.detach(), *grads)
         if backend == "keops":
             assert isinstance(op, backends.KeOpsNetworkKernelOperator)
+    # Measured 2.0e-8 (product) and 3.5e-8 / 9.4e-9 (gradients) relative to the largest entry: KeOps sums <x, x'>
+    # in its own order, so the formula treats gaps below 1e-12 k11 k22 as 0, which moves sqrt(gap) slightly for
+    # highly correlated pairs. Bound 1e-6.
     for a, b in zip(out["dense"], out["keops"]):
         assert torch.isfinite(b).all()
-        assert torch.allclose(a, b, rtol=1e-5, atol=1e-8 * a.abs().max().item())
+        assert ((a - b).abs().max() / a.abs().max()).item() < 1e-6
+
+
+@compiled
+@pytest.mark.slow
+@pytest.mark.parametrize("ntk", [False, True], ids=["nngp", "ntk"])
+@pytest.mark.parametrize("activation", FORMULAS, ids=str)
+def test_compiled_formula_matches_dense(activation, ntk):
+    """Every formula compiled by KeOps (about a minute each on a cold cache, 2 cores)."""
+    x, z = boundary_points()
+    check_formula(activation, ntk, 2, x, z, rtol=1e-6)  # see the tolerance of the end-to-end case above
 
 
 def test_keops_backend_errors_are_clear():
     with pytest.raises(ValueError, match="keops"):
         NTKKernel(2, "tanh", backend="keops")
-    k = NNGPKernel(2, "relu", backend="keops", batch_shape=torch.Size([2]))
     with pytest.raises(ValueError, match="batch_shape"):
-        (k(torch.randn(2, 5, 3)).evaluate_kernel() @ torch.randn(2, 5, 1))
+        NNGPKernel(2, "relu", backend="keops", batch_shape=torch.Size([2]))
 
 
 def test_auto_uses_keops_only_for_cuda():

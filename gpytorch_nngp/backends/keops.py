@@ -116,8 +116,8 @@ class KeOpsNetworkKernelOperator(NetworkKernelOperator):
     The diagonal, single entries (pivoted Cholesky) and to_dense() use the torch recursion as in the lazy backend.
     """
 
-    def __init__(self, x1, x2, weight_var, bias_var, **kwargs):
-        super().__init__(x1, x2, weight_var, bias_var, **kwargs)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         check_keops_activation(self.activation)
 
     def _matmul(self, rhs):

@@ -20,7 +20,7 @@ import torch
 from linear_operator.operators import LinearOperator
 
 from ..functional.activations import Activation
-from ..functional.recursion import fully_connected_recursion, input_gram_diag, take_buffer
+from ..functional.recursion import fully_connected_recursion, input_grams, paired_kernel, take_buffer
 
 # Bytes of autograd intermediates allowed per block in the backward pass (about a dozen block x m tensors per
 # layer are saved) and per block in the forward pass.
@@ -40,22 +40,11 @@ def kernel_rows(x1_rows, x2, weight_var, bias_var, depth, activation, ntk, diago
     (i, offset + i) are the same point twice: their input Gram is set to the variance computed the same way as
     the variances, so that k12 == k11 == k22 bitwise there (|c| = 1 exactly, safe gradients).
     """
-    d = x2.shape[-1]
     no_grad = not torch.is_grad_enabled() or not any(t.requires_grad for t in (x1_rows, x2, weight_var, bias_var))
-    if no_grad and workspace is not None and x1_rows.dim() == 2 and x2.dim() == 2:
-        # Inference: write the Gram into a recycled buffer, and let the recursion overwrite it.
-        buffer = take_buffer(workspace, x1_rows, (x1_rows.shape[0], x2.shape[0]))
-        gram = torch.matmul(x1_rows, x2.transpose(-1, -2), out=buffer).div_(d)
-    else:
-        gram = x1_rows @ x2.transpose(-1, -2) / d
-    var1 = (x1_rows * x1_rows).sum(-1, keepdim=True) / d
-    var2 = ((x2 * x2).sum(-1) / d).unsqueeze(-2)
-    if diagonal_offset is not None:
-        rows = torch.arange(x1_rows.shape[-2], device=gram.device)
-        cols = rows + diagonal_offset
-        diag_values = var2[..., 0, :].index_select(-1, cols)
-        gram[..., rows, cols] = diag_values  # gram is a fresh tensor; its producer (a division) keeps no output
-        var1 = diag_values.unsqueeze(-1)
+    # Inference: the Gram goes into a recycled buffer, which the recursion then overwrites.
+    out = (take_buffer(workspace, x1_rows, (x1_rows.shape[0], x2.shape[0]))
+           if no_grad and workspace is not None and x1_rows.dim() == 2 and x2.dim() == 2 else None)
+    gram, var1, var2 = input_grams(x1_rows, x2, out=out, diagonal_offset=diagonal_offset)
     k, theta = fully_connected_recursion(gram, var1, var2, depth, activation, weight_var, bias_var, ntk=ntk,
                                          workspace=workspace, consume_gram=workspace is not None)
     if ntk and workspace is not None and k is not theta and k.shape == theta.shape:
@@ -66,21 +55,32 @@ def kernel_rows(x1_rows, x2, weight_var, bias_var, depth, activation, ntk, diago
 class NetworkKernelOperator(LinearOperator):
     """The (..., n, m) kernel matrix of a fully connected network, evaluated in row blocks.
 
-    x1: (..., n, d); x2: (..., m, d); weight_var, bias_var: (*batch, 1, 1). depth, activation, ntk as in the
-    kernels. symmetric: x1 and x2 are the same points (the diagonal is then exact, see kernel_rows).
-    cache_bytes: evaluate and keep the full matrix (without autograd) when it is at most this large.
+    Args:
+        x1: (..., n, d) inputs of the rows.
+        weight_var, bias_var: (*batch, 1, 1) variances.
+        x2: (..., m, d) inputs of the columns, or None for a symmetric operator on x1 alone. The diagonal of a
+            symmetric operator is then exact (|c| = 1, see input_grams), and its representation holds the
+            points once, so gradients reach them through one tensor.
+        depth, activation, ntk: the network, as in the kernels.
+        cache_bytes: evaluate and keep the full matrix (without autograd) when it is at most this large.
     """
 
-    def __init__(self, x1, x2, weight_var, bias_var, *, depth: int, activation: Activation, ntk: bool,
-                 symmetric: bool = False, cache_bytes: int = DEFAULT_CACHE_BYTES):
-        super().__init__(x1, x2, weight_var, bias_var, depth=depth, activation=activation, ntk=ntk,
-                         symmetric=symmetric, cache_bytes=cache_bytes)
-        self.x1, self.x2 = x1, x2
+    def __init__(self, x1: torch.Tensor, weight_var: torch.Tensor, bias_var: torch.Tensor,
+                 x2: Optional[torch.Tensor] = None, *, depth: int, activation: Activation, ntk: bool,
+                 cache_bytes: int = DEFAULT_CACHE_BYTES):
+        args = (x1, weight_var, bias_var) if x2 is None else (x1, weight_var, bias_var, x2)
+        super().__init__(*args, depth=depth, activation=activation, ntk=ntk, cache_bytes=cache_bytes)
+        self.symmetric = x2 is None
+        self.x1, self.x2 = x1, (x1 if x2 is None else x2)
         self.weight_var, self.bias_var = weight_var, bias_var
         self.depth, self.activation, self.ntk = depth, activation, ntk
-        self.symmetric = symmetric
         self.cache_bytes = cache_bytes
         self._dense_cache: Optional[torch.Tensor] = None
+
+    def _like(self, x1, x2):
+        """An operator of the same network and variances on other points (x2 None: symmetric on x1)."""
+        return type(self)(x1, self.weight_var, self.bias_var, x2, depth=self.depth, activation=self.activation,
+                          ntk=self.ntk, cache_bytes=self.cache_bytes)
 
     # -- shape -------------------------------------------------------------------------------------------------
     def _batch(self):
@@ -91,9 +91,9 @@ class NetworkKernelOperator(LinearOperator):
         return torch.Size(self._batch() + (self.x1.shape[-2], self.x2.shape[-2]))
 
     def _transpose_nonbatch(self):
-        return type(self)(self.x2, self.x1, self.weight_var, self.bias_var, depth=self.depth,
-                          activation=self.activation, ntk=self.ntk, symmetric=self.symmetric,
-                          cache_bytes=self.cache_bytes)
+        if self.symmetric:  # K^T = K, and the cached matrix is kept
+            return self
+        return self._like(self.x2, self.x1)
 
     # -- evaluation --------------------------------------------------------------------------------------------
     def _rows(self, start, stop, x1, x2, weight_var, bias_var, workspace=None):
@@ -121,8 +121,13 @@ class NetworkKernelOperator(LinearOperator):
         return self._dense_cache
 
     def _matmul(self, rhs: torch.Tensor) -> torch.Tensor:
-        # Gradients reach the hyperparameters through _bilinear_derivative (GPyTorch's autograd functions call it),
-        # so the product itself is computed without a graph.
+        """K @ rhs (..., m, t) -> (..., n, t), without an n x m graph: where gradients are wanted, the backward
+        pass is _bilinear_derivative (block by block) and K^T @ grad."""
+        if torch.is_grad_enabled() and (rhs.requires_grad or any(t.requires_grad for t in self._args)):
+            return _BlockwiseMatmul.apply(self, rhs, *self._args)
+        return self._matmul_no_grad(rhs)
+
+    def _matmul_no_grad(self, rhs: torch.Tensor) -> torch.Tensor:
         dense = self._dense_no_grad()
         if dense is not None:
             return dense @ rhs
@@ -140,38 +145,31 @@ class NetworkKernelOperator(LinearOperator):
         return out
 
     def _bilinear_derivative(self, left_vecs: torch.Tensor, right_vecs: torch.Tensor):
-        """d/d(x1, x2, weight_var, bias_var) of sum(left^T K right), one block of rows at a time."""
-        args = (self.x1, self.x2, self.weight_var, self.bias_var)
-        wanted = [a.requires_grad for a in args]
+        """d/d(representation) of sum(left^T K right), one block of rows at a time; left (..., n, t), right
+        (..., m, t). Returns one gradient (or None) per tensor of the representation (x1, weight_var, bias_var
+        [, x2])."""
+        wanted = [a.requires_grad for a in self._args]
         if not any(wanted):
-            return (None,) * 4
-        leaves = [a.detach().requires_grad_(w) for a, w in zip(args, wanted)]
-        grads = [torch.zeros_like(a) if w else None for a, w in zip(leaves, wanted)]
+            return (None,) * len(wanted)
+        leaves = [a.detach().requires_grad_(w) for a, w in zip(self._args, wanted)]
+        x1, weight_var, bias_var = leaves[:3]
+        x2 = leaves[3] if len(leaves) == 4 else x1
+        targets = [leaf for leaf, w in zip(leaves, wanted) if w]
+        grads = [torch.zeros_like(t) for t in targets]
         with torch.enable_grad():
             for start, stop in self._blocks(with_grad=True):
-                block = self._rows(start, stop, *leaves)
-                weights = left_vecs[..., start:stop, :] @ right_vecs.transpose(-1, -2)
-                targets = [leaf for leaf, w in zip(leaves, wanted) if w]
-                parts = iter(torch.autograd.grad((block * weights).sum(), targets, allow_unused=True))
-                for i, w in enumerate(wanted):
-                    if w:
-                        g = next(parts)
-                        if g is not None:
-                            grads[i] = grads[i] + g
-        return tuple(grads)
+                block = self._rows(start, stop, x1, x2, weight_var, bias_var)
+                weights = left_vecs[..., start:stop, :] @ right_vecs.mT
+                parts = torch.autograd.grad((block * weights).sum(), targets, allow_unused=True)
+                grads = [g if part is None else g + part for g, part in zip(grads, parts)]
+        grads = iter(grads)
+        return tuple(next(grads) if w else None for w in wanted)
 
     def _diagonal(self) -> torch.Tensor:
         if self.x1.shape[-2] != self.x2.shape[-2]:
             raise RuntimeError("the diagonal of a non-square kernel operator is undefined")
-        wv, bv = self.weight_var.squeeze(-1), self.bias_var.squeeze(-1)
-        if self.symmetric:
-            var = input_gram_diag(self.x1, self.x1)
-            k, theta = fully_connected_recursion(var, var, var, self.depth, self.activation, wv, bv, self.ntk)
-        else:
-            k, theta = fully_connected_recursion(
-                input_gram_diag(self.x1, self.x2), input_gram_diag(self.x1, self.x1),
-                input_gram_diag(self.x2, self.x2), self.depth, self.activation, wv, bv, self.ntk)
-        out = theta if self.ntk else k
+        out = paired_kernel(self.x1, self.x2, self.weight_var.squeeze(-1), self.bias_var.squeeze(-1), self.depth,
+                            self.activation, self.ntk, same_points=self.symmetric)
         return out.expand(self.shape[:-1])
 
     def to_dense(self) -> torch.Tensor:
@@ -194,10 +192,7 @@ class NetworkKernelOperator(LinearOperator):
         bv = self.bias_var.expand(*self._batch(), 1, 1) if len(self._batch()) else self.bias_var
         wv = wv[(*batch_indices, 0, 0)] if batch_indices else wv.reshape(())
         bv = bv[(*batch_indices, 0, 0)] if batch_indices else bv.reshape(())
-        k, theta = fully_connected_recursion(
-            input_gram_diag(a, b), input_gram_diag(a, a), input_gram_diag(b, b), self.depth, self.activation,
-            wv, bv, self.ntk)
-        return theta if self.ntk else k
+        return paired_kernel(a, b, wv, bv, self.depth, self.activation, self.ntk)
 
     def _getitem(self, row_index, col_index, *batch_indices):
         """Slices of rows/columns (and batch) give another operator on the selected points."""
@@ -207,12 +202,31 @@ class NetworkKernelOperator(LinearOperator):
         if batch_indices:
             return super()._getitem(row_index, col_index, *batch_indices)
         same_rows = self.symmetric and isinstance(row_index, slice) and row_index == col_index
-        return type(self)(self.x1[..., row_index, :], self.x2[..., col_index, :], self.weight_var,
-                          self.bias_var, depth=self.depth, activation=self.activation, ntk=self.ntk,
-                          symmetric=same_rows, cache_bytes=self.cache_bytes)
+        return self._like(self.x1[..., row_index, :], None if same_rows else self.x2[..., col_index, :])
 
     def _expand_batch(self, batch_shape):
-        return type(self)(
-            self.x1.expand(*batch_shape, *self.x1.shape[-2:]), self.x2.expand(*batch_shape, *self.x2.shape[-2:]),
-            self.weight_var, self.bias_var, depth=self.depth, activation=self.activation, ntk=self.ntk,
-            symmetric=self.symmetric, cache_bytes=self.cache_bytes)
+        x1 = self.x1.expand(*batch_shape, *self.x1.shape[-2:])
+        return self._like(x1, None if self.symmetric else self.x2.expand(*batch_shape, *self.x2.shape[-2:]))
+
+
+class _BlockwiseMatmul(torch.autograd.Function):
+    """out = K rhs for a NetworkKernelOperator K, differentiable in rhs and in K's representation without ever holding an n x m autograd graph."""
+
+    @staticmethod
+    def forward(ctx, op: NetworkKernelOperator, rhs: torch.Tensor, *representation: torch.Tensor) -> torch.Tensor:
+        ctx.op = op
+        ctx.save_for_backward(rhs)
+        return op._matmul_no_grad(rhs)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (rhs,) = ctx.saved_tensors
+        op = ctx.op
+        grad_rhs = None
+        if ctx.needs_input_grad[1]:
+            grad_rhs = op._transpose_nonbatch()._matmul_no_grad(grad)
+            grad_rhs = grad_rhs.sum_to_size(rhs.shape) if grad_rhs.shape != rhs.shape else grad_rhs
+        # d <grad, K rhs> / d representation = bilinear derivative with left = grad, right = rhs.
+        parts = (op._bilinear_derivative(grad, rhs) if any(ctx.needs_input_grad[2:])
+                 else (None,) * (len(ctx.needs_input_grad) - 2))
+        return (None, grad_rhs, *parts)

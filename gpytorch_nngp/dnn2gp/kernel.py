@@ -12,12 +12,11 @@ import torch
 from gpytorch.constraints import Positive
 from gpytorch.kernels import Kernel
 
-from .._validation import check_inputs, check_positive_variance
-from .linearize import LinearizedNetwork
+from .._validation import PRECISION, check_choice, check_inputs, check_positive
+from .linearize import EXPLICIT_BYTES, LinearizedNetwork
 from .operator import FiniteNTKOperator
 
 MODES = ("auto", "explicit", "operator")
-EXPLICIT_BYTES = 2 ** 30  # "auto" builds explicit Jacobians while both inputs' Jacobians fit in this
 
 
 class FiniteNTKKernel(Kernel):
@@ -36,10 +35,8 @@ class FiniteNTKKernel(Kernel):
                  mode: str = "auto", chunk_size: int = 1024, prior_precision_prior=None,
                  prior_precision_constraint=None, **kwargs):
         super().__init__(**kwargs)
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        prior_precision = check_positive_variance("prior_precision", prior_precision)
-        self.mode = mode
+        self.mode = check_choice("mode", mode, MODES)
+        prior_precision = check_positive("prior_precision", prior_precision, PRECISION)
         # A plain attribute (not a submodule), so GP optimizers never see the network's weights.
         self.__dict__["network"] = LinearizedNetwork(model, output=output, chunk_size=chunk_size)
         self.register_parameter("raw_prior_precision",
@@ -56,7 +53,7 @@ class FiniteNTKKernel(Kernel):
 
     @prior_precision.setter
     def prior_precision(self, value):
-        self._set_prior_precision(check_positive_variance("prior_precision", value))
+        self._set_prior_precision(check_positive("prior_precision", value, PRECISION))
 
     def _set_prior_precision(self, value):
         value = torch.as_tensor(value).to(self.raw_prior_precision)

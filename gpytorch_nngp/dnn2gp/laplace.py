@@ -4,39 +4,36 @@ The network f(x; theta*) is linearized at its trained weights, with prior theta 
 generalized Gauss-Newton approximation of the likelihood's curvature: per training point the C x C block
 Lambda_i = I / sigma^2 (Gaussian regression) or diag(p_i) - p_i p_i^T (softmax classification, the full block).
 In weight space the posterior precision is A = sum_i J_i^T Lambda_i J_i + delta I; in function space the same
-posterior is a GP with the finite NTK kernel K = J J^T / delta (DESIGN.md section 2.6). With Lambda = L L^T
-(L_i = diag(sqrt p_i) - p_i sqrt(p_i)^T for the softmax, I / sigma for regression) everything below goes
-through the well-conditioned N x N matrix B = I + L^T K L, N = n C, even where Lambda is singular:
+posterior is a GP with the finite NTK kernel K = J J^T / delta (docs/design.md, "DNN2GP"). Its quantities:
 
-    predictive covariance   J* A^-1 J*^T = K** - K*X L B^-1 L^T KX*
-    log evidence            log p(y | theta*) - delta / 2 |theta*|^2 - 1/2 log det B
+    predictive covariance   J* A^-1 J*^T
+    log evidence            log p(y | theta*) - delta / 2 |theta*|^2 - 1/2 log det(I + L0^T J J^T L0 / scale)
 
-(the Laplace-GGN evidence; Woodbury and Sylvester turn P x P into N x N). At a maximum a posteriori theta*
-the evidence equals the GP marginal likelihood of the pseudo-targets J theta* - Lambda^-1 r (regression).
+with Lambda = L0 L0^T / s^2 and scale = delta s^2 (regression: L0 = I, s = sigma; softmax: L0 in closed form,
+s = 1), so the singular softmax curvature needs no pseudo-inverse. At a maximum a posteriori theta* the evidence
+equals the GP marginal likelihood of the pseudo-targets J theta* - Lambda^-1 r (regression).
 
-B depends on delta and sigma only through one scale, B = I + M0 / (delta s^2) with M0 = L0^T J J^T L0
-(s = sigma, L0 = I for regression; s = 1, L0 = L for classification), so M0 is decomposed once per fit and
-marginal-likelihood tuning costs nothing per step:
-- explicit mode: J (n, C, P) in memory and an eigendecomposition of M0 (small models, N up to a few thousand);
-- operator mode: products with M0 through Jacobian-vector products (FiniteNTKOperator), log det B by stochastic
-  Lanczos quadrature whose nodes and weights serve every (delta, sigma), and predictive covariances by
-  conjugate gradients preconditioned with a randomized Nystrom approximation of M0 (also scale-free).
+Both depend on (delta, sigma) only through delta and scale, so one decomposition per fit serves every
+marginal-likelihood step. forms.py has the three decompositions (function space N x N with N = n C, weight space
+P x P, matrix-free operator); `mode="auto"` picks the cheapest that fits in memory.
 """
 from __future__ import annotations
 
 import math
-import warnings
-from typing import Optional
+from typing import Literal, Optional, Tuple, Union, get_args
 
 import torch
-from linear_operator.utils.lanczos import lanczos_tridiag, lanczos_tridiag_to_diag
 
-from .._validation import check_positive_variance
-from .kernel import EXPLICIT_BYTES, MODES
-from .linearize import LinearizedNetwork
+from .._validation import PRECISION, STANDARD_DEVIATION, check_choice, check_positive
+from .forms import FunctionSpaceForm, OperatorForm, WeightSpaceForm
+from .linearize import EXPLICIT_BYTES, LinearizedNetwork
 
-LIKELIHOODS = ("regression", "classification")
-EXPLICIT_MAX_SIZE = 6000  # "auto" eigendecomposes the N x N matrix (N = n C) only up to this N
+Likelihood = Literal["regression", "classification"]
+Mode = Literal["auto", "explicit", "function_space", "weight_space", "operator"]
+LIKELIHOODS: Tuple[str, ...] = get_args(Likelihood)
+MODES: Tuple[str, ...] = get_args(Mode)
+EXPLICIT_MAX_SIZE = 6000  # "auto" eigendecomposes an explicit N x N or P x P matrix only up to this side
+Form = Union[FunctionSpaceForm, WeightSpaceForm, OperatorForm]
 
 
 def softmax_ggn_root(probs: torch.Tensor) -> torch.Tensor:
@@ -48,67 +45,7 @@ def softmax_ggn_root(probs: torch.Tensor) -> torch.Tensor:
     return torch.diag_embed(root) - probs.unsqueeze(-1) * root.unsqueeze(-2)
 
 
-def nystrom_approximation(matmul, size: int, rank: int, dtype, device, generator):
-    """Randomized Nystrom approximation M ~ U diag(lam) U^T of a PSD operator from one product with `rank`
-    columns (Tropp et al. 2017, stabilized with a small shift): U (N, rank), lam (rank,) descending."""
-    omega, _ = torch.linalg.qr(torch.randn(size, rank, generator=generator, dtype=dtype).to(device))
-    y = matmul(omega)
-    shift = torch.finfo(dtype).eps * size * y.norm()
-    y = y + shift * omega
-    chol = torch.linalg.cholesky(omega.mT @ y)
-    b = torch.linalg.solve_triangular(chol, y.mT, upper=False).mT  # y chol^-T
-    u, sigma, _ = torch.linalg.svd(b, full_matrices=False)
-    return u, (sigma.pow(2) - shift).clamp_min(0)
-
-
-def nystrom_preconditioner(u: torch.Tensor, lam: torch.Tensor, scale: float):
-    """P^-1 for I + M / scale with M ~ U diag(lam) U^T (Frangella, Tropp and Udell 2023, randomized Nystrom
-    preconditioning): (lam_r / scale + 1) U diag(1 / (lam / scale + 1)) U^T + (I - U U^T)."""
-    top = lam / scale + 1.0
-    weights = top[-1] / top - 1.0
-
-    def apply(v):
-        return v + u @ (weights.unsqueeze(-1) * (u.mT @ v))
-
-    return apply
-
-
-def conjugate_gradients(matmul, rhs: torch.Tensor, tolerance: float, max_iter: int, preconditioner=None):
-    """Solve A x = rhs (N, t) for symmetric positive definite A given by matmul, column by column to a relative
-    residual of tolerance, optionally preconditioned (preconditioner applies an approximation of A^-1);
-    returns x and {"iterations", "relative_residual"} (the worst column).
-
-    linear_operator's linear_cg stalls near 1e-6 relative error on these systems even in float64, which is too
-    coarse for the predictive covariances; plain CG reaches 1e-12.
-    """
-    precondition = preconditioner or (lambda v: v)
-    tiny = torch.finfo(rhs.dtype).tiny
-    x = torch.zeros_like(rhs)
-    residual = rhs.clone()
-    z = precondition(residual)
-    direction = z.clone()
-    rz = (residual * z).sum(0)
-    target = tolerance * rhs.norm(dim=0)
-    iterations = 0
-    for iterations in range(max_iter + 1):
-        if (residual.norm(dim=0) <= target).all() or iterations == max_iter:
-            break
-        a_dir = matmul(direction)
-        step = rz / (direction * a_dir).sum(0).clamp_min(tiny)
-        x += step * direction
-        residual -= step * a_dir
-        z = precondition(residual)
-        rz_new = (residual * z).sum(0)
-        direction = z + (rz_new / rz.clamp_min(tiny)) * direction
-        rz = rz_new
-    relative = (residual.norm(dim=0) / rhs.norm(dim=0).clamp_min(tiny)).max().item()
-    if relative > tolerance:
-        warnings.warn(f"conjugate gradients stopped after {max_iter} iterations at relative residual "
-                      f"{relative:.2e} (tolerance {tolerance}); raise max_cg_iterations")
-    return x, {"iterations": iterations, "relative_residual": relative}
-
-
-def _collect(X, y):
+def _collect(X, y) -> Tuple[torch.Tensor, torch.Tensor]:
     """Tensors, or a DataLoader / iterable of (x, y) batches -> (X, y)."""
     if isinstance(X, torch.Tensor):
         if y is None:
@@ -127,134 +64,161 @@ def _collect(X, y):
     return torch.cat(xs), torch.cat(ys)
 
 
+def _softmax_terms(outputs: torch.Tensor, y) -> Tuple[float, torch.Tensor]:
+    """Classification: (log p(y | theta*), the GGN roots (n, C, C)) from logits (n, C) and labels y (n,)."""
+    n, c = outputs.shape
+    if c < 2:
+        raise ValueError(f"classification needs one output per class (a softmax over C >= 2 logits), but the model "
+                         f"has {c} output; for binary labels give the network 2 outputs")
+    if not isinstance(y, torch.Tensor) or y.shape != (n,) or y.dtype.is_floating_point or y.dtype == torch.bool:
+        raise ValueError(f"y must be integer class labels of shape ({n},) for classification, got "
+                         f"{getattr(y, 'dtype', type(y).__name__)} of shape {tuple(getattr(y, 'shape', ()))}")
+    if y.min() < 0 or y.max() >= c:
+        raise ValueError(f"y must hold class labels in [0, {c - 1}] (the model has {c} outputs)")
+    log_probs = torch.log_softmax(outputs, dim=-1)
+    return log_probs.gather(-1, y.unsqueeze(-1)).sum().item(), softmax_ggn_root(log_probs.exp())
+
+
+def _gaussian_terms(outputs: torch.Tensor, y) -> Tuple[torch.Tensor, float]:
+    """Regression: (targets shaped like the outputs (n, C), the squared residual sum |y - f(X; theta*)|^2)."""
+    n, c = outputs.shape
+    if not isinstance(y, torch.Tensor) or not y.dtype.is_floating_point:
+        raise ValueError("y must be a floating point tensor of regression targets")
+    if y.dim() == 1 and c == 1:
+        y = y.unsqueeze(-1)
+    if y.shape != outputs.shape:
+        raise ValueError(f"y must have shape {tuple(outputs.shape)} (or ({n},) for one output), the model's output "
+                         f"shape, got {tuple(y.shape)}")
+    if not torch.isfinite(y).all():
+        raise ValueError("y contains NaN or infinite values")
+    y = y.to(outputs.dtype)
+    return y, (y - outputs).pow(2).sum().item()
+
+
+def _positive_int(name: str, value, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
 class DNN2GP:
-    """model: a trained torch.nn.Module, inputs (n, ...) -> outputs (n, C) (logits for classification);
-    likelihood: "regression" (Gaussian, noise standard deviation sigma_noise) or "classification" (softmax);
-    prior_precision: delta of the prior N(0, I / delta) on all parameters with requires_grad (weight decay);
-    mode: "explicit", "operator" or "auto" (explicit while the n x C x P Jacobian fits in 1 GiB and n C <= 6000).
-    Operator mode: num_probes and lanczos_iterations set the log-determinant estimate; cg_tolerance,
-    max_cg_iterations and preconditioner_rank (a randomized Nystrom preconditioner built from one product with
-    that many columns at fit time; 0 for none) the predictive solves.
+    """A trained network's linearized Laplace-GGN posterior, as a GP with the finite NTK kernel.
+
+    Args:
+        model: a trained torch.nn.Module mapping inputs (n, ...) to outputs (n, C) (logits for classification).
+        likelihood: "regression" (Gaussian, noise standard deviation sigma_noise) or "classification" (softmax,
+            one output per class).
+        prior_precision: delta of the prior N(0, I / delta) on every parameter with requires_grad (weight decay).
+        sigma_noise: the regression noise's standard deviation sigma.
+        mode: how the posterior is computed (forms.py), all giving the same numbers:
+            "function_space" (N x N, N = n C) or "weight_space" (P x P, P parameters), both with the n x C x P
+            Jacobian in memory; "explicit": the cheaper of these two; "operator": no Jacobian, products through
+            Jacobian-vector products; "auto": explicit while the Jacobian fits in 1 GiB and min(N, P) <= 6000,
+            else operator.
+        chunk_size: rows per batched network evaluation.
+        num_probes, lanczos_iterations: operator mode's stochastic Lanczos estimate of the log determinant.
+        cg_tolerance, max_cg_iterations: operator mode's predictive solves.
+        preconditioner_rank: operator mode's randomized Nystrom preconditioner (0: none).
+        seed: operator mode's probes and preconditioner.
+
+    Raises:
+        ValueError: an unknown likelihood or mode, a non-positive prior_precision or sigma_noise, bad solver
+            settings.
     """
 
-    def __init__(self, model: torch.nn.Module, likelihood: str = "regression", prior_precision: float = 1.0,
-                 sigma_noise: float = 1.0, mode: str = "auto", chunk_size: int = 1024, num_probes: int = 16,
+    def __init__(self, model: torch.nn.Module, likelihood: Likelihood = "regression", prior_precision: float = 1.0,
+                 sigma_noise: float = 1.0, mode: Mode = "auto", chunk_size: int = 1024, num_probes: int = 16,
                  lanczos_iterations: int = 64, cg_tolerance: float = 1e-10, max_cg_iterations: int = 1000,
                  preconditioner_rank: int = 64, seed: int = 0):
-        if likelihood not in LIKELIHOODS:
-            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.model = model
-        self.likelihood = likelihood
-        self.prior_precision = float(check_positive_variance("prior_precision", prior_precision))
-        self.sigma_noise = float(check_positive_variance("sigma_noise", sigma_noise))
-        self.mode = mode
-        self.chunk_size = chunk_size
-        self.num_probes, self.lanczos_iterations = num_probes, lanczos_iterations
-        self.cg_tolerance, self.max_cg_iterations = cg_tolerance, max_cg_iterations
-        self.preconditioner_rank = preconditioner_rank
+        self.likelihood: str = check_choice("likelihood", likelihood, LIKELIHOODS)
+        self.mode: str = check_choice("mode", mode, MODES)
+        self.prior_precision = float(check_positive("prior_precision", prior_precision, PRECISION))
+        self.sigma_noise = float(check_positive("sigma_noise", sigma_noise, STANDARD_DEVIATION))
+        self.chunk_size = _positive_int("chunk_size", chunk_size)
+        self.num_probes = _positive_int("num_probes", num_probes)
+        self.lanczos_iterations = _positive_int("lanczos_iterations", lanczos_iterations)
+        self.cg_tolerance = float(check_positive("cg_tolerance", cg_tolerance, "a relative residual"))
+        self.max_cg_iterations = _positive_int("max_cg_iterations", max_cg_iterations)
+        self.preconditioner_rank = _positive_int("preconditioner_rank", preconditioner_rank, minimum=0)
         self.seed = seed
+        # Fitted state, set by fit().
         self.network: Optional[LinearizedNetwork] = None
-        self.cg_info: Optional[dict] = None  # operator mode: iterations and residual of the last predictive solve
+        self.X: Optional[torch.Tensor] = None  # (n, ...) training inputs
+        self.y: Optional[torch.Tensor] = None  # (n, C) regression targets or (n,) class labels
+        self.num_outputs: Optional[int] = None  # C
+        self.form: Optional[str] = None  # "function_space", "weight_space" or "operator"
+        self._posterior: Optional[Form] = None
+        self._log_likelihood: Optional[float] = None  # classification: log p(y | theta*)
+        self._squared_residual: Optional[float] = None  # regression: |y - f(X; theta*)|^2
+        self._theta_sq: Optional[float] = None  # |theta*|^2
 
     # -- fitting -----------------------------------------------------------------------------------------------
     def fit(self, X, y=None) -> "DNN2GP":
-        """X (n, ...) and y, or a DataLoader of (x, y) batches. y: (n,) or (n, C) real targets for regression,
-        (n,) integer class labels for classification."""
+        """Linearize the model at its current weights and decompose the posterior.
+
+        Args:
+            X: (n, ...) inputs, or a DataLoader of (x, y) batches (then y is None).
+            y: (n,) or (n, C) real targets for regression, (n,) integer class labels for classification.
+
+        Returns:
+            self.
+
+        Raises:
+            ValueError / TypeError: inputs or targets of the wrong shape, dtype or values.
+        """
         X, y = _collect(X, y)
-        self.network = net = LinearizedNetwork(self.model, chunk_size=self.chunk_size)
+        net = LinearizedNetwork(self.model, chunk_size=self.chunk_size)
         net.check_inputs(X, "X")
         outputs = net.outputs(X)
-        n, c = outputs.shape
-        self.X, self.num_outputs = X, c
-        self._theta_sq = sum(p.pow(2).sum() for p in net.params.values()).item()
+        root = None
         if self.likelihood == "classification":
-            if not isinstance(y, torch.Tensor) or y.shape != (n,) or y.dtype.is_floating_point or y.dtype == torch.bool:
-                raise ValueError(f"y must be integer class labels of shape ({n},) for classification, got "
-                                 f"{getattr(y, 'dtype', type(y).__name__)} of shape {tuple(getattr(y, 'shape', ()))}")
-            if y.min() < 0 or y.max() >= c:
-                raise ValueError(f"y must hold class labels in [0, {c - 1}] (the model has {c} outputs)")
-            log_probs = torch.log_softmax(outputs, dim=-1)
-            self._log_likelihood = log_probs.gather(-1, y.unsqueeze(-1)).sum().item()
-            self._root = softmax_ggn_root(log_probs.exp())  # (n, C, C)
+            self._log_likelihood, root = _softmax_terms(outputs, y)
         else:
-            if not isinstance(y, torch.Tensor) or not y.dtype.is_floating_point:
-                raise ValueError("y must be a floating point tensor of regression targets")
-            if y.dim() == 1 and c == 1:
-                y = y.unsqueeze(-1)
-            if y.shape != outputs.shape:
-                raise ValueError(f"y must have shape {tuple(outputs.shape)} (or ({n},) for one output), the model's "
-                                 f"output shape, got {tuple(y.shape)}")
-            if not torch.isfinite(y).all():
-                raise ValueError("y contains NaN or infinite values")
-            y = y.to(outputs.dtype)
-            self._squared_residual = (y - outputs).pow(2).sum().item()
-            self._root = None
-        self.y = y
-        explicit = self.mode == "explicit" or (
-            self.mode == "auto" and n * c * net.num_params * net.dtype.itemsize <= EXPLICIT_BYTES
-            and n * c <= EXPLICIT_MAX_SIZE)
-        self.explicit = explicit
-        if explicit:
-            self._JL = self._apply_root_to_rows(net.jacobian(X))  # L0^T J per point, (n, C, P)
-            flat = self._JL.flatten(0, 1)
-            mu, self._U = torch.linalg.eigh(flat @ flat.mT)
-            self._mu = mu.clamp_min(0)
+            y, self._squared_residual = _gaussian_terms(outputs, y)
+        self.network, self.X, self.y, self.num_outputs = net, X, y, outputs.shape[1]
+        self._theta_sq = sum(p.pow(2).sum() for p in net.params.values()).item()
+        self.form = self._choose_form(X.shape[0] * self.num_outputs, net)
+        if self.form == "operator":
+            self._posterior = OperatorForm(net, X, root, self.num_outputs, self.num_probes, self.lanczos_iterations,
+                                           self.cg_tolerance, self.max_cg_iterations, self.preconditioner_rank,
+                                           self.seed)
         else:
-            self._slq_nodes, self._slq_weights = self._lanczos_quadrature()
-            size = n * c
-            rank = min(self.preconditioner_rank, size)
-            generator = torch.Generator().manual_seed(self.seed + 1)
-            self._nystrom = (nystrom_approximation(self._m0_matmul, size, rank, net.dtype, X.device, generator)
-                             if rank > 0 else None)
+            jl = net.jacobian(X)  # (n, C, P)
+            if root is not None:
+                jl = root.mT @ jl
+            self._posterior = (WeightSpaceForm if self.form == "weight_space" else FunctionSpaceForm)(jl)
         return self
 
-    def _apply_root_to_rows(self, rows: torch.Tensor, transpose: bool = True) -> torch.Tensor:
-        """L_i^T R_i (or L_i R_i) per training point for R (n, C, k): (n, C, k); identity for regression."""
-        if self._root is None:
-            return rows
-        return (self._root.mT if transpose else self._root) @ rows
+    def _choose_form(self, size: int, net: LinearizedNetwork) -> str:
+        """The form for N = size outputs and the network's P parameters (see the class docstring)."""
+        if self.mode in ("function_space", "weight_space", "operator"):
+            return self.mode
+        params = net.num_params
+        jacobian_fits = size * params * net.dtype.itemsize <= EXPLICIT_BYTES
+        if self.mode == "explicit" or (jacobian_fits and min(size, params) <= EXPLICIT_MAX_SIZE):
+            return "weight_space" if params < size else "function_space"
+        return "operator"
 
-    def _apply_root_to_stack(self, stacked: torch.Tensor, transpose: bool = True) -> torch.Tensor:
-        """The same for t stacked training-set vectors (t, n, C)."""
-        return self._apply_root_to_rows(stacked.permute(1, 2, 0), transpose).permute(2, 0, 1)
-
-    def _m0_matmul(self, v: torch.Tensor) -> torch.Tensor:
-        """M0 v = L0^T J J^T L0 v for v (N, t), through one VJP and one JVP."""
-        n, c, t = self.X.shape[0], self.num_outputs, v.shape[-1]
-        u = v.mT.reshape(t, n, c)
-        u = self._apply_root_to_stack(u, transpose=False)  # L_i u_i
-        ku = self._apply_root_to_stack(self.network.jvp(self.X, self.network.vjp(self.X, u)))  # (t, n, C)
-        return ku.reshape(t, n * c).mT
-
-    def _lanczos_quadrature(self):
-        """Stochastic Lanczos quadrature for tr log(I + M0 / scale) (Ubaru et al. 2017): Rademacher probes,
-        one Lanczos run each; the Ritz values and squared first components work for any scale."""
-        size = self.X.shape[0] * self.num_outputs
-        generator = torch.Generator().manual_seed(self.seed)
-        probes = (torch.randint(0, 2, (size, self.num_probes), generator=generator) * 2 - 1).to(self.network.dtype)
-        _, tridiag = lanczos_tridiag(self._m0_matmul, self.lanczos_iterations, dtype=self.network.dtype,
-                                     device=self.X.device, matrix_shape=(size, size),
-                                     init_vecs=probes.to(self.X.device), num_init_vecs=self.num_probes)
-        if tridiag.dim() == 2:
-            tridiag = tridiag.unsqueeze(0)
-        nodes, vectors = lanczos_tridiag_to_diag(tridiag)
-        return nodes.clamp_min(0), vectors[..., 0, :].pow(2)
+    @property
+    def cg_info(self) -> Optional[dict]:
+        """Operator form: iterations and relative residual of the last predictive solve (else None)."""
+        return getattr(self._posterior, "cg_info", None)
 
     # -- evidence ----------------------------------------------------------------------------------------------
-    def _scale(self, delta, sigma):
+    def _scale(self, delta: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return delta * sigma.pow(2) if self.likelihood == "regression" else delta
 
-    def _logdet(self, scale: torch.Tensor) -> torch.Tensor:
-        if self.explicit:
-            return torch.log1p(self._mu / scale).sum()
-        size = self.X.shape[0] * self.num_outputs
-        return size * (self._slq_weights * torch.log1p(self._slq_nodes / scale)).sum(-1).mean()
-
     def log_marginal_likelihood(self, prior_precision=None, sigma_noise=None) -> torch.Tensor:
-        """The Laplace-GGN log evidence log p(y | theta*) - delta/2 |theta*|^2 - 1/2 log det(I + L^T K L) at the
-        fitted weights; differentiable in prior_precision / sigma_noise when those are tensors."""
+        """The Laplace-GGN log evidence at the fitted weights.
+
+        Args:
+            prior_precision, sigma_noise: values to evaluate at (default: the current ones); tensors that require
+                grad give a differentiable result.
+
+        Returns:
+            A scalar tensor: log p(y | theta*) - delta/2 |theta*|^2 - 1/2 log det(I + L0^T J J^T L0 / scale).
+        """
         self._check_fitted()
         dtype = self.network.dtype
         delta = torch.as_tensor(self.prior_precision if prior_precision is None else prior_precision, dtype=dtype)
@@ -264,12 +228,20 @@ class DNN2GP:
             log_lik = -0.5 * self._squared_residual / sigma.pow(2) - 0.5 * size * torch.log(2 * math.pi * sigma.pow(2))
         else:
             log_lik = torch.tensor(self._log_likelihood, dtype=dtype)
-        return log_lik - 0.5 * delta * self._theta_sq - 0.5 * self._logdet(self._scale(delta, sigma))
+        return log_lik - 0.5 * delta * self._theta_sq - 0.5 * self._posterior.logdet(self._scale(delta, sigma))
 
     def optimize_marginal_likelihood(self, optimize_sigma: bool = True, max_iter: int = 100) -> dict:
-        """Maximize the evidence over log delta (and log sigma for regression) with L-BFGS, the weights fixed
-        at theta* (each step reuses the fitted decomposition). Sets prior_precision / sigma_noise and returns
-        them with the evidence before and after."""
+        """Maximize the evidence over log delta (and log sigma for regression) with L-BFGS, the weights fixed at
+        theta*: every step reuses the fitted decomposition.
+
+        Args:
+            optimize_sigma: also tune sigma_noise (regression).
+            max_iter: L-BFGS iterations.
+
+        Returns:
+            {"prior_precision", "sigma_noise", "log_marginal_likelihood": [before, after]}; the attributes are
+            set to the optimum.
+        """
         self._check_fitted()
         dtype = self.network.dtype
         log_delta = torch.tensor(math.log(self.prior_precision), dtype=dtype, requires_grad=True)
@@ -294,9 +266,16 @@ class DNN2GP:
 
     # -- prediction --------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def predict(self, X: torch.Tensor):
-        """mean (m, C): the network's outputs f(X; theta*); cov (m, C, C): the linearized Laplace predictive
-        covariance of the outputs (logits for classification) at each test point."""
+    def predict(self, X: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The linearized Laplace predictive at test inputs.
+
+        Args:
+            X: (m, ...) test inputs in the model's dtype.
+
+        Returns:
+            mean (m, C): the network's outputs f(X; theta*); cov (m, C, C): the predictive covariance of the
+            outputs (logits for classification), J* A^-1 J*^T.
+        """
         self._check_fitted()
         net = self.network
         net.check_inputs(X, "X")
@@ -305,32 +284,16 @@ class DNN2GP:
         delta = torch.tensor(self.prior_precision, dtype=dtype)
         sigma = torch.tensor(self.sigma_noise if self.likelihood == "regression" else 1.0, dtype=dtype)
         scale = self._scale(delta, sigma)
-        c, rows = self.num_outputs, net.jacobian_rows(X)
-        if not self.explicit:
-            rows = max(1, min(rows, 64 // c))  # each test output is one CG right-hand side
-        covs = []
-        for a in range(0, X.shape[0], rows):
-            jac = net.jacobian(X[a:a + rows])  # (b, C, P)
-            prior = jac @ jac.mT / delta
-            if self.explicit:
-                g = (jac.flatten(0, 1) @ self._JL.flatten(0, 1).mT @ self._U).reshape(jac.shape[0], c, -1)
-                shrink = 1.0 / (1.0 + self._mu / scale)
-                reduction = torch.einsum("acn,n,adn->acd", g, shrink, g)
-            else:
-                # R = L0^T J X* (N, b C): one JVP per test output, then B^-1 R by conjugate gradients.
-                cross = self._apply_root_to_stack(net.jvp(self.X, net.unflatten(jac.flatten(0, 1))))  # (b C, n, C)
-                rhs = cross.reshape(cross.shape[0], -1).mT
-                preconditioner = None if self._nystrom is None else nystrom_preconditioner(*self._nystrom, scale)
-                solve, self.cg_info = conjugate_gradients(lambda v: v + self._m0_matmul(v) / scale, rhs,
-                                                          self.cg_tolerance, self.max_cg_iterations, preconditioner)
-                reduction = torch.einsum("nac,nad->acd", rhs.reshape(-1, jac.shape[0], c),
-                                         solve.reshape(-1, jac.shape[0], c))
-            covs.append(prior - reduction / (delta * scale))
+        rows = net.jacobian_rows(X)
+        if self.form == "operator":
+            rows = max(1, min(rows, 64 // self.num_outputs))  # each test output is one CG right-hand side
+        covs = [self._posterior.covariance(net.jacobian(X[a:a + rows]), delta, scale)
+                for a in range(0, X.shape[0], rows)]
         return mean, torch.cat(covs)
 
     @torch.no_grad()
     def predict_proba(self, X: torch.Tensor, samples: int = 256, seed: int = 0) -> torch.Tensor:
-        """Classification: softmax of the logits averaged over `samples` draws from the predictive (m, C)."""
+        """Classification: class probabilities (m, C), the softmax averaged over `samples` predictive draws."""
         if self.likelihood != "classification":
             raise ValueError("predict_proba is for likelihood='classification'")
         mean, cov = self.predict(X)
@@ -353,6 +316,6 @@ class DNN2GP:
         j_theta = net.jvp(self.X, {k: v.unsqueeze(0) for k, v in net.params.items()})[0]
         return j_theta + self.y - net.outputs(self.X)
 
-    def _check_fitted(self):
-        if self.network is None:
+    def _check_fitted(self) -> None:
+        if self._posterior is None:
             raise RuntimeError("call fit(X, y) first")

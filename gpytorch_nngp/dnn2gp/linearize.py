@@ -19,6 +19,8 @@ Params = Dict[str, torch.Tensor]
 
 # Per-point Jacobians are built this many bytes at a time (kernel diagonals of large models).
 JACOBIAN_BLOCK_BYTES = 256 * 2 ** 20
+# "auto" modes (DNN2GP, FiniteNTKKernel) keep explicit Jacobians while they fit in this many bytes.
+EXPLICIT_BYTES = 2 ** 30
 
 
 class LinearizedNetwork:

@@ -19,23 +19,78 @@ import torch
 from .activations import Activation
 
 
-def input_grams(x1: torch.Tensor, x2: torch.Tensor, symmetric: bool):
-    """<x1, x2>/d (..., n, m) and the variances |x1|^2/d (..., n, 1), |x2|^2/d (..., 1, m).
+def input_variances(x: torch.Tensor) -> torch.Tensor:
+    """|x_i|^2 / d for inputs x (..., n, d): (..., n)."""
+    return (x * x).sum(-1) / x.shape[-1]
 
-    With symmetric=True (x1 and x2 equal) the variances are read off the Gram's diagonal, so that the
-    diagonal entries have k12 == k11 == k22 bitwise and |c| = 1 exactly there.
+
+def input_grams(
+    x1: torch.Tensor,
+    x2: torch.Tensor,
+    symmetric: bool = False,
+    out: Optional[torch.Tensor] = None,
+    diagonal_offset: Optional[int] = None,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The layer-0 state: the Gram <x1, x2>/d and the two variances, the only place inputs enter the recursion.
+
+    Args:
+        x1: (..., n, d) inputs.
+        x2: (..., m, d) inputs.
+        symmetric: x1 and x2 are the same points; the variances are then read off the Gram's diagonal, so that
+            diagonal entries have k12 == k11 == k22 bitwise (|c| = 1 exactly, finite gradients).
+        out: (n, m) buffer to write the Gram into (inference only, unbatched inputs).
+        diagonal_offset: x1 are rows offset, offset + 1, ... of x2 (a row block of a symmetric matrix): the
+            Gram entries (i, offset + i) are set to the variances, for the same bitwise equality.
+
+    Returns:
+        gram (..., n, m), var1 (..., n, 1), var2 (..., 1, m).
     """
     d = x1.shape[-1]
-    gram = (x1 @ x2.transpose(-1, -2)) / d
+    gram = (torch.matmul(x1, x2.mT, out=out) if out is not None else x1 @ x2.mT).div_(d)
     if symmetric:
         var1 = gram.diagonal(dim1=-2, dim2=-1).unsqueeze(-1)
-        return gram, var1, var1.transpose(-1, -2)
-    return gram, (x1 * x1).sum(-1, keepdim=True) / d, ((x2 * x2).sum(-1) / d).unsqueeze(-2)
+        return gram, var1, var1.mT
+    var1 = input_variances(x1).unsqueeze(-1)
+    var2 = input_variances(x2).unsqueeze(-2)
+    if diagonal_offset is not None:
+        rows = torch.arange(x1.shape[-2], device=gram.device)
+        cols = rows + diagonal_offset
+        same = var2[..., 0, :].index_select(-1, cols)
+        gram[..., rows, cols] = same  # gram is a fresh tensor; its producer (a division) keeps no output
+        var1 = same.unsqueeze(-1)
+    return gram, var1, var2
 
 
-def input_gram_diag(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-    """<x1_i, x2_i>/d, (..., n)."""
-    return (x1 * x2).sum(-1) / x1.shape[-1]
+def paired_kernel(
+    x1: torch.Tensor,
+    x2: torch.Tensor,
+    weight_var: torch.Tensor,
+    bias_var: torch.Tensor,
+    depth: int,
+    activation: Activation,
+    ntk: bool,
+    same_points: bool = False,
+) -> torch.Tensor:
+    """Kernel entries k(x1_i, x2_i) of paired rows (a diagonal, or scattered entries), in O(n).
+
+    Args:
+        x1, x2: (..., n, d) inputs, row i of one paired with row i of the other.
+        weight_var, bias_var: variances broadcasting against (..., n).
+        depth, activation, ntk: the network, as in fully_connected_recursion.
+        same_points: x1 and x2 are the same points (a kernel diagonal): one variance serves all three state
+            entries, so |c| = 1 exactly.
+
+    Returns:
+        (..., n): the NNGP, or the NTK with ntk=True.
+    """
+    var1 = input_variances(x1)
+    if same_points:
+        k, theta = fully_connected_recursion(var1, var1, var1, depth, activation, weight_var, bias_var, ntk)
+    else:
+        cross = (x1 * x2).sum(-1) / x1.shape[-1]
+        k, theta = fully_connected_recursion(cross, var1, input_variances(x2), depth, activation, weight_var,
+                                             bias_var, ntk)
+    return theta if ntk else k
 
 
 def take_buffer(workspace: Optional[list], like: torch.Tensor, shape=None) -> torch.Tensor:

@@ -12,7 +12,7 @@ from .._validation import check_depth, check_inputs, check_positive_variance
 from ..functional.activations import Activation, get_activation
 from ..backends import (KeOpsNetworkKernelOperator, NetworkKernelOperator, check_backend, check_keops_activation,
                         resolve_backend)
-from ..functional.recursion import fully_connected_recursion, input_gram_diag, input_grams
+from ..functional.recursion import fully_connected_recursion, input_grams, paired_kernel
 
 
 class _GramCache:
@@ -71,6 +71,9 @@ class _FullyConnectedKernel(Kernel):
         self.activation: Activation = get_activation(activation)
         if self.backend == "keops":
             check_keops_activation(self.activation)
+            if len(self.batch_shape):
+                raise ValueError(f"backend='keops' does not support batch_shape (got {tuple(self.batch_shape)}): "
+                                 "use backend='lazy' for batched kernels, or one kernel per batch member")
         weight_var = check_positive_variance("weight_var", weight_var)
         bias_var = check_positive_variance("bias_var", bias_var)
         shape = (*self.batch_shape, 1, 1)
@@ -140,27 +143,19 @@ class _FullyConnectedKernel(Kernel):
         if diag:
             if x1.shape[-2] != x2.shape[-2]:
                 raise ValueError(f"diag=True needs x1 and x2 with the same number of points, got {x1.shape[-2]} and {x2.shape[-2]}")
-            wv, bv = weight_var.squeeze(-1), bias_var.squeeze(-1)
-            if x1 is x2 or torch.equal(x1, x2):
-                var = input_gram_diag(x1, x1)
-                out_k, out_theta = fully_connected_recursion(var, var, var, self.depth, self.activation, wv, bv, self._ntk)
-            else:  # entries k(x1_i, x2_i)
-                out_k, out_theta = fully_connected_recursion(
-                    input_gram_diag(x1, x2), input_gram_diag(x1, x1), input_gram_diag(x2, x2),
-                    self.depth, self.activation, wv, bv, self._ntk,
-                )
-        else:
-            symmetric = x1 is x2 or (x1.shape == x2.shape and torch.equal(x1, x2))
-            backend = resolve_backend(self.backend, x1, x2, self.activation, batched=len(self.batch_shape) > 0)
-            if backend in ("lazy", "keops"):
-                operator = KeOpsNetworkKernelOperator if backend == "keops" else NetworkKernelOperator
-                return operator(x1, x2, weight_var, bias_var, depth=self.depth, activation=self.activation,
-                                ntk=self._ntk, symmetric=symmetric)
-            gram, var1, var2 = self._gram_cache.get(x1, x2, symmetric)
-            out_k, out_theta = fully_connected_recursion(
-                gram, var1, var2, self.depth, self.activation, weight_var, bias_var, ntk=self._ntk, symmetric=symmetric
-            )
-        return out_theta if self._ntk else out_k
+            same = x1 is x2 or torch.equal(x1, x2)
+            return paired_kernel(x1, x2, weight_var.squeeze(-1), bias_var.squeeze(-1), self.depth, self.activation,
+                                 self._ntk, same_points=same)
+        symmetric = x1 is x2 or (x1.shape == x2.shape and torch.equal(x1, x2))
+        backend = resolve_backend(self.backend, x1, x2, self.activation, batched=len(self.batch_shape) > 0)
+        if backend in ("lazy", "keops"):
+            operator = KeOpsNetworkKernelOperator if backend == "keops" else NetworkKernelOperator
+            return operator(x1, weight_var, bias_var, None if symmetric else x2, depth=self.depth,
+                            activation=self.activation, ntk=self._ntk)
+        gram, var1, var2 = self._gram_cache.get(x1, x2, symmetric)
+        k, theta = fully_connected_recursion(gram, var1, var2, self.depth, self.activation, weight_var, bias_var,
+                                             ntk=self._ntk, symmetric=symmetric)
+        return theta if self._ntk else k
 
     # -- housekeeping -----------------------------------------------------------------------------
     def _apply(self, fn, *args, **kwargs):

@@ -1,0 +1,129 @@
+"""The library's linear operators through linear_operator's own contract suites (LinearOperatorTestCase and
+RectangularLinearOperatorTestCase), as linear_operator tests its own operators: products, solves, log
+determinants, indexing, batching, transposes, pickling and gradients through the operator's representation."""
+import unittest
+
+import pytest
+import torch
+from linear_operator.test.linear_operator_test_case import (LinearOperatorTestCase,
+                                                            RectangularLinearOperatorTestCase)
+
+from gpytorch_nngp.activations import Erf, ReLU
+from gpytorch_nngp.backends import keops, lazy
+from gpytorch_nngp.backends.keops import KeOpsNetworkKernelOperator
+from gpytorch_nngp.backends.lazy import NetworkKernelOperator
+from gpytorch_nngp.functional.recursion import fully_connected_recursion, input_grams
+from keops_stand_in import TorchLazyTensor
+
+
+def dense_network_kernel(op):
+    """The operator's kernel through the dense recursion on whole-matrix Grams (the reference for the suites).
+
+    A symmetric operator reads the variances of its diagonal entries from x2 (so that |c| = 1 exactly there); the
+    reference builds its layer-0 state the same way, so that gradients split between x1 and x2 alike.
+    """
+    gram, var1, var2 = input_grams(op.x1, op.x2, diagonal_offset=0 if op.symmetric else None)
+    k, theta = fully_connected_recursion(gram, var1, var2, op.depth, op.activation, op.weight_var, op.bias_var,
+                                         ntk=op.ntk)
+    return theta if op.ntk else k
+
+
+class _NetworkOperatorCase:
+    """Small operators (n = 5, d = 6) evaluated in row blocks of a few rows, so the block loops are exercised."""
+
+    depth, activation, ntk, batch, symmetric, cache_bytes = 2, ReLU(), False, (), False, 0
+    seed = 0
+
+    def points(self, n, offset=0):
+        g = torch.Generator().manual_seed(self.seed + offset)
+        return torch.randn(*self.batch, n, 6, generator=g)
+
+    def operator(self, x1, x2):
+        shape = (*self.batch, 1, 1)
+        return NetworkKernelOperator(x1, torch.full(shape, 1.7), torch.full(shape, 0.4),
+                                     None if self.symmetric else x2, depth=self.depth, activation=self.activation,
+                                     ntk=self.ntk, cache_bytes=self.cache_bytes)
+
+    def setUp(self):
+        super().setUp()  # linear_operator's BaseTestCase seeds torch from `seed`
+        self._block_bytes = lazy.BLOCK_BYTES
+        lazy.BLOCK_BYTES = 64 * 6 * 4
+
+    def tearDown(self):
+        lazy.BLOCK_BYTES = self._block_bytes
+        super().tearDown()
+
+    def evaluate_linear_op(self, op):
+        return dense_network_kernel(op)
+
+
+class _Square(_NetworkOperatorCase):
+    def create_linear_op(self):
+        x = self.points(5)
+        return self.operator(x, x)
+
+
+class TestNNGPReLUOperator(_Square, LinearOperatorTestCase, unittest.TestCase):
+    """Products through recomputed row blocks."""
+
+
+class TestNNGPReLUOperatorSymmetricCached(_Square, LinearOperatorTestCase, unittest.TestCase):
+    """x1 and x2 the same points (exact diagonal), products through the cached no-grad matrix."""
+
+    symmetric, cache_bytes = True, 2 ** 20
+
+
+class TestNTKErfOperator(_Square, LinearOperatorTestCase, unittest.TestCase):
+    activation, ntk, depth = Erf(), True, 3
+
+
+class TestBatchedNTKReLUOperator(_Square, LinearOperatorTestCase, unittest.TestCase):
+    ntk, batch, symmetric = True, (2,), True
+
+
+class TestRectangularNNGPOperator(_NetworkOperatorCase, RectangularLinearOperatorTestCase, unittest.TestCase):
+    def create_linear_op(self):
+        return self.operator(self.points(5), self.points(4, offset=1))
+
+
+class _KeOpsOperatorCase(_NetworkOperatorCase):
+    """KeOpsNetworkKernelOperator: products and their gradients through the KeOps formula.
+
+    In float64: slices of the symmetric operator (test_getitem*) pair some points with themselves through a
+    cross-Gram, where float32 rounding leaves c = 1 - O(1e-7) and sqrt(1 - c^2) turns that into a 1e-4 relative
+    difference from the exact diagonal of the reference -- rounding of the inputs, not an error of the formulas.
+    """
+
+    ntk, depth, symmetric = True, 2, True
+
+    def setUp(self):
+        super().setUp()
+        self._default_dtype = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)
+
+    def tearDown(self):
+        torch.set_default_dtype(self._default_dtype)
+        super().tearDown()
+
+    def operator(self, x1, x2):
+        return KeOpsNetworkKernelOperator(x1, torch.tensor([[1.7]]), torch.tensor([[0.4]]),
+                                          None if self.symmetric else x2, depth=self.depth,
+                                          activation=self.activation, ntk=self.ntk)
+
+
+class TestKeOpsOperatorFormulasOnTorch(_Square, _KeOpsOperatorCase, LinearOperatorTestCase, unittest.TestCase):
+    """The formula evaluated by tests/keops_stand_in.py instead of compiled KeOps (same builder, milliseconds)."""
+
+    def setUp(self):
+        super().setUp()
+        self._lazy_tensor, keops.LazyTensor = keops.LazyTensor, TorchLazyTensor
+
+    def tearDown(self):
+        keops.LazyTensor = self._lazy_tensor
+        super().tearDown()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not keops.KEOPS_AVAILABLE, reason="pykeops not importable")
+class TestKeOpsOperatorCompiled(_Square, _KeOpsOperatorCase, LinearOperatorTestCase, unittest.TestCase):
+    """The same suite through compiled KeOps formulas (float32, float64 and half: many builds on a cold cache)."""
