@@ -20,13 +20,13 @@ import math
 import time
 
 import torch
+from bayesian_optimization import PROBLEMS, make_model
 from botorch.fit import fit_gpytorch_mll
 from botorch.models.kernels import InfiniteWidthBNNKernel
 from botorch.utils.sampling import draw_sobol_samples
 from gpytorch.kernels import ScaleKernel
 from gpytorch.mlls import ExactMarginalLogLikelihood
 
-from bayesian_optimization import PROBLEMS, make_model
 from gpytorch_nngp import NNGPKernel, NTKKernel
 
 SURROGATES = {

@@ -10,7 +10,6 @@ so it can live in its own environment (neural-tangents==0.6.5, jax[cpu]==0.4.30)
 """
 import argparse
 import json
-import math
 import os
 import platform
 import statistics
@@ -28,7 +27,8 @@ NT_SNIPPET = r"""
 import json, math, sys, time, statistics
 import numpy as np, jax
 from neural_tangents import stax
-x = np.load(sys.argv[1]); depth = int(sys.argv[2]); wv, bv = float(sys.argv[3]), float(sys.argv[4]); repeats = int(sys.argv[5])
+x = np.load(sys.argv[1]); depth = int(sys.argv[2]); repeats = int(sys.argv[5])
+wv, bv = float(sys.argv[3]), float(sys.argv[4])
 dense = stax.Dense(1, W_std=math.sqrt(wv), b_std=math.sqrt(bv))
 _, _, kernel_fn = stax.serial(*([dense, stax.Relu()] * depth), dense)
 out = {}
@@ -93,7 +93,8 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "x.npy")
         np.save(path, x_np)
-        proc = subprocess.run([args.nt_python, "-c", NT_SNIPPET, path, str(args.depth), str(wv), str(bv), str(args.repeats)],
+        command = [args.nt_python, "-c", NT_SNIPPET, path, str(args.depth), str(wv), str(bv), str(args.repeats)]
+        proc = subprocess.run(command,
                               capture_output=True, text=True)
         if proc.returncode == 0:
             nt = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -111,9 +112,11 @@ def main():
         rows.append((kind, first, again, nt_time, first / nt_time, again / nt_time, agree))
 
     print(f"\nDense {args.n}x{args.n} kernel, d={args.d}, depth={args.depth} ReLU, float32, "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads), {platform.processor() or platform.machine()}, "
+          f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
+          f"{platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores" + (f", jax {nt['jax']}" if nt else ""))
-    header = f"{'kernel':6s} {'ours first (s)':>15s} {'ours re-eval (s)':>17s} {'neural-tangents (s)':>20s} {'first/NT':>9s} {'re-eval/NT':>11s} {'max rel diff':>13s}"
+    header = (f"{'kernel':6s} {'ours first (s)':>15s} {'ours re-eval (s)':>17s} {'neural-tangents (s)':>20s} "
+              f"{'first/NT':>9s} {'re-eval/NT':>11s} {'max rel diff':>13s}")
     print(header)
     print("-" * len(header))
     for kind, first, again, nt_time, r1, r2, agree in rows:

@@ -132,7 +132,8 @@ def main(argv=None):
     p = r["num_params"]
     for n in args.explicit_n:
         r = run_row("explicit", n, args.d, args.width, args.depth, device, 1)
-        rows.append(("explicit J (J^T v), 1 col", n, r["seconds"], r["peak_mb"], f"J built in {r['build_seconds']:.1f} s"))
+        rows.append(("explicit J (J^T v), 1 col", n, r["seconds"], r["peak_mb"],
+                     f"J built in {r['build_seconds']:.1f} s"))
         r = run_row("operator", n, args.d, args.width, args.depth, device, 1)
         rows.append(("operator K v, 1 col", n, r["seconds"], r["peak_mb"], ""))
     rows.append(("explicit J at full n (needed)", args.n, float("nan"), args.n * p * 4 / 2 ** 20, "n x P float32"))

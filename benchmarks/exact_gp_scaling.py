@@ -101,8 +101,8 @@ def cg_vs_cholesky(n=5000, d=32):
 
 def measure(spec):
     """Run run_case(spec) in a fresh interpreter; returns its dict (or the error)."""
-    code = ("import json, sys; sys.path.insert(0, %r); import exact_gp_scaling as b; "
-            "print('RESULT' + json.dumps(b.run_case(json.loads(sys.argv[1]))))") % HERE
+    code = (f"import json, sys; sys.path.insert(0, {HERE!r}); import exact_gp_scaling as b; "
+            "print('RESULT' + json.dumps(b.run_case(json.loads(sys.argv[1]))))")
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT"):
@@ -159,7 +159,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="small sizes (minutes -> seconds)")
     parser.add_argument("--table", choices=("vs-rbf", "fifty-k", "growth", "cg-vs-cholesky"), default=None)
     args = parser.parse_args()
-    print(f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    print(f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads)")
     tables = [args.table] if args.table else ["vs-rbf", "cg-vs-cholesky", "growth", "fifty-k"]
     for name in tables:
         if name == "vs-rbf":

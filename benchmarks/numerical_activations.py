@@ -8,13 +8,12 @@ Table 2: max relative error of E[phi(u) phi(v)] for the ReLU series against its 
 without the parity tail correction, for several series degrees (the measurement behind the method choice).
 """
 import argparse
-import math
 import time
 
 import torch
 
 from gpytorch_nngp import NNGPKernel, NTKKernel, activations
-from gpytorch_nngp.functional.hermite import geometric_tail, hermite_coefficients, pair_polynomial, pair_tail
+from gpytorch_nngp.functional.hermite import geometric_tail, hermite_coefficients, pair_tail
 
 
 def timed(kernel, x, repeats=2):

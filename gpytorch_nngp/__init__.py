@@ -1,6 +1,35 @@
 """gpytorch_nngp: infinitely wide deep networks (NNGP, NTK) as GPyTorch kernels."""
-from . import activations
-from .kernels import NNGPKernel, NTKKernel
+import os as _os
+import sys as _sys
+
+import torch as _torch
+
+
+def _import_keops_quietly() -> None:
+    """Import pykeops (gpytorch imports it too) without its "CUDA libraries not found" line on CPU-only machines.
+
+    pykeops probes for CUDA when it is first imported and prints that line every time on a machine without a GPU,
+    where the KeOps backend is not used unless asked for. Its verbosity is off for that import only and restored
+    afterwards, so KeOps' own messages (compilation, errors) still show; KEOPS_VERBOSE set by the user wins.
+    """
+    if "keopscore" in _sys.modules or "KEOPS_VERBOSE" in _os.environ or _torch.cuda.is_available():
+        return
+    _os.environ["KEOPS_VERBOSE"] = "0"
+    try:
+        import keopscore
+        import pykeops
+
+        keopscore.verbose = pykeops.verbose = True
+    except Exception:  # pragma: no cover - a broken pykeops only disables the KeOps backend
+        pass
+    finally:
+        del _os.environ["KEOPS_VERBOSE"]
+
+
+_import_keops_quietly()
+
+from . import activations  # noqa: E402
+from .kernels import NNGPKernel, NTKKernel  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["NNGPKernel", "NTKKernel", "activations", "__version__"]

@@ -69,7 +69,8 @@ def check_positive(name: str, value, meaning: str, hint: str = "") -> torch.Tens
     if not torch.is_floating_point(tensor):
         tensor = tensor.to(torch.get_default_dtype())
     if not torch.isfinite(tensor).all() or (tensor <= 0).any():
-        raise ValueError(f"{name} must be finite and > 0 (it is {meaning}), got {value!r}" + (f"; {hint}" if hint else ""))
+        extra = f"; {hint}" if hint else ""
+        raise ValueError(f"{name} must be finite and > 0 (it is {meaning}), got {value!r}{extra}")
     return tensor
 
 
@@ -80,20 +81,34 @@ def check_positive_variance(name: str, value) -> torch.Tensor:
 
 
 def check_inputs(x1: torch.Tensor, x2: torch.Tensor) -> None:
+    """Kernel inputs x1 (..., n, d) and x2 (..., m, d): finite floating point tensors of one dtype and device.
+
+    Raises:
+        TypeError: not a tensor, not floating point, or mixed dtypes.
+        ValueError: fewer than 2 dimensions, empty, NaN/inf entries, mixed devices or feature counts.
+    """
     for name, x in (("x1", x1), ("x2", x2)):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor of shape (..., n, d), got {type(x).__name__}")
         if x.dim() < 2:
-            raise ValueError(f"{name} must have shape (..., n, d) with at least 2 dimensions, got shape {tuple(x.shape)}")
+            raise ValueError(f"{name} must have shape (..., n, d) with at least 2 dimensions, got shape "
+                             f"{tuple(x.shape)}")
         if not torch.is_floating_point(x):
-            raise TypeError(f"{name} must be a floating point tensor, got dtype {x.dtype}; convert with .double() or .float()")
+            raise TypeError(f"{name} must be a floating point tensor, got dtype {x.dtype}; convert with .double() or "
+                            ".float()")
         if x.shape[-1] == 0 or x.shape[-2] == 0:
-            raise ValueError(f"{name} is empty (shape {tuple(x.shape)}): the kernel needs at least one point and one feature")
+            raise ValueError(f"{name} is empty (shape {tuple(x.shape)}): the kernel needs at least one point and one "
+                             "feature")
         if x.requires_grad or torch.is_inference_mode_enabled() or not _known_finite(x):
             if not torch.isfinite(x).all():
                 raise ValueError(f"{name} contains NaN or inf; clean or impute the inputs before building the kernel")
             if not x.requires_grad and not torch.is_inference_mode_enabled():
                 _remember_finite(x)
+    if x1.dtype != x2.dtype:
+        raise TypeError(f"x1 and x2 must have the same dtype, got {x1.dtype} and {x2.dtype}; convert one of them, "
+                        f"e.g. x2.to({x1.dtype})")
+    if x1.device != x2.device:
+        raise ValueError(f"x1 and x2 must be on the same device, got {x1.device} and {x2.device}")
     if x1.shape[-1] != x2.shape[-1]:
         raise ValueError(
             f"x1 and x2 must have the same number of features (last dimension), got {x1.shape[-1]} and {x2.shape[-1]}"

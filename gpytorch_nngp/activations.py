@@ -1,13 +1,13 @@
 """Activations accepted by the kernels: closed forms, and `Numerical` for any elementwise torch function."""
 from .functional.activations import (
+    GELU,
+    NAMES,
     ABReLU,
     Abs,
     Activation,
     Erf,
-    GELU,
     Identity,
     LeakyReLU,
-    NAMES,
     Numerical,
     ReLU,
     Sign,

@@ -11,25 +11,9 @@ from __future__ import annotations
 import argparse
 import time
 
-import torch
-
 from . import NNGPKernel, NTKKernel
-from .models import ExactNNGPClassifier
-
-
-def load_digits_split(n_train: int, seed: int = 0):
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as err:  # pragma: no cover - message for users without the demo extra
-        raise SystemExit("the demo needs scikit-learn: pip install 'gpytorch_nngp[demo]'") from err
-    data = load_digits()
-    x = torch.tensor(data.data, dtype=torch.float64) / 16.0
-    y = torch.tensor(data.target)
-    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-    if not 0 < n_train < len(y):
-        raise SystemExit(f"--n-train must be between 1 and {len(y) - 1}, got {n_train}")
-    tr, te = perm[:n_train], perm[n_train:]
-    return x[tr], y[tr], x[te], y[te]
+from .experiments.arguments import HelpFormatter
+from .models import ExactNNGPClassifier, load_dataset
 
 
 def classify(kernel, x_train, y_train, x_test, jitter: float = 1e-10):
@@ -40,15 +24,15 @@ def classify(kernel, x_train, y_train, x_test, jitter: float = 1e-10):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n-train", type=int, default=1000)
-    parser.add_argument("--depth", type=int, default=3)
-    parser.add_argument("--weight-var", type=float, default=2.0)
-    parser.add_argument("--bias-var", type=float, default=0.2)
-    parser.add_argument("--activation", default="relu")
-    parser.add_argument("--seed", type=int, default=0)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--n-train", type=int, default=1000, help="training digits (the rest of the 1,797 test)")
+    parser.add_argument("--depth", type=int, default=3, help="hidden layers")
+    parser.add_argument("--weight-var", type=float, default=2.0, help="weight variance sigma_w^2")
+    parser.add_argument("--bias-var", type=float, default=0.2, help="bias variance sigma_b^2")
+    parser.add_argument("--activation", default="relu", help="activation name")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random split")
     args = parser.parse_args(argv)
-    x_tr, y_tr, x_te, y_te = load_digits_split(args.n_train, args.seed)
+    x_tr, y_tr, x_te, y_te = load_dataset("digits", args.n_train, args.seed)
     print(f"digits: {len(x_tr)} train, {len(x_te)} test, {x_tr.shape[1]} features; depth {args.depth} "
           f"{args.activation}, weight_var {args.weight_var}, bias_var {args.bias_var}")
     print(f"{'kernel':6s} {'accuracy':>9s} {'seconds':>8s}")

@@ -36,5 +36,6 @@ def load():
         if "|" not in key:
             continue
         kind, pair, name, depth, wv, bv, scale = key.split("|")
-        cases.setdefault((name, int(depth), float(wv), float(bv), float(scale)), {})[(kind, pair)] = torch.from_numpy(data[key])
+        case = cases.setdefault((name, int(depth), float(wv), float(bv), float(scale)), {})
+        case[(kind, pair)] = torch.from_numpy(data[key])
     return torch.from_numpy(data["x1"]), torch.from_numpy(data["x2"]), cases

@@ -18,7 +18,8 @@ CASES = {
     "abs": (A.Abs(), abs, lambda x: 1.0 if x > 0 else -1.0),
     "identity": (A.Identity(), lambda x: x, lambda x: 1.0),
     "erf": (A.Erf(), special.erf, lambda x: 2 / math.sqrt(math.pi) * math.exp(-x * x)),
-    "gelu": (A.GELU(), lambda x: x * special.ndtr(x), lambda x: special.ndtr(x) + x * math.exp(-x * x / 2) / math.sqrt(2 * math.pi)),
+    "gelu": (A.GELU(), lambda x: x * special.ndtr(x),
+             lambda x: special.ndtr(x) + x * math.exp(-x * x / 2) / math.sqrt(2 * math.pi)),
     "sign": (A.Sign(), np.sign, lambda x: 0.0),
 }
 TRIPLES = [(0.3, 1.0, 1.0), (-0.7, 1.2, 0.8), (2.9, 3.0, 4.0), (-5.0, 10.0, 12.0), (0.0, 0.5, 2.0)]

@@ -70,3 +70,27 @@ def test_bad_activation_parameters():
         activations.LeakyReLU("x")
     with pytest.raises(ValueError, match="num_nodes"):
         activations.Numerical(torch.tanh, num_nodes=1000)
+
+
+def test_mixed_dtypes_and_module_classes_are_named():
+    with pytest.raises(TypeError, match="x1 and x2 must have the same dtype, got torch.float64 and torch.float32"):
+        NNGPKernel(1).double()(torch.randn(4, 3, dtype=torch.float64), torch.randn(5, 3)).to_dense()
+    with pytest.raises(TypeError, match=r"module class torch.nn.modules.activation.ReLU.*instantiate it \(ReLU\(\)\)"):
+        NNGPKernel(1, torch.nn.ReLU)
+    # an instance is an elementwise callable and works (numerically; the kink at 0 is split off exactly)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    closed = NNGPKernel(2, "relu").double()(x).to_dense()
+    from_module = NNGPKernel(2, torch.nn.ReLU()).double()(x).to_dense()
+    assert torch.allclose(closed, from_module, rtol=1e-7)
+
+
+def test_keops_backend_imports_quietly_on_cpu():
+    """pykeops' "CUDA libraries not found" line is not printed when the package is imported without a GPU."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "import gpytorch_nngp"], capture_output=True, text=True,
+                         env={k: v for k, v in __import__("os").environ.items() if k != "KEOPS_VERBOSE"})
+    assert out.returncode == 0, out.stderr
+    if not torch.cuda.is_available():
+        assert "CUDA libraries not found" not in out.stdout + out.stderr

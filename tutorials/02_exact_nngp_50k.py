@@ -9,7 +9,8 @@ block of rows at a time, so memory stays near one copy of the matrix (10 GB in f
 autograd graph would need hundreds of GB). On a 2-core CPU each training step at n = 50,000 takes minutes; on a
 GPU seconds.
 
-Data: y = sin(1.5 <x, w>) + 0.1 noise, x ~ N(0, I_32), |w| ~ 1, and 1,000 test points. Figures: the negative marginal log likelihood per iteration, and predicted mean +- 2 sd against the truth
+Data: y = sin(1.5 <x, w>) + 0.1 noise, x ~ N(0, I_32), |w| ~ 1, and 1,000 test points. Figures: the negative
+marginal log likelihood per iteration, and predicted mean +- 2 sd against the truth
 on test points. --quick: n = 1,500 and 4 iterations (the test suite runs that with --backend lazy).
 """
 import argparse
@@ -86,7 +87,8 @@ def main(argv=None):
     rmse = (mean - y_test).pow(2).mean().sqrt().item()
     inside = ((y_test - mean).abs() <= 2 * std).float().mean().item()
     kernel = model.covar_module.base_kernel
-    print(f"n={n}: {iters} training steps in {train_seconds:.1f} s, predictions for 1000 points in {predict_seconds:.1f} s")
+    print(f"n={n}: {iters} training steps in {train_seconds:.1f} s, predictions for 1000 points in "
+          f"{predict_seconds:.1f} s")
     print(f"test RMSE {rmse:.3f} (targets: sd {y_test.std().item():.3f}, noise sd 0.1); "
           f"{100 * inside:.1f}% of test targets within 2 sd")
     print(f"learned weight_var {kernel.weight_var.item():.3f}, bias_var {kernel.bias_var.item():.3f}, "

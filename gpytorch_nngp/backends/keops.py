@@ -6,7 +6,7 @@ variances of every layer are O(n) and computed in torch; only the cross term k12
 
 Closed-form activations only (KeOps has no erf/tanh and the numerical path needs per-point series): ReLU,
 LeakyReLU/ABReLU, abs, identity, erf, sign. On a CPU, KeOps compiles with g++ and is far slower than the dense and
-row-block backends (see ../shared/DESIGN.md section 6); "auto" picks it only for CUDA tensors.
+row-block backends (docs/design.md, "Traps in the dependencies"); "auto" picks it only for CUDA tensors.
 
 At |c| = 1 the arc-cosine kernels need sqrt(k11 k22 - k12^2) = 0 with a zero gradient. KeOps computes <x, x'> in
 its own summation order, so identical points can leave a gap of a few ulps: gaps below 1e-12 (float64) / 1e-6
@@ -88,7 +88,8 @@ def keops_kernel(x1, x2, weight_var, bias_var, depth, activation, ntk):
     if not KEOPS_AVAILABLE:
         raise RuntimeError("pykeops could not be imported; use backend='lazy' or 'dense'")
     if weight_var.numel() != 1 or bias_var.numel() != 1:
-        raise ValueError("the KeOps backend supports kernels without batch_shape; use backend='lazy' for batched kernels")
+        raise ValueError("the KeOps backend supports kernels without batch_shape; use backend='lazy' for batched "
+                         "kernels")
     rel_eps = 1e-12 if x1.dtype == torch.float64 else 1e-6
     d = x1.shape[-1]
     xi = LazyTensor(x1[..., :, None, :].contiguous())

@@ -210,7 +210,8 @@ class NetworkKernelOperator(LinearOperator):
 
 
 class _BlockwiseMatmul(torch.autograd.Function):
-    """out = K rhs for a NetworkKernelOperator K, differentiable in rhs and in K's representation without ever holding an n x m autograd graph."""
+    """out = K rhs for a NetworkKernelOperator K, differentiable in rhs and in K's representation, without ever
+    holding an n x m autograd graph."""
 
     @staticmethod
     def forward(ctx, op: NetworkKernelOperator, rhs: torch.Tensor, *representation: torch.Tensor) -> torch.Tensor:

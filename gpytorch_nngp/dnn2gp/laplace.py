@@ -154,7 +154,7 @@ class DNN2GP:
         self._theta_sq: Optional[float] = None  # |theta*|^2
 
     # -- fitting -----------------------------------------------------------------------------------------------
-    def fit(self, X, y=None) -> "DNN2GP":
+    def fit(self, X, y=None) -> DNN2GP:
         """Linearize the model at its current weights and decompose the posterior.
 
         Args:

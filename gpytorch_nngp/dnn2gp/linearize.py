@@ -119,7 +119,7 @@ class LinearizedNetwork:
         """sum_i J(x_i)^T v_i for t stacked cotangents (t, n, C): a dict of (t, *param.shape)."""
         total = None
         for a, b in self._chunks(x.shape[0]):
-            _, pullback = vjp(lambda params: self._apply(params, x[a:b]), self.params)
+            _, pullback = vjp(lambda params, rows=x[a:b]: self._apply(params, rows), self.params)
             (part,) = vmap(pullback)(cotangents[:, a:b])
             total = part if total is None else {k: total[k] + part[k] for k in total}
         return total

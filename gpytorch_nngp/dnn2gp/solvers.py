@@ -102,7 +102,7 @@ def conjugate_gradients(matmul: Matmul, rhs: torch.Tensor, tolerance: float, max
     relative = (residual.norm(dim=0) / rhs.norm(dim=0).clamp_min(tiny)).max().item()
     if relative > tolerance:
         warnings.warn(f"conjugate gradients stopped after {max_iter} iterations at relative residual "
-                      f"{relative:.2e} (tolerance {tolerance}); raise max_cg_iterations")
+                      f"{relative:.2e} (tolerance {tolerance}); raise max_cg_iterations", stacklevel=3)
     return x, {"iterations": iterations, "relative_residual": relative}
 
 

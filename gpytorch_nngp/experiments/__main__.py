@@ -3,6 +3,7 @@ import argparse
 import sys
 
 from . import classify, figures, finite_width
+from .arguments import HelpFormatter
 
 
 def main(argv=None):
@@ -10,16 +11,16 @@ def main(argv=None):
     commands = parser.add_subparsers(dest="command", required=True)
     classify.add_arguments(commands.add_parser("classify", help="classification accuracy and NLL, JSON output",
                                                description=classify.__doc__,
-                                               formatter_class=argparse.RawDescriptionHelpFormatter))
+                                               formatter_class=HelpFormatter))
     for name, add, help_text in (("calibration", figures.add_calibration_arguments,
                                   "predicted variance vs realized error (PNG)"),
                                  ("grid", figures.add_grid_arguments,
                                   "accuracy and evidence over a (weight_var, bias_var) grid (PNG)")):
         add(commands.add_parser(name, help=help_text, description=figures.__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter))
+                                formatter_class=HelpFormatter))
     finite_width.add_arguments(commands.add_parser(
         "finite-width", help="trained finite networks vs the NNGP as width grows (PNG)",
-        description=finite_width.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+        description=finite_width.__doc__, formatter_class=HelpFormatter))
     args = parser.parse_args(argv)
     if args.command == "finite-width":
         return finite_width.run(args)

@@ -23,16 +23,16 @@ from .arguments import add_data_arguments, add_network_arguments, add_progress_a
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser)
-    parser.add_argument("--model", choices=("exact", "svgp"), default="exact")
+    parser.add_argument("--model", choices=("exact", "svgp"), default="exact", help="exact GP (the paper) or SVGP")
     add_network_arguments(parser)
-    parser.add_argument("--activation", default="relu")
+    parser.add_argument("--activation", default="relu", help="activation name")
     parser.add_argument("--learn-hyperparameters", action="store_true",
                         help="exact: maximize the marginal likelihood over weight_var, bias_var and the noise "
                              "(the SVGP always learns them with its ELBO)")
     parser.add_argument("--iters", type=int, default=60, help="marginal-likelihood steps (exact)")
     parser.add_argument("--inducing", type=int, default=500, help="inducing points (svgp)")
     parser.add_argument("--epochs", type=int, default=30, help="ELBO epochs (svgp)")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=256, help="minibatch size (svgp)")
     parser.add_argument("--lr", type=float, default=0.02, help="Adam learning rate (svgp)")
     parser.add_argument("--schedule", choices=SCHEDULES, default="constant",
                         help="Adam learning-rate schedule (svgp): constant, or cosine annealing to 0")

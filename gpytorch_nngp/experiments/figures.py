@@ -26,7 +26,7 @@ from .arguments import add_data_arguments, add_network_arguments, add_progress_a
 def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser)
     add_network_arguments(parser)
-    parser.add_argument("--bins", type=int, default=20)
+    parser.add_argument("--bins", type=int, default=20, help="bins of equal count")
     parser.add_argument("--out", required=True, help="PNG path")
 
 
@@ -35,9 +35,9 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     add_network_arguments(parser, variances=False)
     add_progress_argument(parser)
     parser.add_argument("--out", required=True, help="PNG path")
-    parser.add_argument("--grid-size", type=int, default=8)
-    parser.add_argument("--weight-var-range", type=float, nargs=2, default=(0.5, 5.0))
-    parser.add_argument("--bias-var-range", type=float, nargs=2, default=(0.01, 2.0))
+    parser.add_argument("--grid-size", type=int, default=8, help="points per axis")
+    parser.add_argument("--weight-var-range", type=float, nargs=2, default=(0.5, 5.0), help="linear grid")
+    parser.add_argument("--bias-var-range", type=float, nargs=2, default=(0.01, 2.0), help="log grid")
     parser.add_argument("--json", default=None, help="also write the grid values as JSON")
 
 
@@ -83,7 +83,8 @@ def grid(args) -> dict:
     n_val = min(1000, len(y_pool) // 2)
     x_val, y_val, x_test, y_test = x_pool[:n_val], y_pool[:n_val], x_pool[n_val:], y_pool[n_val:]
     wvs = torch.linspace(*args.weight_var_range, args.grid_size).tolist()
-    bvs = torch.logspace(math.log10(args.bias_var_range[0]), math.log10(args.bias_var_range[1]), args.grid_size).tolist()
+    low, high = (math.log10(b) for b in args.bias_var_range)
+    bvs = torch.logspace(low, high, args.grid_size).tolist()
     accuracy = torch.zeros(len(bvs), len(wvs))
     evidence = torch.zeros(len(bvs), len(wvs))
     for i, bv in enumerate(tqdm(bvs, desc="grid rows", disable=args.no_progress)):

@@ -27,13 +27,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser)
     add_network_arguments(parser, kernel=False)
     add_progress_argument(parser)
-    parser.add_argument("--widths", type=int, nargs="+", default=[64, 256, 1024])
-    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--widths", type=int, nargs="+", default=[64, 256, 1024], help="hidden widths")
+    parser.add_argument("--epochs", type=int, default=60, help="SGD epochs per network")
     parser.add_argument("--lr", type=float, default=1.0,
                         help="SGD step in units of the inverse tangent-kernel scale at initialization (the step "
                              "is lr / scale, so one value suits every width and input dimension; momentum 0.9 "
                              "is stable below about 1.9)")
-    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=100, help="SGD minibatch size")
     parser.add_argument("--out", required=True, help="PNG path")
 
 
@@ -109,14 +109,22 @@ def run(args) -> dict:
         print(f"width {width:6d}: test accuracy {rows[-1]['accuracy']:.4f}, argmax agreement with the NNGP "
               f"{rows[-1]['agreement_with_nngp']:.4f}, RMS to the NNGP mean {rows[-1]['rms_to_nngp_mean']:.4f}")
     print(f"NNGP: test accuracy {nngp_accuracy:.4f}")
-    fig, ax = plt.subplots(figsize=(5.2, 4))
+    fig, (ax, ax_rms) = plt.subplots(1, 2, figsize=(10, 4))
     widths = [r["width"] for r in rows]
-    ax.semilogx(widths, [r["accuracy"] for r in rows], "o-", label="trained network: test accuracy")
-    ax.semilogx(widths, [r["agreement_with_nngp"] for r in rows], "s--", label="argmax agreement with NNGP")
+    ax.plot(widths, [r["accuracy"] for r in rows], "o-", label="trained network: test accuracy")
+    ax.plot(widths, [r["agreement_with_nngp"] for r in rows], "s--", label="argmax agreement with the NNGP")
     ax.axhline(nngp_accuracy, color="k", lw=1, label=f"NNGP test accuracy {nngp_accuracy:.3f}")
-    ax.set_xlabel("hidden width")
-    ax.set_title(f"{args.dataset}:{args.n_train}, depth {args.depth}, SGD {args.epochs} epochs")
+    ax.set_ylabel("fraction of test points")
+    ax_rms.plot(widths, [r["rms_to_nngp_mean"] for r in rows], "o-", color="C2")
+    ax_rms.set_ylabel("RMS of network outputs - NNGP posterior mean")
+    for axis in (ax, ax_rms):
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(widths, [str(w) for w in widths])
+        axis.minorticks_off()
+        axis.set_xlabel("hidden width")
     ax.legend(fontsize=8)
+    fig.suptitle(f"{args.dataset}:{args.n_train}, depth {args.depth}, SGD {args.epochs} epochs: wider networks "
+                 "approach the NNGP")
     fig.tight_layout()
     fig.savefig(args.out, dpi=110)
     plt.close(fig)

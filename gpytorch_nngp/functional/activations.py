@@ -17,8 +17,15 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
-from .hermite import (choose_degree, geometric_tail, pair_polynomial, pair_tail, parity_energies, relative_tail,
-                      _nodes_and_projection)
+from .hermite import (
+    _nodes_and_projection,
+    choose_degree,
+    geometric_tail,
+    pair_polynomial,
+    pair_tail,
+    parity_energies,
+    relative_tail,
+)
 from .safe_math import abrelu_dual, abrelu_dual_into, safe_angle
 
 Dual = Tuple[torch.Tensor, Optional[torch.Tensor]]
@@ -514,7 +521,12 @@ NAMES = tuple(sorted(set(_CLOSED_FORM) | set(_NUMERICAL)))
 
 
 def get_activation(activation) -> Activation:
-    """Resolve a name, an Activation, or an elementwise torch callable."""
+    """The Activation for a name (NAMES), an Activation, or an elementwise torch callable (e.g. torch.nn.Tanh()).
+
+    Raises:
+        ValueError: an unknown name (the message lists the known ones).
+        TypeError: anything else, including a torch.nn.Module class instead of an instance.
+    """
     if isinstance(activation, Activation):
         return activation
     if isinstance(activation, str):
@@ -525,6 +537,13 @@ def get_activation(activation) -> Activation:
             return Numerical(_NUMERICAL[key], name=key)
         raise ValueError(f"unknown activation {activation!r}; known names: {', '.join(NAMES)}, "
                          "or pass an Activation from gpytorch_nngp.activations or any elementwise torch callable")
+    if isinstance(activation, type):
+        if issubclass(activation, torch.nn.Module):
+            raise TypeError(f"activation is the module class {activation.__module__}.{activation.__name__}, not a "
+                            f"module: instantiate it ({activation.__name__}()) or pass a name such as 'relu'")
+        raise TypeError(f"activation must be a name, an Activation or an elementwise torch callable, got the class "
+                        f"{activation.__name__}")
     if callable(activation):
         return Numerical(activation)
-    raise TypeError(f"activation must be a name, an Activation or an elementwise torch callable, got {type(activation).__name__}")
+    raise TypeError(f"activation must be a name, an Activation or an elementwise torch callable, got "
+                    f"{type(activation).__name__}")

@@ -12,9 +12,10 @@ O((n + m) Q K) for the coefficients plus O(n m K) for the series, with Q quadrat
 Kinked functions (ReLU-like) or steep ones (tanh at variance 10+) have slowly decaying coefficients,
 so a truncated series is poor near |c| = 1. By Parseval the tail mass of each point is known exactly,
 separately for even and odd k: T_even = E[f_even^2] - sum_{even k <= K} a_k^2 (and odd likewise).
-We append sqrt(T x T') c^{K+1} and sqrt(T x T') c^{K+2} (each for its parity), which makes the series
-exact at c = +-1 for equal points and cuts the error near |c| = 1 about tenfold (measured in
-benchmarks/numerical_activations.py).
+geometric_tail spreads each point's missing energy over the degrees past K, geometrically at the decay rate of
+its last kept coefficients of that parity, and pair_tail sums the resulting series for a pair in closed form.
+This is exact at c = +-1 for equal points and far more accurate near |c| = 1 than dropping the tail or putting
+it all at degree K + 1 (the comparison is benchmarks/numerical_activations.py).
 
 1-D expectations use composite Simpson quadrature on [-12, 12] with an odd node count, so z = 0 (the
 kink of ReLU-like functions) is a node and each half is integrated at fourth order.
@@ -92,7 +93,8 @@ def choose_degree(tail: torch.Tensor, tol: float, step: int = 8) -> int:
 
 
 def geometric_tail(coeffs: torch.Tensor, energies: torch.Tensor, degree: int, window: int = 8):
-    """Tail model beyond `degree`, per parity: (t, q, powers) for sum_{k > K} a_k b_k c^k ~ sum_p t_p t'_p c^k_p / (1 - q_p q'_p c^2).
+    """Tail model beyond `degree`, per parity p: (t, q, powers) for
+    sum_{k > K} a_k b_k c^k ~ sum_p t_p t'_p c^k_p / (1 - q_p q'_p c^2).
 
     For each parity the missing energy T = E_parity - sum_{k <= K} a_k^2 is exact (Parseval). We spread it over
     the degrees k_p, k_p + 2, ... geometrically, a_k^2 ~ T (1 - r) r^j, with r the decay per two degrees measured
@@ -116,7 +118,8 @@ def geometric_tail(coeffs: torch.Tensor, energies: torch.Tensor, degree: int, wi
             if same.shape[-1] >= 2 * window:
                 last = same[..., -window:].sum(-1)
                 prev = same[..., -2 * window: -window].sum(-1)
-                ratio = torch.where(prev > 0, last / prev.clamp_min(torch.finfo(prev.dtype).tiny), torch.zeros_like(prev))
+                tiny = torch.finfo(prev.dtype).tiny
+                ratio = torch.where(prev > 0, last / prev.clamp_min(tiny), torch.zeros_like(prev))
                 r = ratio.clamp(0.0, 1.0).pow(1.0 / window).clamp_max(0.999)
             else:
                 r = torch.zeros_like(missing)

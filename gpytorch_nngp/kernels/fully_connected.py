@@ -9,9 +9,14 @@ from gpytorch.kernels import Kernel
 from gpytorch.priors import Prior
 
 from .._validation import check_depth, check_inputs, check_positive_variance
+from ..backends import (
+    KeOpsNetworkKernelOperator,
+    NetworkKernelOperator,
+    check_backend,
+    check_keops_activation,
+    resolve_backend,
+)
 from ..functional.activations import Activation, get_activation
-from ..backends import (KeOpsNetworkKernelOperator, NetworkKernelOperator, check_backend, check_keops_activation,
-                        resolve_backend)
 from ..functional.recursion import fully_connected_recursion, input_grams, paired_kernel
 
 
@@ -131,7 +136,8 @@ class _FullyConnectedKernel(Kernel):
         check_inputs(a, b)
         return super().__call__(x1, x2, diag=diag, last_dim_is_batch=last_dim_is_batch, **params)
 
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor, diag: bool = False, last_dim_is_batch: bool = False, **params):
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor, diag: bool = False, last_dim_is_batch: bool = False,
+                **params):
         """Kernel matrix (..., n, m), or its diagonal (..., n) with diag=True. Inputs (..., n, d), (..., m, d)."""
         if last_dim_is_batch:
             raise ValueError(
@@ -142,7 +148,8 @@ class _FullyConnectedKernel(Kernel):
         weight_var, bias_var = self.weight_var, self.bias_var
         if diag:
             if x1.shape[-2] != x2.shape[-2]:
-                raise ValueError(f"diag=True needs x1 and x2 with the same number of points, got {x1.shape[-2]} and {x2.shape[-2]}")
+                raise ValueError(f"diag=True needs x1 and x2 with the same number of points, got {x1.shape[-2]} "
+                                 f"and {x2.shape[-2]}")
             same = x1 is x2 or torch.equal(x1, x2)
             return paired_kernel(x1, x2, weight_var.squeeze(-1), bias_var.squeeze(-1), self.depth, self.activation,
                                  self._ntk, same_points=same)

@@ -2,7 +2,7 @@
 
 Both give pixels scaled to [0, 1] in float64 and a random split, numpy.random.RandomState(seed).permutation:
 the first n_train points train, the rest test (the NNGP paper's MNIST:n protocol on a smaller pool; the same
-split as the neural-tangents reference number in ../shared/DESIGN.md section 5).
+split as the neural-tangents reference number in docs/design.md, "Reference data").
 """
 from __future__ import annotations
 

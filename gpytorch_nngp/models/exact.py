@@ -83,7 +83,7 @@ class ExactNNGPClassifier:
         return losses
 
     @torch.no_grad()
-    def fit(self, x: torch.Tensor, y: torch.Tensor) -> "ExactNNGPClassifier":
+    def fit(self, x: torch.Tensor, y: torch.Tensor) -> ExactNNGPClassifier:
         """Factor K_DD + noise I once. Also sets fitted_log_marginal_likelihood (float), the value of
         log_marginal_likelihood(x, y) from the same factor."""
         self.x_train = x
