@@ -22,12 +22,25 @@ DENSE_MAX_ENTRIES = 2900 * 2900
 
 
 def check_backend(backend) -> str:
+    """The backend name in lower case. Raises ValueError naming the choices (BACKENDS)."""
     if not isinstance(backend, str) or backend.lower() not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(repr(b) for b in BACKENDS)}, got {backend!r}")
     return backend.lower()
 
 
 def resolve_backend(backend: str, x1: torch.Tensor, x2: torch.Tensor, activation=None, batched: bool = False) -> str:
+    """The backend that evaluates a kernel matrix.
+
+    Args:
+        backend: "auto", "dense", "lazy" or "keops" (checked by check_backend).
+        x1, x2: (..., n, d), (..., m, d) inputs.
+        activation: the kernel's Activation (KeOps has closed forms only).
+        batched: the kernel has a batch_shape (KeOps has none).
+
+    Returns:
+        "dense", "lazy" or "keops": the one asked for, or for "auto" dense up to DENSE_MAX_ENTRIES = n m, then keops
+        for CUDA tensors with a KeOps formula, else lazy.
+    """
     if backend != "auto":
         return backend
     if x1.shape[-2] * x2.shape[-2] <= DENSE_MAX_ENTRIES:

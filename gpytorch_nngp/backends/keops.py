@@ -20,6 +20,7 @@ import torch
 from linear_operator.operators import LinearOperator
 
 from ..functional.activations import ABReLU, Activation, Erf, Identity, Sign
+from ..functional.recursion import input_variances
 from .lazy import NetworkKernelOperator
 
 try:  # pykeops is a core dependency, but keep the package importable where its build is broken
@@ -74,7 +75,7 @@ def _dual(activation, k12, v1, v2, ntk, rel_eps):
 def layer_variances(x, weight_var, bias_var, depth, activation):
     """Per-point pre-activation variances of layers 0..depth-1, each (..., n), in torch (differentiable)."""
     wv, bv = weight_var.squeeze(-1), bias_var.squeeze(-1)
-    v = wv * (x * x).sum(-1) / x.shape[-1] + bv
+    v = wv * input_variances(x) + bv
     out = []
     for _ in range(depth):
         out.append(v)

@@ -20,13 +20,22 @@ MODES = ("auto", "explicit", "operator")
 
 
 class FiniteNTKKernel(Kernel):
-    """model: a torch.nn.Module mapping (n, d) inputs to (n, 1) / (n,) outputs, or pick one column with
-    `output`; prior_precision: delta > 0, learnable (the kernel's scale is 1 / delta); mode: "explicit" Jacobians
-    (n x P, small models), "operator" (Jacobian-vector products through FiniteNTKOperator, any size; GPyTorch then
-    uses CG / Lanczos) or "auto". The network's weights are fixed: they are not parameters of the kernel.
+    """k(x, x') = J(x) J(x')^T / prior_precision, the finite NTK of a network at its current weights.
+
+    Args:
+        model: a torch.nn.Module mapping (n, d) inputs to (n, 1) / (n,) outputs (or pick a column with `output`).
+            Its weights are fixed: they are not parameters of the kernel.
+        output: the output column to use, for a network with several.
+        prior_precision: delta > 0, learnable (the kernel's scale is 1 / delta).
+        mode: "explicit" Jacobians (n x P, small models), "operator" (Jacobian-vector products through
+            FiniteNTKOperator, any size; GPyTorch then uses CG / Lanczos), or "auto" (explicit while both inputs'
+            Jacobians fit in 1 GiB).
+        chunk_size: rows per batched network evaluation.
+        prior_precision_prior, prior_precision_constraint: as in GPyTorch.
+        **kwargs: GPyTorch Kernel arguments (batch_shape, active_dims, ...).
 
     Inputs (..., n, d) in the model's dtype; batch dimensions are flattened into one network call (explicit
-    Jacobians).
+    Jacobians). Output (..., n, m), or (..., n) with diag=True.
     """
 
     has_lengthscale = False

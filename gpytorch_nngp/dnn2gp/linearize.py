@@ -24,9 +24,18 @@ EXPLICIT_BYTES = 2 ** 30
 
 
 class LinearizedNetwork:
-    """model: a torch.nn.Module mapping inputs (n, ...) to outputs (n, C) or (n,); output: keep only this output
-    column (a scalar-output network for a single-output kernel); chunk_size: rows per batched evaluation (memory
-    ~ chunk_size x the network's activations, times the number of vectors multiplied at once)."""
+    """A network as a function of its parameters at their current values: outputs, Jacobians, JVPs and VJPs.
+
+    Args:
+        model: a torch.nn.Module mapping inputs (n, ...) to outputs (n, C) or (n,).
+        output: keep only this output column (a scalar-output network for a single-output kernel).
+        chunk_size: rows per batched evaluation (memory ~ chunk_size x the network's activations, times the number
+            of vectors multiplied at once).
+
+    Raises:
+        TypeError: model is not a torch.nn.Module.
+        ValueError: a bad chunk_size, or no parameter with requires_grad.
+    """
 
     def __init__(self, model: torch.nn.Module, output: Optional[int] = None, chunk_size: int = 1024):
         if not isinstance(model, torch.nn.Module):

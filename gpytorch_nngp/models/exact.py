@@ -17,14 +17,24 @@ import torch
 from tqdm.auto import tqdm
 
 
-def shifted_one_hot(y: torch.Tensor, num_classes: int, dtype=torch.float64) -> torch.Tensor:
+def shifted_one_hot(y: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """The paper's regression targets: one-hot rows (n, C) of labels y (n,), minus 1 / C (-0.1 / 0.9 for C = 10)."""
     return torch.nn.functional.one_hot(y, num_classes).to(dtype) - 1.0 / num_classes
 
 
 class ExactNNGPClassifier:
-    """kernel: any GPyTorch kernel (NNGPKernel, NTKKernel, ScaleKernel(...)); noise: observation variance added
-    to the kernel diagonal, or None for the paper's relative jitter (relative_jitter x mean of diag K, raised x100
-    until the Cholesky factorization succeeds)."""
+    """The NNGP paper's classifier: C independent GP regressions on shifted one-hot targets, one kernel.
+
+    Args:
+        kernel: any GPyTorch kernel (NNGPKernel, NTKKernel, ScaleKernel(...)).
+        num_classes: C.
+        noise: observation variance added to the kernel diagonal, or None for the paper's relative jitter
+            (relative_jitter x mean of diag K, raised x100 until the Cholesky factorization succeeds).
+        relative_jitter: see noise.
+
+    Raises:
+        ValueError: noise given and not > 0.
+    """
 
     def __init__(self, kernel, num_classes: int = 10, noise: Optional[float] = None, relative_jitter: float = 1e-10):
         if noise is not None and not noise > 0:

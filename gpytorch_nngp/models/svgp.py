@@ -16,6 +16,8 @@ import gpytorch
 import torch
 from tqdm.auto import tqdm
 
+from .._validation import check_choice
+
 
 def _variational_distribution(num_inducing: int, batch_shape: torch.Size, natural_gradients: bool):
     cls = (gpytorch.variational.TrilNaturalVariationalDistribution if natural_gradients
@@ -24,8 +26,14 @@ def _variational_distribution(num_inducing: int, batch_shape: torch.Size, natura
 
 
 class SVGPClassifier(gpytorch.models.ApproximateGP):
-    """kernel: NNGPKernel / NTKKernel (wrapped in a ScaleKernel here); inducing_points (M, d);
-    natural_gradients: natural parameters for the variational distributions (train_svgp then uses NGD on them)."""
+    """C latent GPs with a softmax likelihood, trained by the ELBO (train_svgp).
+
+    Args:
+        kernel: NNGPKernel / NTKKernel (wrapped in a ScaleKernel here), shared by the C latent functions.
+        inducing_points: (M, d) initial inducing inputs (learned).
+        num_classes: C.
+        natural_gradients: natural parameters for the variational distributions (train_svgp then uses NGD on them).
+    """
 
     def __init__(self, kernel, inducing_points: torch.Tensor, num_classes: int = 10, natural_gradients: bool = False):
         distribution = _variational_distribution(inducing_points.shape[0], torch.Size([num_classes]),
@@ -57,8 +65,13 @@ class SVGPClassifier(gpytorch.models.ApproximateGP):
 
 
 class SVGPRegressor(gpytorch.models.ApproximateGP):
-    """Scalar regression with a Gaussian likelihood; kernel wrapped in a ScaleKernel; inducing_points (M, d);
-    natural_gradients as for SVGPClassifier."""
+    """Scalar regression with a Gaussian likelihood, trained by the ELBO (train_svgp).
+
+    Args:
+        kernel: NNGPKernel / NTKKernel (wrapped in a ScaleKernel here).
+        inducing_points: (M, d) initial inducing inputs (learned).
+        natural_gradients: as for SVGPClassifier.
+    """
 
     def __init__(self, kernel, inducing_points: torch.Tensor, natural_gradients: bool = False):
         distribution = _variational_distribution(inducing_points.shape[0], torch.Size([]), natural_gradients)
@@ -79,14 +92,25 @@ SCHEDULES = ("cosine", "constant")
 
 def train_svgp(model, x, y, epochs: int = 20, batch_size: int = 256, lr: float = 0.01, seed: int = 0,
                progress: bool = True, schedule: str = "constant", ngd_lr: float = 0.1):
-    """Maximize the ELBO over minibatches of x (n, d), y (n,); returns the per-epoch mean negative ELBO.
+    """Maximize the ELBO over minibatches.
 
-    Models built with natural_gradients=True get NGD steps of size ngd_lr on the variational parameters and Adam
-    steps of size lr on the rest; otherwise Adam on everything. schedule: "constant", or "cosine" to anneal the
-    Adam step from lr to 0 over the run.
+    Args:
+        model: an SVGPClassifier or SVGPRegressor.
+        x: (n, d) inputs; y: (n,) labels or targets.
+        epochs, batch_size: passes over the data, minibatch size.
+        lr: Adam step (every parameter, or all but the variational ones with natural gradients).
+        seed: minibatch order.
+        progress: show a tqdm bar.
+        schedule: "constant", or "cosine" to anneal the Adam step from lr to 0 over the run.
+        ngd_lr: the natural-gradient step, for models built with natural_gradients=True.
+
+    Returns:
+        The mean negative ELBO per epoch.
+
+    Raises:
+        ValueError: an unknown schedule.
     """
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    check_choice("schedule", schedule, SCHEDULES)
     model.train()
     mll = gpytorch.mlls.VariationalELBO(model.likelihood, model, num_data=x.shape[0])
     if getattr(model, "natural_gradients", False):
