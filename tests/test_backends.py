@@ -141,3 +141,24 @@ def test_automatic_choice_and_bad_backend():
     assert backends.resolve_backend("dense", small, big) == "dense"
     with pytest.raises(ValueError, match="backend"):
         NNGPKernel(2, backend="gpu-magic")
+
+
+@pytest.mark.parametrize("cls, act", [(NNGPKernel, "relu"), (NTKKernel, "erf")], ids=["nngp-relu", "ntk-erf"])
+def test_equal_but_separate_inputs_get_their_own_gradients(cls, act, small_blocks):
+    """k(a, b) with b an equal copy of a: each gets its own gradient (rows vs columns), in both backends, equal to
+    the gradients at b = a + 1e-9, where no symmetric shortcut applies. (Kernels differentiable at c = 1: the relu
+    NTK is not, its Fdot goes like sqrt(1 - c), so there a nearby point is no reference.)"""
+    x, *_ = _data()
+    weights = torch.randn(23, 23, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+    def gradients(backend, shift):
+        k = cls(2, act, backend=backend).double()
+        a, b = x.clone().requires_grad_(True), (x + shift).requires_grad_(True)
+        (k(a, b).to_dense() * weights).sum().backward()
+        return a.grad, b.grad
+
+    near = gradients("dense", 1e-9)
+    assert not torch.allclose(near[0], near[1])  # the two roles differ (the weights are not symmetric)
+    for backend in ("dense", "lazy"):
+        for got, reference in zip(gradients(backend, 0.0), near):
+            assert (got - reference).abs().max() <= 1e-6 * reference.abs().max()

@@ -7,6 +7,7 @@ import pytest
 import torch
 from keops_stand_in import TorchLazyTensor
 from linear_operator.test.linear_operator_test_case import LinearOperatorTestCase, RectangularLinearOperatorTestCase
+from test_dnn2gp import autograd_jacobian
 
 from gpytorch_nngp.activations import Erf, ReLU
 from gpytorch_nngp.backends import keops, lazy
@@ -129,18 +130,6 @@ class TestKeOpsOperatorCompiled(_Square, _KeOpsOperatorCase, LinearOperatorTestC
     """The same suite through compiled KeOps formulas (float32, float64 and half: many builds on a cold cache)."""
 
 
-def _autograd_jacobian(model, x):
-    """(n, C, P) by one backward pass per output, with create_graph so that it stays differentiable in x."""
-    params = list(model.parameters())
-    rows = []
-    for i in range(x.shape[0]):
-        out = model(x[i:i + 1])[0]
-        for c in range(out.shape[0]):
-            grads = torch.autograd.grad(out[c], params, create_graph=True)
-            rows.append(torch.cat([g.flatten() for g in grads]))
-    return torch.stack(rows).reshape(x.shape[0], -1, rows[0].numel())
-
-
 class TestFiniteNTKOperator(LinearOperatorTestCase, unittest.TestCase):
     """J(x1) J(x2)^T through Jacobian-vector products, against Jacobians from plain autograd. Float64 throughout:
     the operator computes in the network's dtype (a float32 operator needs a float32 network)."""
@@ -168,8 +157,8 @@ class TestFiniteNTKOperator(LinearOperatorTestCase, unittest.TestCase):
 
     def evaluate_linear_op(self, op):
         with torch.enable_grad():  # some suites evaluate under no_grad; the Jacobians need autograd
-            j1 = _autograd_jacobian(self.model, op.x1).flatten(0, 1)
-            j2 = _autograd_jacobian(self.model, op.x2).flatten(0, 1)
+            j1 = autograd_jacobian(self.model, op.x1, create_graph=True).flatten(0, 1)
+            j2 = autograd_jacobian(self.model, op.x2, create_graph=True).flatten(0, 1)
         return (j1 @ j2.mT).expand(op.shape)
 
     def test_float(self):

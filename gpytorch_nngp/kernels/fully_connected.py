@@ -153,7 +153,11 @@ class _FullyConnectedKernel(Kernel):
             same = x1 is x2 or torch.equal(x1, x2)
             return paired_kernel(x1, x2, weight_var.squeeze(-1), bias_var.squeeze(-1), self.depth, self.activation,
                                  self._ntk, same_points=same)
-        symmetric = x1 is x2 or (x1.shape == x2.shape and torch.equal(x1, x2))
+        # One set of points: the variances come from the Gram's diagonal (|c| = 1 exactly there). That is the
+        # right function only for one tensor, or for equal tensors that need no gradient: for equal but separate
+        # tensors that do, d<a, b>/da = b / d is half of d|a|^2/da = 2 a / d.
+        symmetric = x1 is x2 or (not x1.requires_grad and not x2.requires_grad and x1.shape == x2.shape
+                                 and torch.equal(x1, x2))
         backend = resolve_backend(self.backend, x1, x2, self.activation, batched=len(self.batch_shape) > 0)
         if backend in ("lazy", "keops"):
             operator = KeOpsNetworkKernelOperator if backend == "keops" else NetworkKernelOperator
