@@ -42,17 +42,18 @@ def dense_reference(x1, x2, weight_var, bias_var, depth, activation, ntk):
     return theta if ntk else k
 
 
-def values_and_gradients(kernel_fn, x1, x2, u, v):
-    """K (n, m), and d/d(weight_var, bias_var, x1, x2) of sum(u * (K @ v))."""
+def values_and_gradients(kernel_fn, x1, x2, u, v, input_gradients=True):
+    """K (n, m), and d/d(weight_var, bias_var[, x1, x2]) of sum(u * (K @ v))."""
     weight_var = torch.tensor([[1.7]], dtype=torch.float64, requires_grad=True)
     bias_var = torch.tensor([[0.2]], dtype=torch.float64, requires_grad=True)
-    x1, x2 = x1.clone().requires_grad_(True), x2.clone().requires_grad_(True)
+    x1, x2 = x1.clone().requires_grad_(input_gradients), x2.clone().requires_grad_(input_gradients)
     matrix, product = kernel_fn(x1, x2, weight_var, bias_var, v)
-    grads = torch.autograd.grad((u * product).sum(), [weight_var, bias_var, x1, x2])
+    wrt = [weight_var, bias_var, x1, x2] if input_gradients else [weight_var, bias_var]
+    grads = torch.autograd.grad((u * product).sum(), wrt)
     return [matrix.detach(), product.detach(), *grads]
 
 
-def check_formula(activation, ntk, depth, x1, x2, rtol):
+def check_formula(activation, ntk, depth, x1, x2, rtol, input_gradients=True):
     act = activations.get_activation(activation)
     g = torch.Generator().manual_seed(1)
     u = torch.randn(x1.shape[0], 2, generator=g, dtype=torch.float64)
@@ -67,8 +68,8 @@ def check_formula(activation, ntk, depth, x1, x2, rtol):
         eye = torch.eye(b.shape[0], dtype=b.dtype)
         return lazy @ eye, lazy @ rhs
 
-    expected = values_and_gradients(dense, x1, x2, u, v)
-    got = values_and_gradients(formula, x1, x2, u, v)
+    expected = values_and_gradients(dense, x1, x2, u, v, input_gradients)
+    got = values_and_gradients(formula, x1, x2, u, v, input_gradients)
     for name, a, b in zip(["matrix", "product", "weight_var", "bias_var", "x1", "x2"], expected, got):
         assert torch.isfinite(b).all(), name
         assert torch.allclose(a, b, rtol=rtol, atol=rtol * a.abs().max().item()), name
@@ -142,9 +143,19 @@ def test_compiled_keops_hyperparameter_gradients_match_dense():
 @pytest.mark.parametrize("ntk", [False, True], ids=["nngp", "ntk"])
 @pytest.mark.parametrize("activation", FORMULAS, ids=str)
 def test_compiled_formula_matches_dense(activation, ntk):
-    """Every formula compiled by KeOps (about a minute each on a cold cache, 2 cores)."""
+    """Every formula compiled by KeOps: values, products, gradients wrt weight_var and bias_var (about 2 minutes a
+    formula on a cold cache, 2 cores: each gradient formula is a compilation of its own)."""
     x, z = boundary_points()
-    check_formula(activation, ntk, 2, x, z, rtol=1e-6)  # see the tolerance of the end-to-end case above
+    check_formula(activation, ntk, 2, x, z, rtol=1e-6, input_gradients=False)  # tolerance: see compiled_against_dense
+
+
+@compiled
+@pytest.mark.slow
+def test_compiled_input_gradients_match_dense():
+    """Gradients wrt both inputs through compiled KeOps, for the relu NTK (their formulas are checked on torch for
+    every activation above)."""
+    x, z = boundary_points()
+    check_formula("relu", True, 2, x, z, rtol=1e-6)
 
 
 def test_keops_backend_errors_are_clear():

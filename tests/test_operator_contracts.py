@@ -127,7 +127,8 @@ class TestKeOpsOperatorFormulasOnTorch(_Square, _KeOpsOperatorCase, LinearOperat
 @pytest.mark.slow
 @pytest.mark.skipif(not keops.KEOPS_AVAILABLE, reason="pykeops not importable")
 class TestKeOpsOperatorCompiled(_Square, _KeOpsOperatorCase, LinearOperatorTestCase, unittest.TestCase):
-    """The same suite through compiled KeOps formulas (float32, float64 and half: many builds on a cold cache)."""
+    """The same suite through compiled KeOps formulas: dozens of builds (each dtype, each gradient) on a cold cache,
+    more than an hour on 2 cores; a GPU machine's cache makes it minutes."""
 
 
 class TestFiniteNTKOperator(LinearOperatorTestCase, unittest.TestCase):

@@ -6,11 +6,12 @@ at their current values: the prior covariance of the linearized network f_lin un
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from gpytorch.constraints import Positive
 from gpytorch.kernels import Kernel
+from linear_operator.operators import LinearOperator
 
 from .._validation import PRECISION, check_choice, check_inputs, check_positive
 from .linearize import EXPLICIT_BYTES, LinearizedNetwork
@@ -89,7 +90,9 @@ class FiniteNTKKernel(Kernel):
         self._require_single_output(jac.shape[1])
         return jac[:, 0].reshape(*x.shape[:-1], -1)
 
-    def forward(self, x1, x2, diag: bool = False, last_dim_is_batch: bool = False, **params):
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor, diag: bool = False, last_dim_is_batch: bool = False,
+                **params) -> Union[torch.Tensor, LinearOperator]:
+        """J(x1) J(x2)^T / prior_precision (..., n, m) (an operator in operator mode), or its diagonal (..., n)."""
         if last_dim_is_batch:
             raise ValueError("FiniteNTKKernel does not support last_dim_is_batch=True")
         check_inputs(x1, x2)

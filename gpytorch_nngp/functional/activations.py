@@ -28,7 +28,8 @@ from .hermite import (
 )
 from .safe_math import abrelu_dual, abrelu_dual_into, safe_angle
 
-Dual = Tuple[torch.Tensor, Optional[torch.Tensor]]
+Dual = Tuple[torch.Tensor, Optional[torch.Tensor]]  # (F, Fdot or None)
+Layer = Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor, Optional[torch.Tensor]]  # (F, Fdot, F11, F22)
 
 
 class Activation:
@@ -42,7 +43,8 @@ class Activation:
     def dual(self, k12: torch.Tensor, k11: torch.Tensor, k22: torch.Tensor, ntk: bool = False) -> Dual:
         raise NotImplementedError
 
-    def layer(self, k12, k11, k22, ntk=False, symmetric=False, workspace=None):
+    def layer(self, k12: torch.Tensor, k11: torch.Tensor, k22: torch.Tensor, ntk: bool = False,
+              symmetric: bool = False, workspace: Optional[list] = None) -> Layer:
         """One layer's maps: (F(k12), Fdot(k12) or None, F(k11) on the variances, F(k22) or None).
 
         F(k22) is None when k22 is k11 or, with symmetric=True, when k22 is k11 transposed (the caller reuses
@@ -85,11 +87,12 @@ class ABReLU(Activation):
     def __call__(self, x):
         return torch.where(x < 0, self.a * x, self.b * x)
 
-    def dual(self, k12, k11, k22, ntk=False):
+    def dual(self, k12: torch.Tensor, k11: torch.Tensor, k22: torch.Tensor, ntk: bool = False) -> Dual:
         f, fdot = abrelu_dual(k12, k11, k22, self.a, self.b)
         return f, (fdot if ntk else None)
 
-    def layer(self, k12, k11, k22, ntk=False, symmetric=False, workspace=None):
+    def layer(self, k12: torch.Tensor, k11: torch.Tensor, k22: torch.Tensor, ntk: bool = False,
+              symmetric: bool = False, workspace: Optional[list] = None) -> Layer:
         if workspace is None:
             return super().layer(k12, k11, k22, ntk, symmetric)
         # Inference path: F and Fdot are written into recycled buffers (see recursion.fully_connected_recursion).
@@ -154,7 +157,7 @@ class Identity(Activation):
     def __call__(self, x):
         return x
 
-    def dual(self, k12, k11, k22, ntk=False):
+    def dual(self, k12: torch.Tensor, k11: torch.Tensor, k22: torch.Tensor, ntk: bool = False) -> Dual:
         return k12, (torch.ones_like(k12) if ntk else None)
 
 
@@ -169,7 +172,7 @@ class Erf(Activation):
     def __call__(self, x):
         return torch.erf(x)
 
-    def dual(self, k12, k11, k22, ntk=False):
+    def dual(self, k12: torch.Tensor, k11: torch.Tensor, k22: torch.Tensor, ntk: bool = False) -> Dual:
         prod = (1 + 2 * k11) * (1 + 2 * k22)
         f = (2 / math.pi) * torch.asin(2 * k12 * torch.rsqrt(prod))
         fdot = (4 / math.pi) * torch.rsqrt(prod - 4 * k12 * k12) if ntk else None
@@ -189,7 +192,7 @@ class GELU(Activation):
     def __call__(self, x):
         return torch.nn.functional.gelu(x)
 
-    def dual(self, k12, k11, k22, ntk=False):
+    def dual(self, k12: torch.Tensor, k11: torch.Tensor, k22: torch.Tensor, ntk: bool = False) -> Dual:
         prod = k11 * k22
         prod1 = (1 + k11) * (1 + k22)
         d2 = prod1 - k12 * k12
@@ -213,7 +216,7 @@ class Sign(Activation):
     def __call__(self, x):
         return torch.sign(x)
 
-    def dual(self, k12, k11, k22, ntk=False):
+    def dual(self, k12: torch.Tensor, k11: torch.Tensor, k22: torch.Tensor, ntk: bool = False) -> Dual:
         f = 1 - (2 / math.pi) * safe_angle(k12, k11, k22)
         return f, (torch.zeros_like(f) if ntk else None)
 
@@ -425,14 +428,15 @@ class Numerical(Activation):
         phi, dphi = self._samples(var, ntk)
         return _Side(var, {False: phi, True: dphi})
 
-    def dual(self, k12, k11, k22, ntk=False):
+    def dual(self, k12: torch.Tensor, k11: torch.Tensor, k22: torch.Tensor, ntk: bool = False) -> Dual:
         side1 = self._side(k11, ntk)
         side2 = side1 if k22 is k11 else self._side(k22, ntk)
         f = self._pair(k12, k11, k22, side1, side2, deriv=False)
         fdot = self._pair(k12, k11, k22, side1, side2, deriv=True) if ntk else None
         return f, fdot
 
-    def layer(self, k12, k11, k22, ntk=False, symmetric=False, workspace=None):
+    def layer(self, k12: torch.Tensor, k11: torch.Tensor, k22: torch.Tensor, ntk: bool = False,
+              symmetric: bool = False, workspace: Optional[list] = None) -> Layer:
         # One set of samples and coefficients per point serves the matrix, its NTK term and the variances.
         # Variances go through the same series at c = 1 as the matrix diagonal, so that identical inputs keep
         # k12 == k11 == k22 bitwise in the next layer (|c| = 1 exactly, safe gradients).

@@ -1,7 +1,7 @@
 """NNGP and NTK kernels of fully connected networks as GPyTorch kernels."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from gpytorch.constraints import Interval, Positive
@@ -137,7 +137,7 @@ class _FullyConnectedKernel(Kernel):
         return super().__call__(x1, x2, diag=diag, last_dim_is_batch=last_dim_is_batch, **params)
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, diag: bool = False, last_dim_is_batch: bool = False,
-                **params):
+                **params) -> Union[torch.Tensor, NetworkKernelOperator]:
         """Kernel matrix (..., n, m), or its diagonal (..., n) with diag=True. Inputs (..., n, d), (..., m, d)."""
         if last_dim_is_batch:
             raise ValueError(
