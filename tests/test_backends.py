@@ -162,3 +162,13 @@ def test_equal_but_separate_inputs_get_their_own_gradients(cls, act, small_block
     for backend in ("dense", "lazy"):
         for got, reference in zip(gradients(backend, 0.0), near):
             assert (got - reference).abs().max() <= 1e-6 * reference.abs().max()
+
+    # the diagonal k(a_i, b_i) too: each input gets its own half of d k(x, x) / dx
+    def diagonal_gradients(shift):
+        k = cls(2, act).double()
+        a, b = x.clone().requires_grad_(True), (x + shift).requires_grad_(True)
+        k(a, b, diag=True).sum().backward()
+        return a.grad, b.grad
+
+    for got, reference in zip(diagonal_gradients(0.0), diagonal_gradients(1e-9)):
+        assert (got - reference).abs().max() <= 1e-6 * reference.abs().max()

@@ -47,6 +47,15 @@ class _GramCache:
         return grams
 
 
+def _one_point_set(x1: torch.Tensor, x2: torch.Tensor) -> bool:
+    """Whether x1 and x2 may be treated as one set of points: variances read off the Gram's diagonal (|c| = 1
+    exactly there), one tensor in the lazy operator, one variance per pair on a diagonal. That is the right
+    function only for one tensor, or for equal tensors that need no gradient: for equal but separate tensors that
+    do, d<a, b>/da = b / d is half of d|a|^2/da = 2 a / d."""
+    return x1 is x2 or (not x1.requires_grad and not x2.requires_grad and x1.shape == x2.shape
+                        and torch.equal(x1, x2))
+
+
 def _same(x: torch.Tensor, cached: torch.Tensor) -> bool:
     return x.shape == cached.shape and x.dtype == cached.dtype and x.device == cached.device and torch.equal(x, cached)
 
@@ -150,14 +159,9 @@ class _FullyConnectedKernel(Kernel):
             if x1.shape[-2] != x2.shape[-2]:
                 raise ValueError(f"diag=True needs x1 and x2 with the same number of points, got {x1.shape[-2]} "
                                  f"and {x2.shape[-2]}")
-            same = x1 is x2 or torch.equal(x1, x2)
             return paired_kernel(x1, x2, weight_var.squeeze(-1), bias_var.squeeze(-1), self.depth, self.activation,
-                                 self._ntk, same_points=same)
-        # One set of points: the variances come from the Gram's diagonal (|c| = 1 exactly there). That is the
-        # right function only for one tensor, or for equal tensors that need no gradient: for equal but separate
-        # tensors that do, d<a, b>/da = b / d is half of d|a|^2/da = 2 a / d.
-        symmetric = x1 is x2 or (not x1.requires_grad and not x2.requires_grad and x1.shape == x2.shape
-                                 and torch.equal(x1, x2))
+                                 self._ntk, same_points=_one_point_set(x1, x2))
+        symmetric = _one_point_set(x1, x2)
         backend = resolve_backend(self.backend, x1, x2, self.activation, batched=len(self.batch_shape) > 0)
         if backend in ("lazy", "keops"):
             operator = KeOpsNetworkKernelOperator if backend == "keops" else NetworkKernelOperator
