@@ -29,7 +29,8 @@ def _import_keops_quietly() -> None:
 _import_keops_quietly()
 
 from . import activations  # noqa: E402
-from .kernels import NNGPKernel, NTKKernel  # noqa: E402
+from .kernels import ArchitectureKernel, NNGPKernel, NTKKernel  # noqa: E402
+from .modules import Elementwise, Residual  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["NNGPKernel", "NTKKernel", "activations", "__version__"]
+__all__ = ["ArchitectureKernel", "Elementwise", "NNGPKernel", "NTKKernel", "Residual", "activations", "__version__"]

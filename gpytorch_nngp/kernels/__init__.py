@@ -1,4 +1,5 @@
 """GPyTorch kernels of deep networks."""
+from .architecture import ArchitectureKernel
 from .fully_connected import NNGPKernel, NTKKernel
 
-__all__ = ["NNGPKernel", "NTKKernel"]
+__all__ = ["ArchitectureKernel", "NNGPKernel", "NTKKernel"]

@@ -1,14 +1,13 @@
 """NNGP and NTK kernels of fully connected networks as GPyTorch kernels."""
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import torch
-from gpytorch.constraints import Interval, Positive
-from gpytorch.kernels import Kernel
+from gpytorch.constraints import Interval
 from gpytorch.priors import Prior
 
-from .._validation import check_depth, check_inputs, check_positive_variance
+from .._validation import check_depth, check_inputs
 from ..backends import (
     KeOpsNetworkKernelOperator,
     NetworkKernelOperator,
@@ -18,6 +17,7 @@ from ..backends import (
 )
 from ..functional.activations import Activation, get_activation
 from ..functional.recursion import fully_connected_recursion, input_grams, paired_kernel
+from .variances import NetworkVariances
 
 
 class _GramCache:
@@ -60,10 +60,9 @@ def _same(x: torch.Tensor, cached: torch.Tensor) -> bool:
     return x.shape == cached.shape and x.dtype == cached.dtype and x.device == cached.device and torch.equal(x, cached)
 
 
-class _FullyConnectedKernel(Kernel):
+class _FullyConnectedKernel(NetworkVariances):
     """Shared machinery of NNGPKernel and NTKKernel."""
 
-    has_lengthscale = False
     _ntk = False
 
     def __init__(
@@ -88,48 +87,9 @@ class _FullyConnectedKernel(Kernel):
             if len(self.batch_shape):
                 raise ValueError(f"backend='keops' does not support batch_shape (got {tuple(self.batch_shape)}): "
                                  "use backend='lazy' for batched kernels, or one kernel per batch member")
-        weight_var = check_positive_variance("weight_var", weight_var)
-        bias_var = check_positive_variance("bias_var", bias_var)
-        shape = (*self.batch_shape, 1, 1)
-        self.register_parameter("raw_weight_var", torch.nn.Parameter(torch.zeros(shape)))
-        self.register_parameter("raw_bias_var", torch.nn.Parameter(torch.zeros(shape)))
-        self.register_constraint("raw_weight_var", weight_var_constraint or Positive())
-        self.register_constraint("raw_bias_var", bias_var_constraint or Positive())
-        for name, prior in (("weight_var", weight_var_prior), ("bias_var", bias_var_prior)):
-            if prior is not None:
-                if not isinstance(prior, Prior):
-                    raise TypeError(f"expected a gpytorch.priors.Prior for {name}_prior, got {type(prior).__name__}")
-                self.register_prior(
-                    f"{name}_prior", prior, lambda m, n=name: getattr(m, n), lambda m, v, n=name: m._set_var(n, v)
-                )
-        self._set_var("weight_var", weight_var)
-        self._set_var("bias_var", bias_var)
+        self._init_variances((*self.batch_shape, 1, 1), weight_var, bias_var, weight_var_prior, bias_var_prior,
+                             weight_var_constraint, bias_var_constraint)
         self._gram_cache = _GramCache()
-
-    # -- hyperparameters --------------------------------------------------------------------------
-    @property
-    def weight_var(self) -> torch.Tensor:
-        """Weight variance sigma_w^2 (weights ~ N(0, weight_var / fan_in)), shape (*batch_shape, 1, 1)."""
-        return self.raw_weight_var_constraint.transform(self.raw_weight_var)
-
-    @weight_var.setter
-    def weight_var(self, value):
-        self._set_var("weight_var", value)
-
-    @property
-    def bias_var(self) -> torch.Tensor:
-        """Bias variance sigma_b^2 (biases ~ N(0, bias_var)), shape (*batch_shape, 1, 1)."""
-        return self.raw_bias_var_constraint.transform(self.raw_bias_var)
-
-    @bias_var.setter
-    def bias_var(self, value):
-        self._set_var("bias_var", value)
-
-    def _set_var(self, name: str, value):
-        value = check_positive_variance(name, value)
-        raw = getattr(self, f"raw_{name}")
-        value = value.to(raw).expand(raw.shape) if value.numel() == 1 else value.to(raw).view(raw.shape)
-        self.initialize(**{f"raw_{name}": getattr(self, f"raw_{name}_constraint").inverse_transform(value)})
 
     # -- evaluation -------------------------------------------------------------------------------
     def __call__(self, x1, x2=None, diag=False, last_dim_is_batch=False, **params):
@@ -184,6 +144,44 @@ class _FullyConnectedKernel(Kernel):
 
     def extra_repr(self) -> str:
         return f"depth={self.depth}, activation={self.activation!r}"
+
+    @classmethod
+    def from_module(cls, module: torch.nn.Module, input_shape: Sequence[int], weight_var=2.0, bias_var=0.1,
+                    per_layer: bool = False, **kwargs):
+        """The kernel of the infinite-width limit of an ordinary torch module.
+
+        Channel and hidden widths are ignored (they go to infinity); every weight is N(0, weight_var / fan_in) and
+        every bias N(0, bias_var), NTK parametrization. Supported: nn.Sequential, nn.Linear, nn.Conv1d/2d (zero or
+        circular padding, any stride), nn.AvgPool1d/2d, nn.AdaptiveAvgPool1d/2d(1), nn.Flatten, nn.LayerNorm
+        without affine parameters, nn.Identity, gpytorch_nngp.Residual, and the activation modules (nn.ReLU,
+        nn.LeakyReLU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.ELU, nn.Softplus).
+
+        Args:
+            module: the network, e.g. nn.Sequential(nn.Conv2d(1, 64, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                nn.Linear(64 * 8 * 8, 10)).
+            input_shape: one input's shape, channel first: (C, H, W), (C, L) or (d,). Kernel inputs are then
+                (..., n, C*H*W), as torch flattens such tensors.
+            weight_var, bias_var: initial variances, learnable.
+            per_layer: one learnable (weight_var, bias_var) per Linear/Conv layer instead of one shared pair.
+            **kwargs: backend, priors, constraints, batch_shape, active_dims.
+
+        Returns:
+            A fully connected kernel of this class for a plain MLP (Linear layers with biases, one activation,
+            shared variances), which keeps its fast paths (input Gram cache, KeOps); else an ArchitectureKernel.
+
+        Raises:
+            ValueError: a module without an infinite-width limit (named, with the nearest supported one), or an
+                input_shape the layers do not fit.
+        """
+        from .architecture import ArchitectureKernel
+        from .from_module import fully_connected_form, network_from_module
+
+        network = network_from_module(module, input_shape, per_layer)
+        form = fully_connected_form(network)
+        if form is not None:
+            depth, activation = form
+            return cls(depth, activation, weight_var=weight_var, bias_var=bias_var, **kwargs)
+        return ArchitectureKernel(network, cls._ntk, weight_var=weight_var, bias_var=bias_var, **kwargs)
 
 
 class NNGPKernel(_FullyConnectedKernel):

@@ -1,0 +1,146 @@
+"""Evaluation of architecture kernels (functional/layers.py) in tiles under a memory budget.
+
+A pair of 28 x 28 images carries 784 state entries below a flatten readout and 614,656 below a pooling layer; a
+kernel matrix never holds n x m of them at once. Both sides' per-position variances are computed once per point set
+(O(n P^2) below pooling), then the matrix is evaluated in tiles of rows and columns whose state fits the budget.
+
+- `architecture_matrix`: the whole (..., n, m) matrix (the dense backend), with autograd if wanted.
+- `ArchitectureKernelOperator`: the lazy backend, a NetworkKernelOperator whose row blocks are such tiles.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional, Tuple
+
+import torch
+from linear_operator.operators import LinearOperator
+
+from ..functional.layers import Network
+from .lazy import BLOCK_BYTES, DEFAULT_CACHE_BYTES, NetworkKernelOperator
+
+# Live state tensors per entry of a tile: a few without autograd; with autograd about a dozen per layer are saved.
+_LIVE_NO_GRAD = 8
+_LIVE_PER_LAYER_GRAD = 12
+
+
+def tile_pairs(network: Network, itemsize: int, with_grad: bool, budget: int = BLOCK_BYTES) -> int:
+    """How many (x1, x2) pairs one tile may hold within `budget` bytes (at least 1)."""
+    live = _LIVE_PER_LAYER_GRAD * len(network.layers) if with_grad else _LIVE_NO_GRAD
+    return max(1, budget // (network.entries_per_pair * itemsize * live))
+
+
+def architecture_matrix(network: Network, x1: torch.Tensor, x2: torch.Tensor, weight_var: torch.Tensor,
+                        bias_var: torch.Tensor, ntk: bool, symmetric: bool = False, row_offset: int = 0,
+                        variances: Optional[Tuple[Dict, Dict]] = None, budget: int = BLOCK_BYTES) -> torch.Tensor:
+    """The kernel matrix k(x1, x2), (..., n, m), evaluated in tiles.
+
+    Args:
+        network: the built architecture.
+        x1, x2: (..., n, F), (..., m, F) inputs, F = prod(network.input_shape).
+        weight_var, bias_var: (*batch, L) variances.
+        ntk: the NTK, else the NNGP.
+        symmetric: x1 are rows row_offset.. of x2 (the same point set): the entries of a point with itself get
+            correlation exactly 1.
+        variances: both sides' variances (Network.variances), if already computed.
+        budget: bytes of state per tile.
+    """
+    with_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x1, x2, weight_var, bias_var))
+    if variances is None:
+        v2 = network.variances(x2, weight_var, bias_var)
+        v1 = (network.take(v2, slice(row_offset, row_offset + x1.shape[-2])) if symmetric
+              else network.variances(x1, weight_var, bias_var))
+        variances = (v1, v2)
+    n, m = x1.shape[-2], x2.shape[-2]
+    pairs = tile_pairs(network, x1.element_size(), with_grad, budget)
+    cols = min(m, pairs)
+    rows = max(1, min(n, pairs // cols))
+    tiles = []
+    out = None
+    for r in range(0, n, rows):
+        r_end = min(n, r + rows)
+        row_tiles = []
+        v1 = network.take(variances[0], slice(r, r_end))
+        for c in range(0, m, cols):
+            c_end = min(m, c + cols)
+            same = (row_offset + r, c) if symmetric else None
+            tile = network.matrix(x1[..., r:r_end, :], x2[..., c:c_end, :], weight_var, bias_var, ntk,
+                                  (v1, network.take(variances[1], slice(c, c_end))), same_points=same)
+            if with_grad:
+                row_tiles.append(tile)
+                continue
+            if out is None:
+                out = torch.empty(*tile.shape[:-2], n, m, dtype=tile.dtype, device=tile.device)
+            out[..., r:r_end, c:c_end] = tile
+        if with_grad:
+            tiles.append(torch.cat(row_tiles, dim=-1) if len(row_tiles) > 1 else row_tiles[0])
+    if with_grad:
+        return torch.cat(tiles, dim=-2) if len(tiles) > 1 else tiles[0]
+    return out
+
+
+class ArchitectureKernelOperator(NetworkKernelOperator):
+    """The (..., n, m) kernel matrix of an architecture, evaluated in row blocks of tiles (lazy backend).
+
+    Products keep a no-grad copy of the matrix while it fits in cache_bytes, else recompute the blocks; gradients
+    recompute one block at a time with autograd (NetworkKernelOperator's machinery).
+
+    Args:
+        x1: (..., n, F) inputs of the rows; x2: (..., m, F) of the columns, or None for a symmetric operator.
+        weight_var, bias_var: (*batch, L) variances.
+        network, ntk: the architecture, and whether this is its NTK.
+        cache_bytes: keep the full matrix when it is at most this large.
+    """
+
+    def __init__(self, x1: torch.Tensor, weight_var: torch.Tensor, bias_var: torch.Tensor,
+                 x2: Optional[torch.Tensor] = None, *, network: Network, ntk: bool,
+                 cache_bytes: int = DEFAULT_CACHE_BYTES):
+        args = (x1, weight_var, bias_var) if x2 is None else (x1, weight_var, bias_var, x2)
+        LinearOperator.__init__(self, *args, network=network, ntk=ntk, cache_bytes=cache_bytes)
+        self.symmetric = x2 is None
+        self.x1, self.x2 = x1, (x1 if x2 is None else x2)
+        self.weight_var, self.bias_var = weight_var, bias_var
+        self.network, self.ntk = network, ntk
+        self.cache_bytes = cache_bytes
+        self._dense_cache: Optional[torch.Tensor] = None
+        self._variances: Optional[Tuple[Dict, Dict]] = None
+
+    def _like(self, x1, x2):
+        return type(self)(x1, self.weight_var, self.bias_var, x2, network=self.network, ntk=self.ntk,
+                          cache_bytes=self.cache_bytes)
+
+    def _batch(self):
+        return torch.broadcast_shapes(self.x1.shape[:-2], self.x2.shape[:-2], self.weight_var.shape[:-1],
+                                      self.bias_var.shape[:-1])
+
+    def _blocks(self, with_grad: bool):
+        n, m = self.x1.shape[-2], self.x2.shape[-2]
+        batch = math.prod(self._batch()) if len(self._batch()) else 1
+        pairs = tile_pairs(self.network, self.x1.element_size(), with_grad) // batch
+        step = max(1, pairs // max(m, 1))
+        return [(start, min(n, start + step)) for start in range(0, n, step)]
+
+    def _rows(self, start, stop, x1, x2, weight_var, bias_var, workspace=None):
+        variances = None
+        if not torch.is_grad_enabled() or not any(t.requires_grad for t in (x1, x2, weight_var, bias_var)):
+            if self._variances is None:  # inference: both sides' variances once for all blocks
+                v2 = self.network.variances(self.x2, self.weight_var, self.bias_var)
+                v1 = v2 if self.symmetric else self.network.variances(self.x1, self.weight_var, self.bias_var)
+                self._variances = (v1, v2)
+            variances = (self.network.take(self._variances[0], slice(start, stop)), self._variances[1])
+        return architecture_matrix(self.network, x1[..., start:stop, :], x2, weight_var, bias_var, self.ntk,
+                                   symmetric=self.symmetric, row_offset=start, variances=variances)
+
+    def _diagonal(self) -> torch.Tensor:
+        if self.x1.shape[-2] != self.x2.shape[-2]:
+            raise RuntimeError("the diagonal of a non-square kernel operator is undefined")
+        out = self.network.paired(self.x1, self.x2, self.weight_var, self.bias_var, self.ntk,
+                                  same_points=self.symmetric)
+        return out.expand(self.shape[:-1])
+
+    def _get_indices(self, row_index, col_index, *batch_indices):
+        if batch_indices or self.weight_var.dim() > 1:
+            return LinearOperator._get_indices(self, row_index, col_index, *batch_indices)
+        rows, cols = torch.broadcast_tensors(row_index, col_index)
+        a = self.x1[rows.reshape(-1)]
+        b = self.x2[cols.reshape(-1)]
+        return self.network.paired(a, b, self.weight_var, self.bias_var, self.ntk).reshape(rows.shape)

@@ -1,0 +1,589 @@
+"""The layer algebra: infinite-width limits of conv, pooling, residual and normalization layers.
+
+Every layer maps the kernel state of a pair of inputs to the state after the layer (Novak et al. 2019, "Bayesian deep
+convolutional networks with many channels are Gaussian processes"; Arora et al. 2019 for the NTK; the layer set of
+neural-tangents' `stax`). With infinitely many i.i.d. channels, the state is the covariance of one channel between
+positions i of x and j of x':
+
+    cov_ij = E[z_i(x) z_j(x')],        theta_ij = the NTK between the same two outputs,
+
+one P x P matrix per pair for P spatial positions. Layers, NTK parametrization (weights N(0, w / fan_in)), with
+E = E[phi(u) phi(v)] and Edot = E[phi'(u) phi'(v)] per position pair (activations.py):
+
+- activation:      cov <- E(cov),  theta <- Edot(cov) theta; variances at positions i (of x) and j (of x').
+- conv, taps S:    cov'_ij = w / |S| sum_{s in S} cov_{i+s, j+s} + b,  theta' = cov' + w / |S| sum_s theta_{i+s, j+s}.
+                   Both indices move together, so a k x k filter is a k-tap stencil along (h, h') and then along
+                   (w, w'): 2k shifted sums, not k^2. Zero padding drops taps that fall outside (still dividing by
+                   |S|), circular padding wraps them, stride keeps every s-th output.
+- dense (flat):    cov' = w cov + b, theta' = cov' + w theta (the fully connected network: P = 1).
+- average pooling: cov'_IJ = mean of cov_ij over i in window I, j in window J: a stencil on each index alone.
+- flatten:         mean_i cov_ii (only the diagonal i = j is needed below it: O(P), not O(P^2), per pair).
+- global pooling:  mean_ij cov_ij.
+- layer norm over all features, on a Gaussian input: cov_ij / sqrt((v(x) + eps)(v(x') + eps)), theta alike, with
+                   v(x) the variance averaged over positions.
+- residual x + f(x) where f ends in a conv/dense layer (zero-mean weights independent of x): cov_x + cov_f, and the
+                   same for theta.
+
+Layout. A pair state has `lead` point axes in front of its spatial axes: (..., n, m) for a kernel matrix, (..., n)
+for paired inputs (a kernel diagonal, or a point with itself). Spatial axes are interleaved pairs
+(h, h', w, w') when the full P x P matrix is kept (`full`), or just (h, w) when only its diagonal i = j is (the
+state below a flatten readout). A flat state has no spatial axes. `Network.build` decides where the diagonal is
+enough: full from the input up to the last pooling layer, diagonal from there to a flatten.
+
+Memory management (row/column tiles, buffers) belongs to the evaluation code (kernels/architecture.py and
+backends/), not to these maps.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from .activations import Activation
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The shape of a layer's input or output, without its (infinite) channel count.
+
+    spatial: positions per spatial axis, () for a flat (fully connected) state.
+    full: the state keeps the full P x P matrix per pair (else only its diagonal).
+    gaussian: the activations are Gaussian (outputs of a conv/dense layer, or sums of them): LayerNorm needs it.
+    """
+
+    spatial: Tuple[int, ...]
+    full: bool = False
+    gaussian: bool = True
+
+    @property
+    def axes(self) -> int:
+        """Number of spatial axes of the pair state."""
+        return len(self.spatial) * (2 if self.full else 1)
+
+    def describe(self) -> str:
+        return "flat" if not self.spatial else "x".join(map(str, self.spatial))
+
+
+class _Run:
+    """What one propagation needs besides the state: variances, parameters, NTK flag, layout.
+
+    weight_var, bias_var: (*batch, L) variances, L = 1 (shared) or one per conv/dense layer.
+    lead: point axes of the state (2 for a matrix, 1 for paired inputs).
+    variances: None to read each layer's variances off the state itself and record them in `recorded` (a point with
+        itself), else two dicts layer key -> (..., n, *spatial) and (..., m, *spatial) from earlier such runs.
+    """
+
+    def __init__(self, weight_var, bias_var, lead: int, ntk: bool, variances=None):
+        self.weight_var, self.bias_var = weight_var, bias_var
+        self.lead, self.ntk = lead, ntk
+        self.variances = variances
+        self.recorded: Dict[int, torch.Tensor] = {}
+
+    def parameter(self, values: torch.Tensor, index: int, geometry: Geometry) -> torch.Tensor:
+        """The variance of parameterized layer `index`, shaped to broadcast against a state of that geometry."""
+        value = values[..., index if values.shape[-1] > 1 else 0]
+        return value.reshape(*value.shape, *([1] * (self.lead + geometry.axes)))
+
+    def point_variances(self, key: int, cov: torch.Tensor, geometry: Geometry):
+        """Per-position variances of the two sides of the state, shaped (..., n, [1,] *spatial) and (..., [1,] m,
+        *spatial) (lead 2) or both (..., n, *spatial) (lead 1), before the full layout is applied."""
+        if self.variances is None:
+            v = diagonal(cov, geometry)
+            self.recorded[key] = v
+            return v, v
+        v1, v2 = (self.variances[0][key], self.variances[1][key])
+        if self.lead == 2:
+            k = len(geometry.spatial)
+            v1, v2 = v1.unsqueeze(-k - 1), v2.unsqueeze(-k - 2)
+        return v1, v2
+
+
+def diagonal(cov: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+    """The entries i = j of a state, (..., *spatial): the state itself unless it is full."""
+    if not geometry.full:
+        return cov
+    nd = len(geometry.spatial)
+    out = cov
+    for a in range(nd):  # (..., h, h', w, w') -> (..., w, w', h) -> (..., h, w): each diagonal is appended last
+        first = -(2 * (nd - a) + a)
+        out = out.diagonal(dim1=first, dim2=first + 1)
+    return out
+
+
+def layout(v: torch.Tensor, geometry: Geometry, side: int) -> torch.Tensor:
+    """Per-position variances (..., *spatial) shaped to broadcast against a full state: (..., h, 1, w, 1) for the
+    first input (side 0), (..., 1, h, 1, w) for the second (side 1). Unchanged for diagonal and flat states."""
+    if not geometry.full or not geometry.spatial:
+        return v
+    nd = len(geometry.spatial)
+    shape = list(v.shape[: v.dim() - nd])
+    for size in v.shape[v.dim() - nd:]:
+        shape += [size, 1] if side == 0 else [1, size]
+    return v.reshape(shape)
+
+
+def _pad(x: torch.Tensor, dim: int, lo: int, hi: int, circular: bool) -> torch.Tensor:
+    """x padded along `dim` by lo and hi entries: zeros, or wrapped around (circular)."""
+    if lo == 0 and hi == 0:
+        return x
+    size = x.shape[dim]
+    if circular:
+        parts = ([x.narrow(dim, size - lo, lo)] if lo else []) + [x] + ([x.narrow(dim, 0, hi)] if hi else [])
+        return torch.cat(parts, dim)
+    shape = list(x.shape)
+    parts = []
+    if lo:
+        shape[dim] = lo
+        parts.append(x.new_zeros(shape))
+    parts.append(x)
+    if hi:
+        shape[dim] = hi
+        parts.append(x.new_zeros(shape))
+    return torch.cat(parts, dim)
+
+
+def stencil(x: torch.Tensor, dims: Sequence[int], taps: int, stride: int, lo: int, hi: int,
+            circular: bool = False) -> torch.Tensor:
+    """(1 / taps) sum_{t < taps} x[.., o * stride + t - lo, ..] along all `dims` at once (the same shift on each).
+
+    One conv or pooling window along one spatial axis: on the pair axes (h, h') together for a conv, on one of
+    them for average pooling. dims are negative axis numbers; out-of-range indices read zero (or wrap, circular).
+    """
+    for d in dims:
+        x = _pad(x, d, lo, hi, circular)
+    length = x.shape[dims[0]] - taps + 1
+    out_len = (length - 1) // stride + 1
+    total = None
+    for t in range(taps):
+        index = [slice(None)] * x.dim()
+        for d in dims:
+            index[d] = slice(t, t + (out_len - 1) * stride + 1, stride)
+        part = x[tuple(index)]
+        total = part.clone() if total is None else total.add_(part)
+    return total.mul_(1.0 / taps)
+
+
+def _window_out(size: int, taps: int, stride: int, lo: int, hi: int) -> int:
+    return (size + lo + hi - taps) // stride + 1
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+class Layer:
+    """One map of the algebra. `build` checks the input geometry and returns the output's; `apply` maps a state.
+
+    Subclasses set `key` (a unique number, assigned by Network) and read their input geometry from `self.input`.
+    """
+
+    key: int = -1
+    origin: Optional[str] = None  # where the layer came from (a torch module's name), for error messages
+    input: Geometry
+    output: Geometry
+
+    def build(self, geometry: Geometry) -> Geometry:
+        self.input = geometry
+        self.output = self._output(geometry)
+        return self.output
+
+    def _output(self, geometry: Geometry) -> Geometry:
+        return geometry
+
+    def apply(self, cov: torch.Tensor, theta: Optional[torch.Tensor], run: _Run):
+        raise NotImplementedError
+
+    def needs_full(self) -> Optional[bool]:
+        """True: the layer needs the full P x P state below it; False: the diagonal suffices for it and for every
+        layer above (flatten); None: it passes the question on to the layers above."""
+        return None
+
+    def describe(self) -> str:
+        return type(self).__name__
+
+
+class Dense(Layer):
+    """A fully connected layer on a flat state (torch.nn.Linear): cov' = w cov + b, theta' = cov' + w theta."""
+
+    def __init__(self, index: int = 0, bias: bool = True):
+        self.index, self.bias = index, bias
+
+    def _output(self, geometry):
+        if geometry.spatial and math.prod(geometry.spatial) != 1:
+            raise ValueError(f"a dense layer needs a flat input, got spatial shape {geometry.describe()}: flatten it "
+                             "first (torch.nn.Flatten) or pool it (torch.nn.AdaptiveAvgPool2d(1))")
+        return replace(geometry, gaussian=True)
+
+    def apply(self, cov, theta, run):
+        w = run.parameter(run.weight_var, self.index, self.input)
+        out = w * cov
+        if self.bias:
+            out = out + run.parameter(run.bias_var, self.index, self.input)
+        if run.ntk:
+            theta = out if theta is None else out + w * theta
+        return out, theta
+
+
+class Conv(Layer):
+    """A convolution (torch.nn.Conv1d / Conv2d, dilation 1, one group): per spatial axis a filter of `kernel_size`
+    taps, `stride`, and (lo, hi) zero or circular padding."""
+
+    def __init__(self, kernel_size: Sequence[int], stride: Sequence[int], padding: Sequence[Tuple[int, int]],
+                 circular: bool = False, index: int = 0, bias: bool = True):
+        self.kernel_size, self.stride = tuple(kernel_size), tuple(stride)
+        self.padding, self.circular = tuple(tuple(p) for p in padding), circular
+        self.index, self.bias = index, bias
+
+    def _output(self, geometry):
+        if len(geometry.spatial) != len(self.kernel_size):
+            raise ValueError(f"a {len(self.kernel_size)}-d convolution got an input of spatial shape "
+                             f"{geometry.describe()}")
+        sizes = []
+        for size, k, s, (lo, hi) in zip(geometry.spatial, self.kernel_size, self.stride, self.padding):
+            if self.circular and max(lo, hi) > size:
+                raise ValueError(f"circular padding {max(lo, hi)} exceeds the input size {size}")
+            out = _window_out(size, k, s, lo, hi)
+            if out < 1:
+                raise ValueError(f"a convolution with kernel size {k} and padding ({lo}, {hi}) does not fit an input "
+                                 f"of size {size}")
+            sizes.append(out)
+        return Geometry(tuple(sizes), geometry.full, gaussian=True)
+
+    def _spatial(self, x, geometry):
+        nd = len(geometry.spatial)
+        for a, (k, s, (lo, hi)) in enumerate(zip(self.kernel_size, self.stride, self.padding)):
+            if k == 1 and s == 1 and lo == hi == 0:
+                continue
+            dims = (-2 * (nd - a), -2 * (nd - a) + 1) if geometry.full else (-(nd - a),)
+            x = stencil(x, dims, k, s, lo, hi, self.circular)
+        return x
+
+    def apply(self, cov, theta, run):
+        w = run.parameter(run.weight_var, self.index, self.input)
+        out = w * self._spatial(cov, self.input)
+        if self.bias:
+            out = out + run.parameter(run.bias_var, self.index, self.input)
+        if run.ntk:
+            theta = out if theta is None else out + w * self._spatial(theta, self.input)
+        return out, theta
+
+    def describe(self):
+        return f"Conv(kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding})"
+
+
+class AvgPool(Layer):
+    """Average pooling (torch.nn.AvgPool1d/2d with count_include_pad): needs the full state below it."""
+
+    def __init__(self, kernel_size: Sequence[int], stride: Sequence[int], padding: Sequence[int]):
+        self.kernel_size, self.stride, self.padding = tuple(kernel_size), tuple(stride), tuple(padding)
+
+    def needs_full(self):
+        return True
+
+    def _output(self, geometry):
+        if len(geometry.spatial) != len(self.kernel_size):
+            raise ValueError(f"a {len(self.kernel_size)}-d average pooling got an input of spatial shape "
+                             f"{geometry.describe()}")
+        sizes = [_window_out(size, k, s, p, p) for size, k, s, p in
+                 zip(geometry.spatial, self.kernel_size, self.stride, self.padding)]
+        if min(sizes) < 1:
+            raise ValueError(f"average pooling with window {self.kernel_size} does not fit spatial shape "
+                             f"{geometry.describe()}")
+        return Geometry(tuple(sizes), True, gaussian=False)
+
+    def _spatial(self, x, geometry):
+        nd = len(geometry.spatial)
+        for a, (k, s, p) in enumerate(zip(self.kernel_size, self.stride, self.padding)):
+            for d in (-2 * (nd - a), -2 * (nd - a) + 1):  # each index of the pair on its own
+                x = stencil(x, (d,), k, s, p, p)
+        return x
+
+    def apply(self, cov, theta, run):
+        return self._spatial(cov, self.input), None if theta is None else self._spatial(theta, self.input)
+
+    def describe(self):
+        return f"AvgPool(kernel_size={self.kernel_size}, stride={self.stride})"
+
+
+class GlobalAvgPool(Layer):
+    """Global average pooling to a flat state: mean over all position pairs."""
+
+    def needs_full(self):
+        return True
+
+    def _output(self, geometry):
+        return Geometry((), False, gaussian=False)
+
+    def apply(self, cov, theta, run):
+        axes = self.input.axes
+        dims = tuple(range(-axes, 0))
+        if not dims:
+            return cov, theta
+        return cov.mean(dims), None if theta is None else theta.mean(dims)
+
+
+class Flatten(Layer):
+    """Flatten to a flat state (followed by a dense readout): mean of the diagonal i = j."""
+
+    def needs_full(self):
+        return False
+
+    def _output(self, geometry):
+        return Geometry((), False, gaussian=geometry.gaussian)
+
+    def apply(self, cov, theta, run):
+        def reduce(x):
+            x = diagonal(x, self.input)
+            dims = tuple(range(-len(self.input.spatial), 0))
+            return x.mean(dims) if dims else x
+
+        return reduce(cov), None if theta is None else reduce(theta)
+
+
+class ToDiagonal(Layer):
+    """Keeps only the diagonal i = j of a full state (inserted by Network.build where nothing above needs more)."""
+
+    def _output(self, geometry):
+        return replace(geometry, full=False)
+
+    def apply(self, cov, theta, run):
+        return diagonal(cov, self.input), None if theta is None else diagonal(theta, self.input)
+
+
+class Nonlinearity(Layer):
+    """An elementwise activation: cov <- E[phi(u) phi(v)], theta <- E[phi'(u) phi'(v)] theta."""
+
+    def __init__(self, activation: Activation):
+        self.activation = activation
+
+    def _output(self, geometry):
+        return replace(geometry, gaussian=False)
+
+    def apply(self, cov, theta, run):
+        v1, v2 = run.point_variances(self.key, cov, self.input)
+        f, fdot = self.activation.dual(cov, layout(v1, self.input, 0), layout(v2, self.input, 1),
+                                       ntk=theta is not None)
+        return f, None if theta is None else fdot * theta
+
+    def describe(self):
+        return repr(self.activation)
+
+
+class LayerNorm(Layer):
+    """Layer normalization over all features (channels and positions), no affine part, of a Gaussian input:
+    cov / sqrt((v(x) + eps)(v(x') + eps)) with v the variance averaged over positions (neural-tangents'
+    stax.LayerNorm over the channel and spatial axes)."""
+
+    def __init__(self, eps: float = 1e-5, normalized_shape: Optional[Sequence[int]] = None):
+        self.eps = float(eps)
+        self.normalized_shape = None if normalized_shape is None else tuple(normalized_shape)
+
+    def _output(self, geometry):
+        if self.normalized_shape is not None and (len(self.normalized_shape) != 1 + len(geometry.spatial)
+                                                  or self.normalized_shape[1:] != geometry.spatial):
+            raise ValueError(f"LayerNorm{self.normalized_shape} must normalize over all features (channels and "
+                             f"every spatial axis) of its input, here of spatial shape {geometry.describe()}: other "
+                             "axes have no infinite-width limit")
+        if not geometry.gaussian:
+            raise ValueError("LayerNorm has an infinite-width limit only on Gaussian inputs: place it right after a "
+                             "Linear or Conv layer (or a residual sum of such), not after an activation or pooling")
+        return replace(geometry, gaussian=False)
+
+    def apply(self, cov, theta, run):
+        v1, v2 = run.point_variances(self.key, cov, self.input)
+        nd = len(self.input.spatial)
+        if nd:
+            v1, v2 = v1.mean(tuple(range(-nd, 0))), v2.mean(tuple(range(-nd, 0)))
+        shape = [1] * self.input.axes
+        scale = (v1 + self.eps).rsqrt().reshape(*v1.shape, *shape) * (v2 + self.eps).rsqrt().reshape(*v2.shape, *shape)
+        return cov * scale, None if theta is None else theta * scale
+
+
+class Residual(Layer):
+    """x + branch(x) where the branch ends in a conv or dense layer: cov_x + cov_branch, theta_x + theta_branch."""
+
+    def __init__(self, branch: Sequence[Layer]):
+        self.branch = list(branch)
+
+    def needs_full(self):
+        return _needs_full(self.branch) or None
+
+    def _output(self, geometry):
+        last = next((layer for layer in reversed(self.branch) if not isinstance(layer, ToDiagonal)), None)
+        if not isinstance(last, (Conv, Dense)):
+            raise ValueError("a residual branch must end in a Linear or Conv layer (then x and branch(x) are "
+                             f"uncorrelated), got {'an empty branch' if last is None else last.describe()}")
+        out = geometry
+        for layer in self.branch:
+            out = _build_one(layer, out)
+        if out.spatial != geometry.spatial:
+            raise ValueError(f"a residual branch must keep the spatial shape: {geometry.describe()} in, "
+                             f"{out.describe()} out")
+        return replace(geometry, gaussian=geometry.gaussian and out.gaussian)
+
+    def apply(self, cov, theta, run):
+        b_cov, b_theta = cov, theta
+        for layer in self.branch:
+            b_cov, b_theta = layer.apply(b_cov, b_theta, run)
+        if theta is None:
+            return cov + b_cov, b_theta
+        return cov + b_cov, theta + b_theta
+
+
+def _needs_full(layers: Sequence[Layer]) -> bool:
+    for layer in layers:
+        answer = layer.needs_full()
+        if answer is not None:
+            return answer
+    return False
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+_LETTERS = ("pqr", "PQR")
+
+
+class Network:
+    """A built architecture: its layers (with the diagonal-only stretches decided), input shape and parameter count.
+
+    Args:
+        layers: the layers in order (Dense, Conv, AvgPool, GlobalAvgPool, Flatten, Nonlinearity, LayerNorm,
+            Residual); conv/dense layers carry the index of their variances.
+        input_shape: (C, *spatial) of one input, channel first as torch flattens it; (d,) for flat inputs.
+        num_parameters: number of distinct (weight_var, bias_var) pairs the layers index.
+
+    Raises:
+        ValueError: layers that do not fit the input shape, or an output that is not flat.
+    """
+
+    def __init__(self, layers: Sequence[Layer], input_shape: Sequence[int], num_parameters: int = 1):
+        self.input_shape = tuple(int(s) for s in input_shape)
+        if not self.input_shape or min(self.input_shape) < 1 or len(self.input_shape) > 3:
+            raise ValueError(f"input_shape must be (d,), (C, L) or (C, H, W) with positive sizes, got {input_shape!r}")
+        self.channels, spatial = self.input_shape[0], self.input_shape[1:]
+        self.num_parameters = num_parameters
+        geometry = Geometry(spatial, full=bool(spatial) and _needs_full(layers), gaussian=False)
+        self.layers, self.output = _build(list(layers), geometry)
+        if self.output.spatial:
+            raise ValueError(f"the network's output still has spatial shape {self.output.describe()}: end it with a "
+                             "readout (torch.nn.Flatten() then torch.nn.Linear, or torch.nn.AdaptiveAvgPool2d(1))")
+        self._keys = 0
+        for layer in _walk(self.layers):
+            layer.key = self._keys
+            self._keys += 1
+        self._point_axes = {layer.key: len(layer.input.spatial) for layer in _walk(self.layers)}
+        self.entries_per_pair = max([_entries(geometry)] + [_entries(layer.output) for layer in _walk(self.layers)])
+
+    @property
+    def features(self) -> int:
+        return math.prod(self.input_shape)
+
+    def describe(self) -> str:
+        return ", ".join(layer.describe() for layer in self.layers if not isinstance(layer, ToDiagonal))
+
+    def take(self, variances: Dict[int, torch.Tensor], index) -> Dict[int, torch.Tensor]:
+        """The variances (from `variances`) of a subset of the points: `index` (a slice or index tensor) applied to
+        the point axis of each entry."""
+        return {key: v[(Ellipsis, index) + (slice(None),) * self._point_axes[key]] for key, v in variances.items()}
+
+    # -- the two halves of a propagation --------------------------------------------------------------------------
+    def input_state(self, x1: torch.Tensor, x2: torch.Tensor, lead: int) -> torch.Tensor:
+        """The covariance of the inputs, channel-averaged: <x1_i, x2_j> / C per position pair (i, j).
+
+        x1 (..., n, F), x2 (..., m, F) with F = C * prod(spatial); lead 2 gives (..., n, m, *pair axes), lead 1
+        pairs row k of x1 with row k of x2 (n == m): (..., n, *pair axes).
+        """
+        spatial = self.input_shape[1:]
+        nd = len(spatial)
+        geometry = Geometry(spatial, full=bool(spatial) and self.layers[0].input.full)
+        a = x1.reshape(*x1.shape[:-1], *self.input_shape)
+        b = x2.reshape(*x2.shape[:-1], *self.input_shape)
+        s1, s2 = _LETTERS[0][:nd], (_LETTERS[1][:nd] if geometry.full else _LETTERS[0][:nd])
+        out = "".join(p + q for p, q in zip(s1, s2)) if geometry.full else s1
+        if lead == 2:
+            spec = f"...nc{s1},...mc{s2}->...nm{out}"
+        else:
+            spec = f"...nc{s1},...nc{s2}->...n{out}"
+        return torch.einsum(spec, a, b) / self.channels
+
+    def propagate(self, cov: torch.Tensor, run: _Run):
+        """Runs every layer on an input state; returns (cov, theta) of the output, flat: (..., n, m) or (..., n)."""
+        theta = None
+        for layer in self.layers:
+            cov, theta = layer.apply(cov, theta, run)
+        return cov, theta
+
+    # -- what the kernels call -------------------------------------------------------------------------------------
+    def variances(self, x: torch.Tensor, weight_var: torch.Tensor, bias_var: torch.Tensor) -> Dict[int, torch.Tensor]:
+        """Per-position variances of x (..., n, F) at every activation and normalization: layer key ->
+        (..., n, *spatial). What a kernel matrix needs of each side, computed once per point set."""
+        run = _Run(weight_var, bias_var, lead=1, ntk=False)
+        self.propagate(self.input_state(x, x, lead=1), run)
+        return run.recorded
+
+    def matrix(self, x1, x2, weight_var, bias_var, ntk: bool, variances, same_points: Optional[Tuple[int, int]] = None):
+        """Kernel entries k(x1_i, x2_j), (..., n, m), given both sides' variances (from `variances`).
+
+        same_points: (r, c) when x1 are rows r.. and x2 rows c.. of one point set: entries of a point with itself
+        start from the same input state as the variances did, so that their correlation is 1 to the last bit.
+        """
+        cov = self.input_state(x1, x2, lead=2)
+        if same_points is not None:
+            r, c = same_points
+            first, last = max(r, c), min(r + x1.shape[-2], c + x2.shape[-2])
+            if first < last:
+                rows = torch.arange(first, last, device=cov.device)
+                nd = self.layers[0].input.axes
+                tail = (slice(None),) * nd
+                own = self.input_state(x1[..., rows - r, :], x1[..., rows - r, :], lead=1)
+                cov = cov.clone() if cov.requires_grad else cov
+                cov[(Ellipsis, rows - r, rows - c) + tail] = own
+        run = _Run(weight_var, bias_var, lead=2, ntk=ntk, variances=variances)
+        k, theta = self.propagate(cov, run)
+        return theta if ntk else k
+
+    def paired(self, x1, x2, weight_var, bias_var, ntk: bool, same_points: bool = False) -> torch.Tensor:
+        """k(x1_i, x2_i) for paired rows, (..., n): a kernel diagonal (same_points) or scattered entries."""
+        if same_points:
+            run = _Run(weight_var, bias_var, lead=1, ntk=ntk)
+            k, theta = self.propagate(self.input_state(x1, x1, lead=1), run)
+        else:
+            variances = (self.variances(x1, weight_var, bias_var), self.variances(x2, weight_var, bias_var))
+            run = _Run(weight_var, bias_var, lead=1, ntk=ntk, variances=variances)
+            k, theta = self.propagate(self.input_state(x1, x2, lead=1), run)
+        return theta if ntk else k
+
+
+def _entries(geometry: Geometry) -> int:
+    p = math.prod(geometry.spatial) if geometry.spatial else 1
+    return p * p if geometry.full else p
+
+
+def _walk(layers):
+    for layer in layers:
+        yield layer
+        if isinstance(layer, Residual):
+            yield from _walk(layer.branch)
+
+
+def _build(layers: List[Layer], geometry: Geometry):
+    """Builds the layers in order, switching a full state to its diagonal where no layer above needs more."""
+    out = []
+    for i, layer in enumerate(layers):
+        if geometry.full and not _needs_full(layers[i:]):
+            switch = ToDiagonal()
+            geometry = switch.build(geometry)
+            out.append(switch)
+        geometry = _build_one(layer, geometry)
+        if not geometry.spatial and geometry.full:
+            geometry = replace(geometry, full=False)
+        out.append(layer)
+    return out, geometry
+
+
+def _build_one(layer: Layer, geometry: Geometry) -> Geometry:
+    """layer.build, with the layer's origin (its torch module) named in any error."""
+    try:
+        return layer.build(geometry)
+    except ValueError as error:
+        if layer.origin is None or str(error).startswith(layer.origin):
+            raise
+        raise ValueError(f"{layer.origin}: {error}") from None

@@ -1,0 +1,98 @@
+"""NNGP and NTK kernels of convolutional, pooled, residual and normalized networks, built from torch modules."""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+from gpytorch.constraints import Interval
+from gpytorch.priors import Prior
+
+from .._validation import check_inputs
+from ..backends import DENSE_MAX_ENTRIES
+from ..backends.architecture import ArchitectureKernelOperator, architecture_matrix
+from ..functional.layers import Network
+from .from_module import network_from_module
+from .fully_connected import _one_point_set
+from .variances import NetworkVariances
+
+BACKENDS = ("auto", "dense", "lazy")
+
+
+class ArchitectureKernel(NetworkVariances):
+    r"""The NNGP (or, with ntk=True, the NTK) of an infinitely wide network of any supported architecture.
+
+    Made by :meth:`NNGPKernel.from_module` / :meth:`NTKKernel.from_module` from an ordinary torch module: the
+    covariance of the outputs of that module as its channel and hidden widths go to infinity, every weight
+    N(0, weight_var / fan_in), every bias N(0, bias_var) (NTK parametrization, as neural-tangents' stax).
+
+    Inputs are GPyTorch-shaped, (..., n, C*H*W) for images (channel first, as torch flattens (C, H, W)),
+    (..., n, C*L) for sequences, (..., n, d) for vectors; the output is (..., n, m), or the diagonal (..., n).
+
+    Args:
+        network: the built architecture (gpytorch_nngp.functional.layers.Network).
+        ntk: the neural tangent kernel instead of the NNGP.
+        weight_var, bias_var: initial variances (> 0, learnable): one value, or one per Linear/Conv layer when the
+            network was built with per_layer=True.
+        backend: "dense" (tiles concatenated into a tensor), "lazy" (a linear operator that recomputes tiles, for
+            kernel matrices too large to hold with their autograd graph) or "auto" (dense while n m P_state is at
+            most DENSE_MAX_ENTRIES, P_state the state entries per pair).
+        weight_var_prior, bias_var_prior, weight_var_constraint, bias_var_constraint, **kwargs: as in GPyTorch.
+    """
+
+    def __init__(self, network: Network, ntk: bool = False, weight_var=2.0, bias_var=0.1,
+                 weight_var_prior: Optional[Prior] = None, bias_var_prior: Optional[Prior] = None,
+                 weight_var_constraint: Optional[Interval] = None, bias_var_constraint: Optional[Interval] = None,
+                 backend: str = "auto", **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(network, Network):
+            raise TypeError(f"network must be a gpytorch_nngp.functional.layers.Network, got {type(network).__name__}"
+                            "; build kernels from torch modules with NNGPKernel.from_module")
+        if not isinstance(backend, str) or backend.lower() not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))} for architecture kernels, got "
+                             f"{backend!r} (KeOps formulas exist for fully connected kernels only)")
+        self.network, self.ntk, self.backend = network, bool(ntk), backend.lower()
+        self._init_variances((*self.batch_shape, network.num_parameters), weight_var, bias_var, weight_var_prior,
+                             bias_var_prior, weight_var_constraint, bias_var_constraint)
+
+    @classmethod
+    def from_module(cls, module: torch.nn.Module, input_shape: Sequence[int], ntk: bool = False,
+                    weight_var=2.0, bias_var=0.1, per_layer: bool = False, **kwargs) -> ArchitectureKernel:
+        """The kernel of `module`'s infinite-width limit, for inputs of `input_shape` ((d,), (C, L) or (C, H, W)).
+        per_layer: one learnable (weight_var, bias_var) per Linear/Conv layer. See NNGPKernel.from_module."""
+        return cls(network_from_module(module, input_shape, per_layer), ntk, weight_var, bias_var, **kwargs)
+
+    def __call__(self, x1, x2=None, diag=False, last_dim_is_batch=False, **params):
+        for name, x in (("x1", x1), ("x2", x2)):
+            if isinstance(x, torch.Tensor) and (x.dim() < 2 or x.shape[-1] != self.network.features):
+                raise ValueError(
+                    f"{name} must have shape (..., n, {self.network.features}) for input_shape "
+                    f"{self.network.input_shape} (channel first, flattened), got {tuple(x.shape)}")
+        if isinstance(x1, torch.Tensor) and isinstance(x2, torch.Tensor):
+            check_inputs(x1, x2)
+        return super().__call__(x1, x2, diag=diag, last_dim_is_batch=last_dim_is_batch, **params)
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor, diag: bool = False, last_dim_is_batch: bool = False,
+                **params) -> Union[torch.Tensor, ArchitectureKernelOperator]:
+        """Kernel matrix (..., n, m), or its diagonal (..., n) with diag=True. Inputs (..., n, F), (..., m, F)."""
+        if last_dim_is_batch:
+            raise ValueError(f"{type(self).__name__} does not support last_dim_is_batch=True (deprecated in "
+                             "GPyTorch): the network kernel mixes all input dimensions")
+        check_inputs(x1, x2)
+        weight_var, bias_var = self.weight_var, self.bias_var
+        same = _one_point_set(x1, x2)
+        if diag:
+            if x1.shape[-2] != x2.shape[-2]:
+                raise ValueError(f"diag=True needs x1 and x2 with the same number of points, got {x1.shape[-2]} "
+                                 f"and {x2.shape[-2]}")
+            return self.network.paired(x1, x2, weight_var, bias_var, self.ntk, same_points=same)
+        backend = self.backend
+        if backend == "auto":
+            entries = x1.shape[-2] * x2.shape[-2] * self.network.entries_per_pair
+            backend = "dense" if entries <= DENSE_MAX_ENTRIES else "lazy"
+        if backend == "lazy":
+            return ArchitectureKernelOperator(x1, weight_var, bias_var, None if same else x2, network=self.network,
+                                              ntk=self.ntk)
+        return architecture_matrix(self.network, x1, x2, weight_var, bias_var, self.ntk, symmetric=same)
+
+    def extra_repr(self) -> str:
+        return f"{'NTK' if self.ntk else 'NNGP'}, input_shape={self.network.input_shape}, {self.network.describe()}"

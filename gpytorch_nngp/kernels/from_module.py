@@ -1,0 +1,193 @@
+"""Translation of an ordinary torch module into the layer algebra (functional/layers.py).
+
+Widths are ignored (they go to infinity); every weight is N(0, weight_var / fan_in) and every bias N(0, bias_var),
+the NTK parametrization. Modules without an infinite-width Gaussian limit raise an error that names them and the
+nearest supported module.
+"""
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ..functional import layers as L
+from ..functional.activations import LeakyReLU, Numerical, get_activation
+from ..modules import Elementwise, Residual
+
+SUPPORTED = ("nn.Sequential", "nn.Linear", "nn.Conv1d", "nn.Conv2d", "nn.AvgPool1d", "nn.AvgPool2d",
+             "nn.AdaptiveAvgPool1d(1)", "nn.AdaptiveAvgPool2d(1)", "nn.Flatten",
+             "nn.LayerNorm(elementwise_affine=False)",
+             "nn.Identity", "gpytorch_nngp.Residual", "gpytorch_nngp.Elementwise",
+             "nn.ReLU", "nn.LeakyReLU", "nn.GELU", "nn.Tanh", "nn.Sigmoid",
+             "nn.SiLU", "nn.ELU", "nn.Softplus")
+
+# Modules with no infinite-width Gaussian limit, and what to use instead.
+_NEAREST = {
+    (nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d):
+        "a max over positions is not Gaussian in the infinite-width limit; use the average pooling of the same "
+        "window (nn.AvgPool1d/2d, or nn.AdaptiveAvgPool2d(1) for a global max)",
+    (nn.BatchNorm1d, nn.BatchNorm2d, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.GroupNorm):
+        "it couples the points of a batch (or normalizes per channel), which has no kernel limit; use "
+        "nn.LayerNorm over all features with elementwise_affine=False, or leave it out",
+    (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout):
+        "the kernel describes the network as a function of its weights; remove dropout from the module you pass "
+        "(it is the identity in eval mode)",
+    (nn.MultiheadAttention, nn.RNNBase, nn.Embedding):
+        "attention, recurrent and embedding layers are not implemented; use convolutions over the sequence axis",
+}
+
+
+def _activation(module: nn.Module):
+    """The Activation of an activation module, or None if it is not one."""
+    if isinstance(module, Elementwise):
+        return module.activation
+    if isinstance(module, nn.ReLU):
+        return get_activation("relu")
+    if isinstance(module, nn.LeakyReLU):
+        return LeakyReLU(module.negative_slope)
+    if isinstance(module, nn.GELU):
+        return get_activation("gelu") if module.approximate == "none" else Numerical(module, name="gelu_tanh")
+    if isinstance(module, nn.Tanh):
+        return get_activation("tanh")
+    if isinstance(module, nn.Sigmoid):
+        return get_activation("sigmoid")
+    if isinstance(module, nn.SiLU):
+        return get_activation("silu")
+    if isinstance(module, nn.ELU):
+        return get_activation("elu") if module.alpha == 1.0 else Numerical(module, name=f"elu_{module.alpha}")
+    if isinstance(module, nn.Softplus):
+        default = module.beta == 1.0 and module.threshold == 20.0
+        return get_activation("softplus") if default else Numerical(module, name="softplus")
+    return None
+
+
+def _pair(value, nd: int) -> Tuple[int, ...]:
+    return tuple(value) if isinstance(value, (tuple, list)) else (int(value),) * nd
+
+
+def _conv(module, index: int, name: str) -> L.Conv:
+    nd = 1 if isinstance(module, nn.Conv1d) else 2
+    if any(d != 1 for d in _pair(module.dilation, nd)):
+        raise ValueError(f"{name}: dilation {module.dilation} is not implemented; use dilation=1")
+    if module.groups != 1:
+        raise ValueError(f"{name}: groups={module.groups} is not implemented; use groups=1")
+    if module.padding_mode not in ("zeros", "circular"):
+        raise ValueError(f"{name}: padding_mode={module.padding_mode!r} is not implemented; use 'zeros' or 'circular'")
+    kernel, stride = _pair(module.kernel_size, nd), _pair(module.stride, nd)
+    if module.padding == "valid":
+        padding = [(0, 0)] * nd
+    elif module.padding == "same":  # torch pads (k - 1) // 2 before and the rest after (stride 1 only)
+        padding = [((k - 1) // 2, k - 1 - (k - 1) // 2) for k in kernel]
+    else:
+        padding = [(p, p) for p in _pair(module.padding, nd)]
+    layer = L.Conv(kernel, stride, padding, circular=module.padding_mode == "circular", index=index,
+                   bias=module.bias is not None)
+    return layer
+
+
+def _avg_pool(module, name: str) -> L.AvgPool:
+    nd = 1 if isinstance(module, nn.AvgPool1d) else 2
+    if module.ceil_mode:
+        raise ValueError(f"{name}: ceil_mode=True is not implemented; use ceil_mode=False")
+    if getattr(module, "divisor_override", None) is not None:
+        raise ValueError(f"{name}: divisor_override is not implemented")
+    padding = _pair(module.padding, nd)
+    if any(padding) and not module.count_include_pad:
+        raise ValueError(f"{name}: padding with count_include_pad=False is not implemented; use count_include_pad=True")
+    kernel = _pair(module.kernel_size, nd)
+    stride = kernel if module.stride is None else _pair(module.stride, nd)
+    return L.AvgPool(kernel, stride, padding)
+
+
+class _Translator:
+    def __init__(self, per_layer: bool):
+        self.per_layer = per_layer
+        self.parameters = 0
+
+    def index(self) -> int:
+        self.parameters += 1
+        return self.parameters - 1 if self.per_layer else 0
+
+    def layers(self, module: nn.Module, name: str) -> List[L.Layer]:
+        label = f"{name} ({type(module).__name__})" if name else type(module).__name__
+        if isinstance(module, nn.Sequential):
+            out = []
+            for child_name, child in module.named_children():
+                out += self.layers(child, f"{name}.{child_name}" if name else child_name)
+            return out
+        if isinstance(module, Residual):
+            return self._origin([L.Residual(self.layers(module.branch, f"{name}.branch" if name else "branch"))], label)
+        activation = _activation(module)
+        if activation is not None:
+            return self._origin([L.Nonlinearity(activation)], label)
+        if isinstance(module, nn.Identity):
+            return []
+        if isinstance(module, nn.Linear):
+            return self._origin([L.Dense(self.index(), bias=module.bias is not None)], label)
+        if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+            return self._origin([_conv(module, self.index(), label)], label)
+        if isinstance(module, (nn.AvgPool1d, nn.AvgPool2d)):
+            return self._origin([_avg_pool(module, label)], label)
+        if isinstance(module, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
+            size = module.output_size
+            if any(s != 1 for s in (size if isinstance(size, (tuple, list)) else (size,))):
+                raise ValueError(f"{label}: only output_size=1 (global average pooling) is implemented, got "
+                                 f"{size!r}; use nn.AvgPool2d with an explicit window for other sizes")
+            return self._origin([L.GlobalAvgPool()], label)
+        if isinstance(module, nn.Flatten):
+            if module.start_dim != 1 or module.end_dim != -1:
+                raise ValueError(f"{label}: only nn.Flatten(start_dim=1, end_dim=-1) (all features of a point) is "
+                                 f"implemented, got start_dim={module.start_dim}, end_dim={module.end_dim}")
+            return self._origin([L.Flatten()], label)
+        if isinstance(module, nn.LayerNorm):
+            if module.elementwise_affine:
+                raise ValueError(f"{label}: LayerNorm with elementwise_affine=True has learned per-feature scales "
+                                 "without an infinite-width limit; use nn.LayerNorm(..., elementwise_affine=False)")
+            return self._origin([L.LayerNorm(module.eps, module.normalized_shape)], label)
+        for kinds, advice in _NEAREST.items():
+            if isinstance(module, kinds):
+                raise ValueError(f"{label} has no infinite-width Gaussian limit: {advice}")
+        raise ValueError(f"{label} is not supported; supported modules: {', '.join(SUPPORTED)}")
+
+    @staticmethod
+    def _origin(layers: List[L.Layer], label: str) -> List[L.Layer]:
+        for layer in layers:
+            layer.origin = label
+        return layers
+
+
+def network_from_module(module: nn.Module, input_shape: Sequence[int], per_layer: bool = False) -> L.Network:
+    """The layer algebra of `module` for inputs of `input_shape` ((d,), (C, L) or (C, H, W), channel first).
+
+    per_layer: one (weight_var, bias_var) pair per Linear/Conv layer, else one pair shared by all.
+
+    Raises:
+        TypeError: module is not a torch.nn.Module.
+        ValueError: an unsupported module (named, with the nearest supported one), a bad input_shape, or layers
+            that do not fit it.
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    if isinstance(input_shape, int) or not isinstance(input_shape, (tuple, list, torch.Size)) or not all(
+            isinstance(s, int) and not isinstance(s, bool) for s in input_shape):
+        raise TypeError(f"input_shape must be a tuple of ints, (d,), (C, L) or (C, H, W), got {input_shape!r}")
+    translator = _Translator(per_layer)
+    layers = translator.layers(module, "")
+    if translator.parameters == 0:
+        raise ValueError(f"{type(module).__name__} has no Linear or Conv layer: its kernel has no weights to vary")
+    return L.Network(layers, input_shape, translator.parameters if per_layer else 1)
+
+
+def fully_connected_form(network: L.Network):
+    """(depth, activation) if the network is the fully connected one of NNGPKernel(depth, activation): flat input,
+    Linear layers with biases and one shared activation between them, shared variances. Else None."""
+    if network.input_shape[1:] or network.num_parameters != 1:
+        return None
+    layers = network.layers
+    if len(layers) % 2 != 1 or not all(isinstance(layer, L.Dense) and layer.bias for layer in layers[::2]):
+        return None
+    activations = [layer.activation for layer in layers[1::2] if isinstance(layer, L.Nonlinearity)]
+    if len(activations) != len(layers) // 2 or any(a != activations[0] for a in activations):
+        return None
+    return len(activations), (activations[0] if activations else get_activation("relu"))

@@ -1,0 +1,51 @@
+"""Architectures of the neural-tangents CNN fixture, as plain data both sides build from.
+
+tests/reference/make_cnn_reference.py builds them with neural-tangents' stax (channel last), and
+tests/test_reference_cnn.py with torch modules (channel first) through NNGPKernel.from_module. A layer is a tuple:
+
+    ("conv", kernel_size, stride, padding)   padding "same", "valid" or "circular"
+    ("act", name)                            relu, erf, gelu, abs
+    ("pool", window)                         average pooling, stride = window
+    ("gap",)  ("flatten",)  ("dense",)  ("layernorm",)
+    ("residual", [layers])                   x + branch(x)
+"""
+
+CONV = ("conv", 3, 1, "same")
+RELU = ("act", "relu")
+
+IMAGE = (2, 6, 5)  # C, H, W
+SEQUENCE = (3, 9)  # C, L
+
+ARCHITECTURES = {
+    # name: (input_shape, layers, weight_var, bias_var)
+    "same_flatten": (IMAGE, [CONV, RELU, CONV, RELU, ("flatten",), ("dense",)], 1.7, 0.2),
+    "valid_stride": (IMAGE, [("conv", 3, 2, "valid"), RELU, ("conv", 2, 1, "valid"), ("act", "erf"), ("flatten",),
+                             ("dense",)], 1.7, 0.2),
+    "circular": (IMAGE, [("conv", 3, 1, "circular"), RELU, ("conv", 3, 1, "circular"), ("act", "abs"), ("flatten",),
+                         ("dense",)], 1.3, 0.1),
+    "avg_pool": (IMAGE, [CONV, RELU, ("pool", 2), CONV, RELU, ("flatten",), ("dense",)], 1.7, 0.2),
+    "global_pool": (IMAGE, [CONV, RELU, CONV, ("act", "gelu"), ("gap",), ("dense",)], 1.7, 0.2),
+    "residual": (IMAGE, [CONV, ("residual", [RELU, CONV]), ("residual", [RELU, CONV]), RELU, ("gap",), ("dense",)],
+                 1.5, 0.1),
+    "layernorm": (IMAGE, [CONV, ("layernorm",), RELU, CONV, ("layernorm",), RELU, ("flatten",), ("dense",)], 1.7,
+                  0.2),
+    "depth8": (IMAGE, [CONV, RELU] * 8 + [("flatten",), ("dense",)], 2.0, 0.05),
+    "mlp_head": (IMAGE, [CONV, RELU, ("gap",), ("dense",), RELU, ("dense",)], 1.7, 0.2),
+    "conv1d_pool": (SEQUENCE, [CONV, RELU, ("conv", 3, 2, "valid"), ("act", "erf"), ("gap",), ("dense",)], 1.7, 0.2),
+    "conv1d_flatten": (SEQUENCE, [("conv", 5, 1, "same"), RELU, CONV, RELU, ("flatten",), ("dense",)], 1.7, 0.2),
+}
+LAYERNORM_EPS = 1e-5
+
+
+def inputs(input_shape, seed=0):
+    """x1 (6, *shape) and x2 (4, *shape), channel first, with duplicate, antiparallel and near-zero rows."""
+    import numpy as np
+
+    rng = np.random.RandomState(seed)
+    x1 = rng.randn(6, *input_shape)
+    x1[2] = 1e-7 * x1[2]  # near zero
+    x1[3] = -x1[0]  # antiparallel
+    x1[4] = x1[1]  # duplicate within x1
+    x2 = rng.randn(4, *input_shape)
+    x2[0] = x1[0]  # duplicate across x1 / x2
+    return x1, x2
