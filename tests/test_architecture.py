@@ -1,0 +1,206 @@
+"""Architecture kernels (from_module): backends agree, diag is exact, gradients are finite where the closed forms are
+singular, the fully connected case equals NNGPKernel, and every bad input gets a clear error."""
+import gpytorch
+import pytest
+import torch
+from torch import nn
+
+from gpytorch_nngp import ArchitectureKernel, Elementwise, NNGPKernel, NTKKernel, Residual
+from gpytorch_nngp.backends.architecture import ArchitectureKernelOperator, architecture_matrix
+from gpytorch_nngp.kernels.from_module import network_from_module
+
+
+def pooled():
+    branch = nn.Sequential(nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1))
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), Residual(branch),
+                         nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(4, 4, 3, padding="same"), Elementwise("erf"),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 1))
+
+
+def flattened():
+    return nn.Sequential(nn.Conv2d(1, 4, 3, stride=2), nn.ReLU(),
+                         nn.Conv2d(4, 4, 3, padding=1, padding_mode="circular"),
+                         nn.ReLU(), nn.Flatten(), nn.Linear(36, 1))
+
+
+SHAPE = (1, 6, 6)
+
+
+def points(n=7, seed=0):
+    x = torch.randn(n, 36, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    x[1] = x[0]  # duplicate
+    x[2] = 0.0  # zero input
+    x[3] = -x[4]  # antiparallel
+    return x
+
+
+@pytest.mark.parametrize("make", [pooled, flattened])
+@pytest.mark.parametrize("cls", [NNGPKernel, NTKKernel])
+def test_lazy_and_tiled_equal_dense(make, cls):
+    dense = cls.from_module(make(), SHAPE, backend="dense").double()
+    lazy = cls.from_module(make(), SHAPE, backend="lazy").double()
+    x, y = points(), points(5, seed=1)
+    with torch.no_grad():
+        k = dense(x).to_dense()
+        op = lazy(x).evaluate_kernel()
+        assert isinstance(op, ArchitectureKernelOperator)
+        torch.testing.assert_close(op.to_dense(), k, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(lazy(x, y).to_dense(), dense(x, y).to_dense(), rtol=1e-12, atol=1e-12)
+        rhs = torch.randn(7, 2, dtype=torch.float64)
+        torch.testing.assert_close(op @ rhs, k @ rhs, rtol=1e-10, atol=1e-10)
+        assert torch.equal(dense(x, diag=True), k.diagonal())
+        # Tiles of 3 pairs (one row, three columns at a time) give the same matrix.
+        net, wv, bv = dense.network, dense.weight_var, dense.bias_var
+        tiled = architecture_matrix(net, x, x, wv, bv, dense.ntk, symmetric=True,
+                                    budget=3 * net.entries_per_pair * 8 * 8)
+        torch.testing.assert_close(tiled, k, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["dense", "lazy"])
+def test_gradients_finite_at_duplicate_zero_and_antiparallel_inputs(backend):
+    kernel = NTKKernel.from_module(pooled(), SHAPE, backend=backend).double()
+    x = points().requires_grad_(True)
+    rhs = torch.randn(7, 1, dtype=torch.float64)
+    loss = (kernel(x) @ rhs).sum() + kernel(x, diag=True).sum()
+    loss.backward()
+    for g in (x.grad, kernel.raw_weight_var.grad, kernel.raw_bias_var.grad):
+        assert g is not None and torch.isfinite(g).all()
+
+
+def test_lazy_gradients_equal_dense_gradients():
+    grads = []
+    for backend in ("dense", "lazy"):
+        kernel = NTKKernel.from_module(flattened(), SHAPE, backend=backend).double()
+        x = points(6, seed=3).requires_grad_(True)
+        rhs = torch.randn(6, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        (kernel(x) @ rhs).pow(2).sum().backward()
+        grads.append((x.grad, kernel.raw_weight_var.grad, kernel.raw_bias_var.grad))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+def test_gradcheck_variances_and_inputs():
+    network = network_from_module(flattened(), SHAPE, per_layer=True)
+    x = torch.randn(3, 36, dtype=torch.float64, requires_grad=True)
+    wv = torch.tensor([1.3, 2.0, 0.7], dtype=torch.float64, requires_grad=True)
+    bv = torch.tensor([0.1, 0.3, 0.2], dtype=torch.float64, requires_grad=True)
+
+    def f(x, wv, bv):
+        return architecture_matrix(network, x, x.flip(0), wv, bv, ntk=True)
+
+    assert torch.autograd.gradcheck(f, (x, wv, bv))
+
+
+def test_per_layer_variances():
+    shared = NNGPKernel.from_module(flattened(), SHAPE, weight_var=1.5, bias_var=0.2).double()
+    per = NNGPKernel.from_module(flattened(), SHAPE, weight_var=1.5, bias_var=0.2, per_layer=True).double()
+    assert per.weight_var.shape == (3,) and shared.weight_var.shape == (1,)
+    x = points()
+    with torch.no_grad():
+        torch.testing.assert_close(per(x).to_dense(), shared(x).to_dense(), rtol=1e-13, atol=1e-13)
+        per.weight_var = torch.tensor([1.5, 1.5, 3.0])
+        assert not torch.allclose(per(x).to_dense(), shared(x).to_dense())
+    with pytest.raises(ValueError, match="weight_var must be one value or 3 values"):
+        per.weight_var = torch.ones(2)
+
+
+@pytest.mark.parametrize("cls", [NNGPKernel, NTKKernel])
+def test_mlp_is_the_fully_connected_kernel(cls):
+    mlp = nn.Sequential(nn.Linear(5, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1))
+    kernel = cls.from_module(mlp, (5,), weight_var=1.7, bias_var=0.3).double()
+    assert type(kernel) is cls and kernel.depth == 2
+    general = ArchitectureKernel(network_from_module(mlp, (5,)), ntk=cls is NTKKernel, weight_var=1.7,
+                                 bias_var=0.3).double()
+    x = torch.randn(6, 5, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(general(x).to_dense(), kernel(x).to_dense(), rtol=1e-12, atol=1e-12)
+    # Without a bias somewhere it is no longer NNGPKernel's network, and stays an ArchitectureKernel.
+    mlp[2].bias = None
+    assert isinstance(cls.from_module(mlp, (5,)), ArchitectureKernel)
+
+
+def test_exact_gp_training_step_and_batch_shape():
+    x, y = points(12, seed=4), torch.randn(12, dtype=torch.float64)
+
+    class GP(gpytorch.models.ExactGP):
+        def __init__(self):
+            likelihood = gpytorch.likelihoods.GaussianLikelihood()
+            super().__init__(x, y, likelihood)
+            self.mean_module = gpytorch.means.ZeroMean()
+            self.covar_module = gpytorch.kernels.ScaleKernel(NNGPKernel.from_module(pooled(), SHAPE))
+
+        def forward(self, z):
+            return gpytorch.distributions.MultivariateNormal(self.mean_module(z), self.covar_module(z))
+
+    model = GP().double()
+    mll = gpytorch.mlls.ExactMarginalLogLikelihood(model.likelihood, model)
+    model.train()
+    loss = -mll(model(x), y)
+    loss.backward()
+    assert torch.isfinite(model.covar_module.base_kernel.raw_weight_var.grad).all()
+    model.eval()
+    with torch.no_grad():
+        pred = model.likelihood(model(points(5, seed=5)))
+    assert torch.isfinite(pred.mean).all() and (pred.variance > 0).all()
+
+    batched = NNGPKernel.from_module(flattened(), SHAPE, batch_shape=torch.Size([2])).double()
+    batched.weight_var = torch.tensor([[1.0], [2.0]])
+    with torch.no_grad():
+        k = batched(x).to_dense()
+        single = NNGPKernel.from_module(flattened(), SHAPE, weight_var=2.0).double()(x).to_dense()
+    assert k.shape == (2, 12, 12)
+    torch.testing.assert_close(k[1], single)
+
+
+# -- errors --------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("module, shape, match", [
+    (nn.Sequential(nn.Conv2d(1, 4, 3), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4, 1)), SHAPE,
+     r"1 \(MaxPool2d\) has no infinite-width Gaussian limit.*nn.AvgPool"),
+    (nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 1)), SHAPE,
+     "BatchNorm2d.*LayerNorm"),
+    (nn.Sequential(nn.Conv2d(1, 4, 3), nn.Dropout(0.1), nn.Flatten(), nn.Linear(4, 1)), SHAPE, "Dropout.*remove"),
+    (nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4, 1), nn.Softmax(-1)), SHAPE, "Softmax.*not supported"),
+    (nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, padding_mode="reflect"), nn.Flatten(), nn.Linear(4, 1)), SHAPE,
+     "padding_mode='reflect'.*'zeros' or 'circular'"),
+    (nn.Sequential(nn.Conv2d(1, 4, 3, dilation=2), nn.Flatten(), nn.Linear(4, 1)), SHAPE, "dilation"),
+    (nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU()), SHAPE, "output still has spatial shape 4x4.*readout"),
+    (nn.Sequential(nn.Conv2d(1, 4, 3), nn.Linear(4, 1)), SHAPE, r"1 \(Linear\): a dense layer needs a flat input"),
+    (nn.Sequential(nn.Conv1d(1, 4, 3), nn.Flatten(), nn.Linear(4, 1)), SHAPE, "1-d convolution got .* 6x6"),
+    (nn.Sequential(nn.Conv2d(1, 4, 7), nn.Flatten(), nn.Linear(4, 1)), SHAPE, "kernel size 7 .* does not fit"),
+    (nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.LayerNorm([4, 4, 4], elementwise_affine=False), nn.Flatten(),
+                   nn.Linear(4, 1)), SHAPE, "LayerNorm has an infinite-width limit only on Gaussian inputs"),
+    (nn.Sequential(nn.Conv2d(1, 4, 3), nn.LayerNorm([4, 4, 4]), nn.Flatten(), nn.Linear(4, 1)), SHAPE,
+     "elementwise_affine=True"),
+    (nn.Sequential(nn.Conv2d(1, 4, 3), nn.LayerNorm([4], elementwise_affine=False), nn.Flatten(), nn.Linear(4, 1)),
+     SHAPE, "must normalize over all features"),
+    (nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), Residual(nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU())),
+                   nn.Flatten(), nn.Linear(4, 1)), SHAPE, "residual branch must end in a Linear or Conv"),
+    (nn.Sequential(nn.Conv2d(1, 4, 3), Residual(nn.Conv2d(4, 4, 3)), nn.Flatten(), nn.Linear(4, 1)), SHAPE,
+     "residual branch must keep the spatial shape"),
+    (nn.Sequential(nn.ReLU(), nn.Flatten()), SHAPE, "no Linear or Conv layer"),
+    (flattened(), (1, 0, 6), "input_shape must be"),
+    (nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(4, 1)), SHAPE, "only output_size=1"),
+])
+def test_unsupported_modules_and_shapes_are_named(module, shape, match):
+    with pytest.raises(ValueError, match=match):
+        NNGPKernel.from_module(module, shape)
+
+
+def test_bad_inputs_are_named():
+    kernel = NNGPKernel.from_module(flattened(), SHAPE)
+    with pytest.raises(ValueError, match=r"x1 must have shape \(\.\.\., n, 36\) for input_shape \(1, 6, 6\)"):
+        kernel(torch.randn(4, 35))
+    with pytest.raises(ValueError, match="x2 must have shape"):
+        kernel(torch.randn(4, 36), torch.randn(3, 49))
+    x = torch.randn(4, 36)
+    x[1, 3] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        kernel(x).to_dense()
+    with pytest.raises(ValueError, match="weight_var"):
+        NNGPKernel.from_module(flattened(), SHAPE, weight_var=-1.0)
+    with pytest.raises(ValueError, match="backend must be one of 'auto', 'dense', 'lazy' for architecture kernels"):
+        NNGPKernel.from_module(flattened(), SHAPE, backend="keops")
+    with pytest.raises(TypeError, match="input_shape must be a tuple of ints"):
+        NNGPKernel.from_module(flattened(), 36)
+    with pytest.raises(TypeError, match="must be a torch.nn.Module"):
+        NNGPKernel.from_module(lambda x: x, SHAPE)

@@ -1,0 +1,105 @@
+"""Finite-width torch CNNs, initialized from the prior, converge to the architecture kernels.
+
+The modules are the same nn.Module objects a user passes to from_module, at 256 channels, with weights
+N(0, weight_var / fan_in) and biases N(0, bias_var) (torch's standard parametrization). Over M draws we average
+  - the NNGP estimate weight_var <h(x), h(x')> / fan_in + bias_var, with h the input of the final Linear layer (the
+    exact covariance of the readout given h, so only the layers below it are sampled), and
+  - the empirical NTK of the NTK parametrization, sum over parameters p of var(p) df/dp df/dp^T with var(p) the prior
+    variance of p (each weight tensor's Jacobian scaled by weight_var / fan_in, each bias's by bias_var), from
+    torch.func.jacrev.
+The tolerance is four standard errors of the mean over draws (floor 2%), as in test_monte_carlo.py.
+"""
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, jacrev
+
+from gpytorch_nngp import NNGPKernel, NTKKernel, Residual
+
+WIDTH = 256
+WV, BV = 1.6, 0.2
+
+
+def networks():
+    c = WIDTH
+    return {
+        "flatten": (nn.Sequential(nn.Conv2d(1, c, 3, padding=1), nn.ReLU(), nn.Conv2d(c, c, 3, padding=1), nn.ReLU(),
+                                  nn.Flatten(), nn.Linear(c * 25, 1)), (1, 5, 5)),
+        "pool_residual_layernorm": (nn.Sequential(
+            nn.Conv2d(2, c, 3, padding=1), Residual(nn.Sequential(nn.ReLU(), nn.Conv2d(c, c, 3, padding=1))),
+            nn.LayerNorm([c, 4, 4], elementwise_affine=False), nn.ReLU(), nn.AvgPool2d(2),
+            nn.Conv2d(c, c, 2, padding=1, padding_mode="circular"), nn.Tanh(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Linear(c, 1)), (2, 4, 4)),
+        "conv1d": (nn.Sequential(nn.Conv1d(3, c, 3, stride=2), nn.ReLU(), nn.Conv1d(c, c, 3, padding="same"),
+                                 nn.GELU(), nn.Flatten(), nn.Linear(c * 3, 1)), (3, 7)),
+    }
+
+
+def prior_variances(module):
+    """Each parameter's prior variance: weight_var / fan_in for weights, bias_var for biases."""
+    out = {}
+    for name, sub in module.named_modules():
+        if isinstance(sub, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+            fan_in = sub.weight[0].numel()
+            out[f"{name}.weight" if name else "weight"] = WV / fan_in
+            out[f"{name}.bias" if name else "bias"] = BV
+    return out
+
+
+def draw(module, gen):
+    variances = prior_variances(module)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * math.sqrt(variances[name]))
+    return variances
+
+
+def inputs(shape):
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(5, math.prod(shape), generator=gen, dtype=torch.float64)
+    x[4] = -0.5 * x[0]  # antiparallel
+    return x
+
+
+def _assert_converged(samples, ref):
+    err = (torch.linalg.norm(samples.mean(0) - ref) / torch.linalg.norm(ref)).item()
+    stderr = (torch.linalg.norm(samples.std(0)) / math.sqrt(len(samples)) / torch.linalg.norm(ref)).item()
+    assert err < max(4 * stderr, 0.02), f"relative Frobenius error {err:.4f}, standard error {stderr:.4f}"
+
+
+@pytest.mark.parametrize("name", sorted(networks()))
+def test_cnn_nngp_converges(name):
+    module, shape = networks()[name]
+    module = module.double()
+    x = inputs(shape)
+    batch = x.reshape(len(x), *shape)
+    gen = torch.Generator().manual_seed(1)
+    samples = []
+    for _ in range(24):
+        draw(module, gen)
+        with torch.no_grad():
+            h = module[:-1](batch).reshape(len(x), -1)
+        samples.append(WV * h @ h.T / h.shape[1] + BV)
+    kernel = NNGPKernel.from_module(module, shape, weight_var=WV, bias_var=BV).double()
+    with torch.no_grad():
+        _assert_converged(torch.stack(samples), kernel(x).to_dense())
+
+
+@pytest.mark.parametrize("name", ["flatten", "pool_residual_layernorm"])
+def test_cnn_empirical_ntk_converges(name):
+    module, shape = networks()[name]
+    module = module.double()
+    x = inputs(shape)
+    batch = x.reshape(len(x), *shape)
+    gen = torch.Generator().manual_seed(2)
+    samples = []
+    for _ in range(6):
+        variances = draw(module, gen)
+        params = {k: v.detach() for k, v in module.named_parameters()}
+        jac = jacrev(lambda p: functional_call(module, p, (batch,)).squeeze(-1))(params)
+        samples.append(sum(variances[k] * j.reshape(len(x), -1) @ j.reshape(len(x), -1).T for k, j in jac.items()))
+    kernel = NTKKernel.from_module(module, shape, weight_var=WV, bias_var=BV).double()
+    with torch.no_grad():
+        _assert_converged(torch.stack(samples), kernel(x).to_dense())
