@@ -204,3 +204,15 @@ def test_bad_inputs_are_named():
         NNGPKernel.from_module(flattened(), 36)
     with pytest.raises(TypeError, match="must be a torch.nn.Module"):
         NNGPKernel.from_module(lambda x: x, SHAPE)
+
+
+@pytest.mark.parametrize("make", [pooled, flattened])
+def test_inplace_inference_equals_autograd_path(make):
+    """Without autograd the tiles recycle buffers and update in place; with it they do not: same values."""
+    kernel = NTKKernel.from_module(make(), SHAPE, backend="dense").double()
+    x = points()
+    with torch.no_grad():
+        fast = kernel(x).to_dense()
+    graph = kernel(x).to_dense()
+    assert graph.requires_grad
+    torch.testing.assert_close(fast, graph.detach(), rtol=1e-13, atol=1e-13)

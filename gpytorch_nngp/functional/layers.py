@@ -41,7 +41,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .activations import Activation
+from .activations import ABReLU, Activation
+from .safe_math import abrelu_dual_into
 
 
 @dataclass(frozen=True)
@@ -73,13 +74,39 @@ class _Run:
     lead: point axes of the state (2 for a matrix, 1 for paired inputs).
     variances: None to read each layer's variances off the state itself and record them in `recorded` (a point with
         itself), else two dicts layer key -> (..., n, *spatial) and (..., m, *spatial) from earlier such runs.
+    workspace: a list of free tensors, given by evaluation code that needs no autograd: layers may then update their
+        own intermediates in place, take buffers from it (`empty`) and give back what they no longer need
+        (`release`). Fresh allocations of large tensors cost as much on a CPU as several arithmetic passes.
     """
 
-    def __init__(self, weight_var, bias_var, lead: int, ntk: bool, variances=None):
+    def __init__(self, weight_var, bias_var, lead: int, ntk: bool, variances=None, workspace: Optional[list] = None):
         self.weight_var, self.bias_var = weight_var, bias_var
         self.lead, self.ntk = lead, ntk
         self.variances = variances
         self.recorded: Dict[int, torch.Tensor] = {}
+        self.workspace = workspace
+        self.protected: set = set()  # ids of states still needed elsewhere (a residual's skip path)
+
+    @property
+    def inplace(self) -> bool:
+        return self.workspace is not None
+
+    def empty(self, shape, like: torch.Tensor) -> torch.Tensor:
+        """A tensor of `shape` (contents undefined): from the workspace if one fits, else new."""
+        shape = torch.Size(shape)
+        if self.workspace:
+            for i, t in enumerate(self.workspace):
+                if t.shape == shape and t.dtype == like.dtype and t.device == like.device:
+                    return self.workspace.pop(i)
+        return torch.empty(shape, dtype=like.dtype, device=like.device)
+
+    def release(self, *tensors) -> None:
+        """Gives tensors this layer created and no longer needs back to the workspace (no-op with autograd)."""
+        if self.workspace is None:
+            return
+        for t in tensors:
+            if t is not None and id(t) not in self.protected and t.is_contiguous() and t._base is None:
+                self.workspace.append(t)
 
     def parameter(self, values: torch.Tensor, index: int, geometry: Geometry) -> torch.Tensor:
         """The variance of parameterized layer `index`, shaped to broadcast against a state of that geometry."""
@@ -145,24 +172,48 @@ def _pad(x: torch.Tensor, dim: int, lo: int, hi: int, circular: bool) -> torch.T
 
 
 def stencil(x: torch.Tensor, dims: Sequence[int], taps: int, stride: int, lo: int, hi: int,
-            circular: bool = False) -> torch.Tensor:
+            circular: bool = False, normalize: bool = True, run: Optional[_Run] = None) -> torch.Tensor:
     """(1 / taps) sum_{t < taps} x[.., o * stride + t - lo, ..] along all `dims` at once (the same shift on each).
 
     One conv or pooling window along one spatial axis: on the pair axes (h, h') together for a conv, on one of
     them for average pooling. dims are negative axis numbers; out-of-range indices read zero (or wrap, circular).
+    normalize=False leaves out the 1 / taps; run: where the output buffer comes from (a workspace, without autograd).
     """
+    size = x.shape[dims[0]]
+    out_len = _window_out(size, taps, stride, lo, hi)
+    if stride == 1 and not circular:
+        # Zero padding, stride 1: each tap adds a shifted slice where it lands inside x (no padded copy of x).
+        # Start from a tap that covers every output (the centre tap of "same", any tap of "valid").
+        shifts = [t - lo for t in range(taps)]
+        cover = [d for d in shifts if d >= 0 and out_len + d <= size]
+        if cover:
+            first = x[_slices(x.dim(), dims, cover[0], cover[0] + out_len)]
+            total = run.empty(first.shape, x).copy_(first) if run is not None and run.inplace else first.clone()
+            shifts.remove(cover[0])
+        else:
+            shape = list(x.shape)
+            for d in dims:
+                shape[d] = out_len
+            total = x.new_zeros(shape)
+        for d in shifts:
+            first, last = max(0, -d), min(out_len, size - d)  # outputs o with 0 <= o + d < size
+            if first < last:
+                total[_slices(x.dim(), dims, first, last)] += x[_slices(x.dim(), dims, first + d, last + d)]
+        return total.mul_(1.0 / taps) if normalize else total
     for d in dims:
         x = _pad(x, d, lo, hi, circular)
-    length = x.shape[dims[0]] - taps + 1
-    out_len = (length - 1) // stride + 1
     total = None
     for t in range(taps):
-        index = [slice(None)] * x.dim()
-        for d in dims:
-            index[d] = slice(t, t + (out_len - 1) * stride + 1, stride)
-        part = x[tuple(index)]
+        part = x[_slices(x.dim(), dims, t, t + (out_len - 1) * stride + 1, stride)]
         total = part.clone() if total is None else total.add_(part)
-    return total.mul_(1.0 / taps)
+    return total.mul_(1.0 / taps) if normalize else total
+
+
+def _slices(ndim: int, dims: Sequence[int], start: int, stop: int, step: int = 1):
+    index = [slice(None)] * ndim
+    for d in dims:
+        index[d] = slice(start, stop, step)
+    return tuple(index)
 
 
 def _window_out(size: int, taps: int, stride: int, lo: int, hi: int) -> int:
@@ -248,22 +299,39 @@ class Conv(Layer):
             sizes.append(out)
         return Geometry(tuple(sizes), geometry.full, gaussian=True)
 
-    def _spatial(self, x, geometry):
+    def _spatial(self, x, geometry, run):
+        """The stencil sum (without 1 / taps) along every axis; intermediates go back to the workspace."""
         nd = len(geometry.spatial)
         for a, (k, s, (lo, hi)) in enumerate(zip(self.kernel_size, self.stride, self.padding)):
             if k == 1 and s == 1 and lo == hi == 0:
                 continue
             dims = (-2 * (nd - a), -2 * (nd - a) + 1) if geometry.full else (-(nd - a),)
-            x = stencil(x, dims, k, s, lo, hi, self.circular)
+            out = stencil(x, dims, k, s, lo, hi, self.circular, normalize=False, run=run)
+            if a:
+                run.release(x)  # an intermediate of this layer
+            x = out
         return x
 
     def apply(self, cov, theta, run):
-        w = run.parameter(run.weight_var, self.index, self.input)
-        out = w * self._spatial(cov, self.input)
-        if self.bias:
-            out = out + run.parameter(run.bias_var, self.index, self.input)
+        w = run.parameter(run.weight_var, self.index, self.input) / math.prod(self.kernel_size)
+        b = run.parameter(run.bias_var, self.index, self.input) if self.bias else None
+        summed = self._spatial(cov, self.input, run)
+        inplace = run.inplace and torch.broadcast_shapes(summed.shape, w.shape) == summed.shape
+        if inplace and summed is not cov:
+            out = summed.mul_(w) if b is None else summed.mul_(w).add_(b)
+        else:
+            out = w * summed if b is None else w * summed + b
         if run.ntk:
-            theta = out if theta is None else out + w * self._spatial(theta, self.input)
+            if theta is None:
+                theta = out.clone()
+            else:
+                spread = self._spatial(theta, self.input, run)
+                if inplace and spread is not theta:
+                    run.release(theta)
+                    theta = spread.mul_(w).add_(out)
+                else:
+                    theta = out + w * spread
+        run.release(cov)
         return out, theta
 
     def describe(self):
@@ -360,9 +428,16 @@ class Nonlinearity(Layer):
 
     def apply(self, cov, theta, run):
         v1, v2 = run.point_variances(self.key, cov, self.input)
-        f, fdot = self.activation.dual(cov, layout(v1, self.input, 0), layout(v2, self.input, 1),
-                                       ntk=theta is not None)
-        return f, None if theta is None else fdot * theta
+        k11, k22 = layout(v1, self.input, 0), layout(v2, self.input, 1)
+        if run.inplace and isinstance(self.activation, ABReLU):
+            f, fdot = abrelu_dual_into(cov, k11, k22, self.activation.a, self.activation.b,
+                                       [run.empty(cov.shape, cov), run.empty(cov.shape, cov)])
+        else:
+            f, fdot = self.activation.dual(cov, k11, k22, ntk=theta is not None)
+        if theta is not None:
+            theta = theta.mul_(fdot) if run.inplace and id(theta) not in run.protected else fdot * theta
+        run.release(cov, fdot if run.inplace and isinstance(self.activation, ABReLU) else None)
+        return f, theta
 
     def describe(self):
         return repr(self.activation)
@@ -422,11 +497,19 @@ class Residual(Layer):
 
     def apply(self, cov, theta, run):
         b_cov, b_theta = cov, theta
+        added = {id(t) for t in (cov, theta) if t is not None} - run.protected
+        run.protected |= added  # the skip path still needs them
         for layer in self.branch:
             b_cov, b_theta = layer.apply(b_cov, b_theta, run)
-        if theta is None:
-            return cov + b_cov, b_theta
-        return cov + b_cov, theta + b_theta
+        run.protected -= added
+        if run.inplace:
+            out = b_cov.add_(cov)
+            run.release(cov)
+            if theta is not None:
+                b_theta = b_theta.add_(theta)
+                run.release(theta)
+            return out, b_theta
+        return cov + b_cov, (b_theta if theta is None else theta + b_theta)
 
 
 def _needs_full(layers: Sequence[Layer]) -> bool:
@@ -502,7 +585,9 @@ class Network:
             spec = f"...nc{s1},...mc{s2}->...nm{out}"
         else:
             spec = f"...nc{s1},...nc{s2}->...n{out}"
-        return torch.einsum(spec, a, b) / self.channels
+        # Contiguous: layers then see the same memory layout for a kernel matrix and for a diagonal, so that
+        # reductions (flatten, pooling) add in the same order and diag=True is the matrix diagonal to the bit.
+        return (torch.einsum(spec, a, b) / self.channels).contiguous()
 
     def propagate(self, cov: torch.Tensor, run: _Run):
         """Runs every layer on an input state; returns (cov, theta) of the output, flat: (..., n, m) or (..., n)."""
@@ -519,11 +604,13 @@ class Network:
         self.propagate(self.input_state(x, x, lead=1), run)
         return run.recorded
 
-    def matrix(self, x1, x2, weight_var, bias_var, ntk: bool, variances, same_points: Optional[Tuple[int, int]] = None):
+    def matrix(self, x1, x2, weight_var, bias_var, ntk: bool, variances, same_points: Optional[Tuple[int, int]] = None,
+               workspace: Optional[list] = None):
         """Kernel entries k(x1_i, x2_j), (..., n, m), given both sides' variances (from `variances`).
 
         same_points: (r, c) when x1 are rows r.. and x2 rows c.. of one point set: entries of a point with itself
         start from the same input state as the variances did, so that their correlation is 1 to the last bit.
+        workspace: free tensors for an evaluation without autograd (see _Run); refilled with this call's buffers.
         """
         cov = self.input_state(x1, x2, lead=2)
         if same_points is not None:
@@ -536,7 +623,7 @@ class Network:
                 own = self.input_state(x1[..., rows - r, :], x1[..., rows - r, :], lead=1)
                 cov = cov.clone() if cov.requires_grad else cov
                 cov[(Ellipsis, rows - r, rows - c) + tail] = own
-        run = _Run(weight_var, bias_var, lead=2, ntk=ntk, variances=variances)
+        run = _Run(weight_var, bias_var, lead=2, ntk=ntk, variances=variances, workspace=workspace)
         k, theta = self.propagate(cov, run)
         return theta if ntk else k
 
