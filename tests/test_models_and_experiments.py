@@ -153,3 +153,14 @@ def test_finite_width_command(tmp_path, dataset):
     assert wide["rms_to_nngp_mean"] < narrow["rms_to_nngp_mean"]  # wider networks end closer to the NNGP
     assert wide["accuracy"] > 0.7
     assert_drawn(tmp_path / "fw.png")
+
+
+def test_command_line_cnn_architecture(tmp_path, capsys):
+    """classify --architecture cnn: the CNN-GP of --depth conv layers, recorded in the JSON and the table."""
+    out = tmp_path / "results.json"
+    experiments_main(["classify", "--dataset", "digits", "--architecture", "cnn", "--readout", "flatten",
+                      "--n-train", "200", "--depth", "2", "--bias-var", "0.1", "--no-progress", "--out", str(out)])
+    results = json.loads(out.read_text())
+    assert results["architecture"] == "cnn" and results["readout"] == "flatten"
+    assert "cnn-flatten" in capsys.readouterr().out
+    assert results["accuracy"] > 0.9

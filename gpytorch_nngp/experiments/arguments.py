@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-from .. import NNGPKernel, NTKKernel
+import torch
+
+from .. import Elementwise, NNGPKernel, NTKKernel
 from ..models import DATASETS
 
 
@@ -28,9 +30,37 @@ def add_network_arguments(parser: argparse.ArgumentParser, variances: bool = Tru
         parser.add_argument("--kernel", choices=("nngp", "ntk"), default="nngp", help="network kernel")
 
 
+def add_architecture_arguments(parser: argparse.ArgumentParser) -> None:
+    """--architecture (mlp, or cnn: --depth 3x3 "same" conv layers) and --readout (flatten or global average pool)."""
+    parser.add_argument("--architecture", choices=("mlp", "cnn"), default="mlp",
+                        help="fully connected network, or --depth 3x3 'same' convolutions on the images")
+    parser.add_argument("--readout", choices=("flatten", "gap"), default="flatten",
+                        help="cnn readout: flatten + dense (O(P) per pair), or global average pooling + dense "
+                             "(O(P^2) per pair: fine on 8x8 digits, hours on 28x28 MNIST on a CPU)")
+
+
+IMAGE_SHAPES = {"digits": (1, 8, 8), "mnist5k": (1, 28, 28)}
+
+
+def cnn_module(depth: int, readout: str, activation: torch.nn.Module = None, channels: int = 32) -> torch.nn.Module:
+    """The torch CNN of --architecture cnn: `depth` 3x3 'same' conv layers with `activation` (ReLU), a readout
+    (flatten, or global average pooling) and a dense output; `channels` only matters for a finite network."""
+    layers = []
+    for i in range(depth):
+        layers += [torch.nn.Conv2d(1 if i == 0 else channels, channels, 3, padding=1),
+                   activation if activation is not None else torch.nn.ReLU()]
+    layers += [torch.nn.Flatten()] if readout == "flatten" else [torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()]
+    return torch.nn.Sequential(*layers, torch.nn.LazyLinear(10))
+
+
 def network_kernel(args, weight_var: float, bias_var: float, activation="relu"):
-    """The float64 NNGPKernel or NTKKernel (--kernel) of --depth hidden layers that add_network_arguments describes."""
+    """The float64 NNGP or NTK kernel (--kernel) that add_network_arguments (and add_architecture_arguments, when
+    the parser has them) describe: --depth hidden layers of an MLP, or --depth conv layers of a CNN."""
     cls = NTKKernel if args.kernel == "ntk" else NNGPKernel
+    if getattr(args, "architecture", "mlp") == "cnn":
+        act = Elementwise(activation)
+        return cls.from_module(cnn_module(args.depth, args.readout, act), IMAGE_SHAPES[args.dataset],
+                               weight_var=weight_var, bias_var=bias_var).double()
     return cls(args.depth, activation, weight_var=weight_var, bias_var=bias_var).double()
 
 

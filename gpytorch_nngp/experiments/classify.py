@@ -1,8 +1,12 @@
 """Classification experiments: exact NNGP regression-on-labels (the paper) or an SVGP with a softmax likelihood.
 
     python -m gpytorch_nngp.experiments classify --dataset {mnist5k,digits} --model {exact,svgp} --n-train N
-        --seed S [--kernel nngp|ntk] [--depth L --weight-var V --bias-var B] [--learn-hyperparameters]
+        --seed S [--kernel nngp|ntk] [--architecture mlp|cnn --readout flatten|gap]
+        [--depth L --weight-var V --bias-var B] [--learn-hyperparameters]
         [--inducing M --epochs E --lr A --ngd-lr G] --out results.json
+
+--architecture cnn is the CNN-GP of --depth 3x3 "same" conv layers on the images (Novak et al. 2019), with a flatten
+or a global-average-pooling readout (--readout).
 
 It prints a table and writes JSON with accuracy, nll, seconds and the hyperparameters used (after learning, when
 learned). nll is per test point: for "exact" the Gaussian NLL of the shifted one-hot targets (the paper's
@@ -18,13 +22,20 @@ import torch
 
 from ..models import ExactNNGPClassifier, SVGPClassifier, load_dataset, train_svgp
 from ..models.svgp import SCHEDULES
-from .arguments import add_data_arguments, add_network_arguments, add_progress_argument, network_kernel
+from .arguments import (
+    add_architecture_arguments,
+    add_data_arguments,
+    add_network_arguments,
+    add_progress_argument,
+    network_kernel,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser)
     parser.add_argument("--model", choices=("exact", "svgp"), default="exact", help="exact GP (the paper) or SVGP")
     add_network_arguments(parser)
+    add_architecture_arguments(parser)
     parser.add_argument("--activation", default="relu", help="activation name")
     parser.add_argument("--learn-hyperparameters", action="store_true",
                         help="exact: maximize the marginal likelihood over weight_var, bias_var and the noise "
@@ -78,7 +89,8 @@ def run_classification(args) -> dict:
         extra["outputscale"] = model.covar_module.outputscale.item()
     seconds = time.perf_counter() - start
     results = {
-        "dataset": args.dataset, "model": args.model, "kernel": args.kernel, "n_train": int(x.shape[0]),
+        "dataset": args.dataset, "model": args.model, "kernel": args.kernel, "architecture": args.architecture,
+        "readout": args.readout if args.architecture == "cnn" else None, "n_train": int(x.shape[0]),
         "n_test": int(x_test.shape[0]), "seed": args.seed,
         "accuracy": (predictions == y_test).double().mean().item(), "nll": nll, "nll_kind": nll_kind,
         "seconds": seconds,
@@ -91,9 +103,10 @@ def run_classification(args) -> dict:
 
 def print_table(results: dict) -> None:
     h = results["hyperparameters"]
-    print(f"{'dataset':8s} {'model':6s} {'kernel':6s} {'n_train':>7s} {'accuracy':>9s} {'nll':>9s} {'seconds':>8s} "
-          f"{'depth':>5s} {'weight_var':>10s} {'bias_var':>9s}")
-    print(f"{results['dataset']:8s} {results['model']:6s} {results['kernel']:6s} {results['n_train']:7d} "
+    arch = results["architecture"] + (f"-{results['readout']}" if results.get("readout") else "")
+    print(f"{'dataset':8s} {'model':6s} {'kernel':6s} {'network':12s} {'n_train':>7s} {'accuracy':>9s} {'nll':>9s} "
+          f"{'seconds':>8s} {'depth':>5s} {'weight_var':>10s} {'bias_var':>9s}")
+    print(f"{results['dataset']:8s} {results['model']:6s} {results['kernel']:6s} {arch:12s} {results['n_train']:7d} "
           f"{results['accuracy']:9.4f} {results['nll']:9.4f} {results['seconds']:8.1f} {h['depth']:5d} "
           f"{h['weight_var']:10.4f} {h['bias_var']:9.4f}")
 
