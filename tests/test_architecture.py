@@ -216,3 +216,30 @@ def test_inplace_inference_equals_autograd_path(make):
     graph = kernel(x).to_dense()
     assert graph.requires_grad
     torch.testing.assert_close(fast, graph.detach(), rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("backend", ["dense", "lazy"])
+def test_expanded_batch_is_evaluated_once(backend, monkeypatch):
+    """Inputs repeated along a batch dimension (stride 0, as GPyTorch's variational strategies pass them) give the
+    repeated matrix, computed once rather than once per batch member."""
+    kernel = NNGPKernel.from_module(flattened(), SHAPE, backend=backend).double()
+    x = points()
+    calls = []
+    network = kernel.network
+    original = network.matrix
+    monkeypatch.setattr(network, "matrix", lambda x1, *a, **k: calls.append(x1.shape) or original(x1, *a, **k))
+    with torch.no_grad():
+        single = kernel(x).to_dense()
+        calls.clear()
+        repeated = kernel(x.expand(10, *x.shape)).to_dense()
+        diag = kernel(x.expand(10, *x.shape), diag=True)
+    assert repeated.shape == (10, 7, 7) and diag.shape == (10, 7)
+    torch.testing.assert_close(repeated, single.expand(10, 7, 7))
+    torch.testing.assert_close(diag, single.diagonal().expand(10, 7))
+    assert calls and all(len(shape) == 2 or shape[0] == 1 for shape in calls)  # never 10 evaluations
+    # Real copies that need no gradient are recognized by value (GPyTorch's variational strategies make them).
+    calls.clear()
+    with torch.no_grad():
+        copies = kernel.forward(x.repeat(10, 1, 1), x.repeat(10, 1, 1))
+    torch.testing.assert_close(copies.to_dense(), single.expand(10, 7, 7))
+    assert calls and all(len(shape) == 2 or shape[0] == 1 for shape in calls)

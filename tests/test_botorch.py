@@ -48,6 +48,10 @@ KERNELS = {  # covariance modules as a user writes them
     "nngp_unscaled": lambda: NNGPKernel(3, "relu"),  # what the README advises for ReLU: weight_var is the scale
     "ntk": lambda: ScaleKernel(NTKKernel(2, "erf")),
     "finite_ntk": lambda: ScaleKernel(finite_ntk_kernel()),
+    # the 3 inputs as a 1-channel sequence: a circular 1-D CNN built from torch modules (b x q x d batches)
+    "cnn_from_module": lambda: ScaleKernel(NNGPKernel.from_module(torch.nn.Sequential(
+        torch.nn.Conv1d(1, 8, 3, padding=1, padding_mode="circular"), torch.nn.ReLU(), torch.nn.Flatten(),
+        torch.nn.Linear(24, 1)), (1, 3))),
 }
 
 

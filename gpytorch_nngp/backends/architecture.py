@@ -137,6 +137,10 @@ class ArchitectureKernelOperator(NetworkKernelOperator):
         return architecture_matrix(self.network, x1[..., start:stop, :], x2, weight_var, bias_var, self.ntk,
                                    symmetric=self.symmetric, row_offset=start, variances=variances)
 
+    def _expand_batch(self, batch_shape):
+        # Repeat this operator (one evaluation) rather than evaluating expanded inputs once per batch member.
+        return LinearOperator._expand_batch(self, batch_shape)
+
     def _diagonal(self) -> torch.Tensor:
         if self.x1.shape[-2] != self.x2.shape[-2]:
             raise RuntimeError("the diagonal of a non-square kernel operator is undefined")

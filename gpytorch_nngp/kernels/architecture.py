@@ -78,6 +78,13 @@ class ArchitectureKernel(NetworkVariances):
             raise ValueError(f"{type(self).__name__} does not support last_dim_is_batch=True (deprecated in "
                              "GPyTorch): the network kernel mixes all input dimensions")
         check_inputs(x1, x2)
+        shared = _shared_batch(x1, x2) if not len(self.batch_shape) else None
+        if shared is not None:
+            # One point set repeated along batch dimensions (GPyTorch's multitask and variational strategies expand
+            # inputs this way): evaluate it once and repeat the result, instead of once per batch member.
+            batch, base1, base2 = shared
+            out = self.forward(base1, base2, diag=diag)
+            return out.expand(*batch, *out.shape[-1 if diag else -2:])
         weight_var, bias_var = self.weight_var, self.bias_var
         same = _one_point_set(x1, x2)
         if diag:
@@ -96,3 +103,22 @@ class ArchitectureKernel(NetworkVariances):
 
     def extra_repr(self) -> str:
         return f"{'NTK' if self.ntk else 'NNGP'}, input_shape={self.network.input_shape}, {self.network.describe()}"
+
+
+def _shared_batch(x1: torch.Tensor, x2: torch.Tensor):
+    """(batch, x1[0..], x2[0..]) when both inputs repeat one (n, F) set along every batch dimension; else None.
+
+    Repeats are recognized by stride 0 (torch.expand) or size 1, and, for inputs that need no gradient, by value
+    (GPyTorch's variational strategies repeat test inputs once per output with real copies). Inputs that need
+    gradients are shared only when expanded, so that each tensor gets its own gradient.
+    """
+    batch = x1.shape[:-2]
+    if not batch or x2.shape[:-2] != batch:
+        return None
+    first = (0,) * len(batch)
+    for x in (x1, x2):
+        if all(stride == 0 or size == 1 for stride, size in zip(x.stride()[:-2], batch)):
+            continue
+        if x.requires_grad or not torch.equal(x, x[first].expand(x.shape)):
+            return None
+    return batch, x1[first], x2[first]
