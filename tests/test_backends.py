@@ -172,3 +172,68 @@ def test_equal_but_separate_inputs_get_their_own_gradients(cls, act, small_block
 
     for got, reference in zip(diagonal_gradients(0.0), diagonal_gradients(1e-9)):
         assert (got - reference).abs().max() <= 1e-6 * reference.abs().max()
+
+
+@pytest.mark.parametrize("cls", [NNGPKernel, NTKKernel])
+@pytest.mark.parametrize("act", ["relu", activations.LeakyReLU(0.2), activations.ABReLU(-0.5, 1.5), "abs"], ids=str)
+@pytest.mark.parametrize("symmetric", [True, False], ids=["symmetric", "cross"])
+def test_forward_mode_variance_gradients_equal_autograd(cls, act, symmetric):
+    """The lazy backward wrt (weight_var, bias_var) alone runs in forward mode (no graph); it equals the block-wise
+    autograd derivative, also with duplicate, zero and antiparallel inputs."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 5, generator=g, dtype=torch.float64)
+    x[3], x[5], x[7] = x[1], 0.0, -x[2]
+    k = cls(3, act, backend="lazy").double()
+    k.weight_var, k.bias_var = 1.7, 0.2
+    op = (k(x) if symmetric else k(x, torch.randn(30, 5, generator=g, dtype=torch.float64))).evaluate_kernel()
+    left = torch.randn(40, 4, generator=g, dtype=torch.float64)
+    right = torch.randn(op.shape[-1], 4, generator=g, dtype=torch.float64)
+    assert op._forward_mode_applies([a.requires_grad for a in op._args])
+    forward_mode = op._bilinear_derivative(left, right)
+    op._forward_mode_applies = lambda wanted: False
+    autograd = op._bilinear_derivative(left, right)
+    for a, b in zip(forward_mode, autograd):
+        assert (a is None) == (b is None)
+        if a is not None:  # NTK, duplicate rows: pairs at c ~ 1 agree to about sqrt(eps) (measured 9e-10)
+            torch.testing.assert_close(a, b, rtol=1e-8, atol=0)
+
+
+def test_marginal_likelihood_step_evaluates_the_matrix_once():
+    """linear_operator rebuilds the operator for its backward pass; the rebuilt one reuses the matrix, and the shared
+    entry goes away with the step's tensors."""
+    import gpytorch
+
+    from gpytorch_nngp.backends import lazy
+
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(300, 4, generator=g), torch.randn(300, generator=g)
+
+    class GP(gpytorch.models.ExactGP):
+        def __init__(self):
+            super().__init__(x, y, gpytorch.likelihoods.GaussianLikelihood())
+            self.cov = gpytorch.kernels.ScaleKernel(NNGPKernel(2, "relu", backend="lazy"))
+
+        def forward(self, a):
+            return gpytorch.distributions.MultivariateNormal(torch.zeros_like(a[:, 0]), self.cov(a))
+
+    model = GP()
+    mll = gpytorch.mlls.ExactMarginalLogLikelihood(model.likelihood, model)
+    model.train()
+    evaluations = []
+    original = lazy.NetworkKernelOperator._rows
+
+    def counting(self, *args, **kwargs):
+        evaluations.append(args[:2])
+        return original(self, *args, **kwargs)
+
+    lazy.NetworkKernelOperator._rows = counting
+    try:
+        with gpytorch.settings.max_cholesky_size(0):
+            loss = -mll(model(x), y)
+            loss.backward()
+    finally:
+        lazy.NetworkKernelOperator._rows = original
+    assert evaluations == [(0, 300)]  # one no-grad evaluation of the 300 x 300 matrix, and none in the backward
+    assert model.cov.base_kernel.raw_weight_var.grad is not None
+    del loss
+    assert not lazy._SHARED_DENSE
