@@ -161,7 +161,7 @@ class NetworkKernelOperator(LinearOperator):
         wanted = [a.requires_grad for a in self._args]
         if not any(wanted):
             return (None,) * len(wanted)
-        if self._forward_mode_applies(wanted):
+        if left_vecs.dim() == 2 and right_vecs.dim() == 2 and self._forward_mode_applies(wanted):
             return self._variance_derivative(left_vecs, right_vecs, wanted)
         leaves = [a.detach().requires_grad_(w) for a, w in zip(self._args, wanted)]
         x1, weight_var, bias_var = leaves[:3]
