@@ -243,3 +243,19 @@ def test_expanded_batch_is_evaluated_once(backend, monkeypatch):
         copies = kernel.forward(x.repeat(10, 1, 1), x.repeat(10, 1, 1))
     torch.testing.assert_close(copies.to_dense(), single.expand(10, 7, 7))
     assert calls and all(len(shape) == 2 or shape[0] == 1 for shape in calls)
+
+
+def test_active_dims_copy_and_pickle():
+    """active_dims selects the image's columns from wider inputs; deep copies and pickles give the same kernel."""
+    import copy
+    import pickle
+
+    kernel = NNGPKernel.from_module(pooled(), SHAPE, active_dims=torch.arange(2, 38)).double()
+    wide = torch.cat([torch.randn(7, 2, dtype=torch.float64), points()], dim=-1)
+    plain = NNGPKernel.from_module(pooled(), SHAPE).double()
+    with torch.no_grad():
+        torch.testing.assert_close(kernel(wide).to_dense(), plain(points()).to_dense())
+        for other in (copy.deepcopy(plain), pickle.loads(pickle.dumps(plain))):
+            torch.testing.assert_close(other(points()).to_dense(), plain(points()).to_dense())
+    with pytest.raises(ValueError, match="after active_dims selects 30 columns"):
+        NNGPKernel.from_module(pooled(), SHAPE, active_dims=torch.arange(30))(torch.randn(3, 40))

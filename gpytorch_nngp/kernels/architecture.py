@@ -63,10 +63,15 @@ class ArchitectureKernel(NetworkVariances):
 
     def __call__(self, x1, x2=None, diag=False, last_dim_is_batch=False, **params):
         for name, x in (("x1", x1), ("x2", x2)):
-            if isinstance(x, torch.Tensor) and (x.dim() < 2 or x.shape[-1] != self.network.features):
+            features = x.shape[-1] if isinstance(x, torch.Tensor) and x.dim() else None
+            if self.active_dims is not None and features is not None:
+                features = len(self.active_dims)  # GPyTorch selects these columns before forward
+            if isinstance(x, torch.Tensor) and (x.dim() < 2 or features != self.network.features):
                 raise ValueError(
                     f"{name} must have shape (..., n, {self.network.features}) for input_shape "
-                    f"{self.network.input_shape} (channel first, flattened), got {tuple(x.shape)}")
+                    f"{self.network.input_shape} (channel first, flattened"
+                    + (f", after active_dims selects {len(self.active_dims)} columns" if self.active_dims is not None
+                       else "") + f"), got {tuple(x.shape)}")
         if isinstance(x1, torch.Tensor) and isinstance(x2, torch.Tensor):
             check_inputs(x1, x2)
         return super().__call__(x1, x2, diag=diag, last_dim_is_batch=last_dim_is_batch, **params)
