@@ -221,11 +221,10 @@ def abrelu_variance_gradients(gram: torch.Tensor, var1: torch.Tensor, var2: torc
         half1, half2 = 0.5 / k11, 0.5 / k22
         ratios = [d11[p] * half1 + d22[p] * half2 for p in range(2)]  # dk11/(2 k11) + dk22/(2 k22), (n, m)
         if ntk:
-            inv_amp_s = torch.where(amp_s > 0, amp / torch.where(amp_s > 0, amp_s, torch.ones_like(amp_s)),
-                                    torch.zeros_like(amp_s))  # amp / s
-            inv_amp_s.mul_(amp)
+            # amp / s, and 0 where s = 0
+            inv_s = torch.where(amp_s > 0, amp_s, math.inf).reciprocal_().mul_(amp * amp)
             # dFdot = -amp dtheta = amp (dk12 - k12 ratio) / s
-            dfdot = [(d12[p] - k12 * ratios[p]).mul_(inv_amp_s) for p in range(2)]
+            dfdot = [torch.addcmul(d12[p], k12, ratios[p], value=-1.0).mul_(inv_s) for p in range(2)]
         df = [ratios[p].mul_(amp_s).addcmul_(fdot, d12[p]) for p in range(2)]
         new_k12 = f.mul(w).add_(bv)
         d12 = [f.add_(df[0], alpha=w), df[1].mul_(w).add_(1.0)]  # d(w F + b)/dw = F + w dF/dw
