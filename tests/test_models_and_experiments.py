@@ -180,3 +180,9 @@ def test_svgp_with_a_cnn_kernel():
     assert not torch.equal(model.variational_strategy.base_variational_strategy.inducing_points, inducing)
     probs = model.predict_proba(x_test[:50], samples=16)
     assert probs.shape == (50, 10) and torch.allclose(probs.sum(-1), torch.ones(50, dtype=probs.dtype))
+
+
+def test_learning_a_cnn_kernel_that_cannot_fit_stops_with_the_numbers():
+    with pytest.raises(SystemExit, match="GB of autograd graph.*--model svgp"):
+        experiments_main(["classify", "--dataset", "digits", "--architecture", "cnn", "--readout", "gap",
+                          "--n-train", "1000", "--learn-hyperparameters", "--no-progress"])

@@ -56,6 +56,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="write the results as JSON here")
 
 
+GRAPH_BYTES_LIMIT = 8 * 2 ** 30
+
+
+def check_graph_memory(kernel, n: int) -> None:
+    """Stop before learning the variances of an architecture kernel through an autograd graph that cannot fit: the
+    exact classifier differentiates through the whole n x n matrix, and a CNN-GP's graph holds about a dozen copies
+    of its n x n x P state per layer. Raises SystemExit with the numbers and what to do instead."""
+    network = getattr(kernel, "network", None)
+    if network is None:
+        return
+    estimate = n * n * network.entries_per_pair * 8 * 12 * len(network.layers)
+    if estimate > GRAPH_BYTES_LIMIT:
+        raise SystemExit(f"--learn-hyperparameters with this CNN-GP on {n} training points needs about "
+                         f"{estimate / 2 ** 30:.0f} GB of autograd graph (n^2 x {network.entries_per_pair} state "
+                         f"entries per pair x {len(network.layers)} layers); use a smaller --n-train, the flatten "
+                         "readout, or --model svgp (minibatches)")
+
+
 def run_classification(args) -> dict:
     torch.manual_seed(args.seed)
     x, y, x_test, y_test = load_dataset(args.dataset, args.n_train, args.seed)
@@ -65,6 +83,7 @@ def run_classification(args) -> dict:
     if args.model == "exact":
         model = ExactNNGPClassifier(kernel)
         if args.learn_hyperparameters:
+            check_graph_memory(kernel, x.shape[0])
             losses = model.learn_hyperparameters(x, y, iters=args.iters, progress=not args.no_progress)
             extra["neg_log_marginal_likelihood"] = [losses[0], losses[-1]]
         model.fit(x, y)
