@@ -172,7 +172,7 @@ def test_svgp_with_a_cnn_kernel():
     from gpytorch_nngp.experiments.arguments import cnn_module
 
     x, y, x_test, _ = load_dataset("digits", 120, seed=2)
-    kernel = NNGPKernel.from_module(cnn_module(2, "flatten"), (1, 8, 8), bias_var=0.1).double()
+    kernel = NNGPKernel.from_module(cnn_module(2, "flatten", 8), (1, 8, 8), bias_var=0.1).double()
     inducing = x[:20].clone()
     model = SVGPClassifier(kernel, inducing, num_classes=10).double()
     history = train_svgp(model, x, y, epochs=3, batch_size=60, lr=0.05, progress=False)

@@ -27,22 +27,10 @@ from torch import nn  # noqa: E402
 
 from gpytorch_nngp import NNGPKernel, NTKKernel  # noqa: E402
 from gpytorch_nngp.dnn2gp import DNN2GP  # noqa: E402
+from gpytorch_nngp.experiments.arguments import cnn_module  # noqa: E402
 from gpytorch_nngp.models import ExactNNGPClassifier, load_dataset  # noqa: E402
 
 WEIGHT_VAR, BIAS_VAR = 2.0, 0.1
-
-
-def cnn(side: int, readout: str, channels: int = 32, depth: int = 3) -> nn.Sequential:
-    """depth 3x3 'same' conv layers with ReLU, a readout, and a 10-way linear output; the kernels ignore
-    `channels` (infinite width), the finite network in part 4 uses it."""
-    layers = []
-    for i in range(depth):
-        layers += [nn.Conv2d(1 if i == 0 else channels, channels, 3, padding=1), nn.ReLU()]
-    if readout == "flatten":
-        layers += [nn.Flatten(), nn.Linear(channels * side * side, 10)]
-    else:
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 10)]
-    return nn.Sequential(*layers)
 
 
 def accuracy(kernel, x, y, x_test, y_test):
@@ -65,9 +53,9 @@ def digits_part(args, report):
     x_test, y_test = x_test[:n_test], y_test[:n_test]
     kernels = {
         "FC NNGP (depth 3)": NNGPKernel(3, "relu", weight_var=WEIGHT_VAR, bias_var=BIAS_VAR).double(),
-        "CNN-GP, flatten": NNGPKernel.from_module(cnn(8, "flatten"), (1, 8, 8), weight_var=WEIGHT_VAR,
+        "CNN-GP, flatten": NNGPKernel.from_module(cnn_module(3, "flatten", 8), (1, 8, 8), weight_var=WEIGHT_VAR,
                                                   bias_var=BIAS_VAR).double(),
-        "CNN-GP, global pool": NNGPKernel.from_module(cnn(8, "gap"), (1, 8, 8), weight_var=WEIGHT_VAR,
+        "CNN-GP, global pool": NNGPKernel.from_module(cnn_module(3, "gap", 8), (1, 8, 8), weight_var=WEIGHT_VAR,
                                                       bias_var=BIAS_VAR).double(),
     }
     results = {}
@@ -123,7 +111,7 @@ def mnist_part(args, report):
     x_test, y_test = x_test[:n_test], y_test[:n_test]
     results = {}
     for name, kernel in (("FC NNGP (depth 3)", NNGPKernel(3, "relu", weight_var=WEIGHT_VAR, bias_var=BIAS_VAR)),
-                         ("CNN-GP, flatten", NNGPKernel.from_module(cnn(28, "flatten"), (1, 28, 28),
+                         ("CNN-GP, flatten", NNGPKernel.from_module(cnn_module(3, "flatten", 28), (1, 28, 28),
                                                                     weight_var=WEIGHT_VAR, bias_var=BIAS_VAR))):
         acc, seconds = accuracy(kernel.double(), x, y, x_test, y_test)
         results[name] = acc
@@ -137,7 +125,7 @@ def one_module_part(args, report):
     x, y, x_test, y_test = load_dataset("digits", n_train, seed=1)
     x_test, y_test = x_test[:n_test], y_test[:n_test]
     torch.manual_seed(0)
-    module = cnn(8, "flatten", channels=16, depth=2).double()
+    module = cnn_module(2, "flatten", 8, channels=16).double()
     out = {}
     for name, cls in (("NNGP", NNGPKernel), ("NTK", NTKKernel)):
         kernel = cls.from_module(module, (1, 8, 8), weight_var=WEIGHT_VAR, bias_var=BIAS_VAR).double()

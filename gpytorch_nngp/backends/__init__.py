@@ -28,7 +28,8 @@ def check_backend(backend) -> str:
     return backend.lower()
 
 
-def resolve_backend(backend: str, x1: torch.Tensor, x2: torch.Tensor, activation=None, batched: bool = False) -> str:
+def resolve_backend(backend: str, x1: torch.Tensor, x2: torch.Tensor, activation=None, batched: bool = False,
+                    entries_per_pair: int = 1) -> str:
     """The backend that evaluates a kernel matrix.
 
     Args:
@@ -36,14 +37,16 @@ def resolve_backend(backend: str, x1: torch.Tensor, x2: torch.Tensor, activation
         x1, x2: (..., n, d), (..., m, d) inputs.
         activation: the kernel's Activation (KeOps has closed forms only).
         batched: the kernel has a batch_shape (KeOps has none).
+        entries_per_pair: state entries a pair of points carries (1 for fully connected networks, P or P^2 for
+            architecture kernels, which have no KeOps formula: pass activation=None).
 
     Returns:
-        "dense", "lazy" or "keops": the one asked for, or for "auto" dense up to DENSE_MAX_ENTRIES = n m, then keops
-        for CUDA tensors with a KeOps formula, else lazy.
+        "dense", "lazy" or "keops": the one asked for, or for "auto" dense up to DENSE_MAX_ENTRIES = n m
+        entries_per_pair, then keops for CUDA tensors with a KeOps formula, else lazy.
     """
     if backend != "auto":
         return backend
-    if x1.shape[-2] * x2.shape[-2] <= DENSE_MAX_ENTRIES:
+    if x1.shape[-2] * x2.shape[-2] * entries_per_pair <= DENSE_MAX_ENTRIES:
         return "dense"
     if x1.is_cuda and KEOPS_AVAILABLE and not batched and activation is not None and keops_supported(activation):
         return "keops"

@@ -42,15 +42,20 @@ def add_architecture_arguments(parser: argparse.ArgumentParser) -> None:
 IMAGE_SHAPES = {"digits": (1, 8, 8), "mnist5k": (1, 28, 28)}
 
 
-def cnn_module(depth: int, readout: str, activation: torch.nn.Module = None, channels: int = 32) -> torch.nn.Module:
-    """The torch CNN of --architecture cnn: `depth` 3x3 'same' conv layers with `activation` (ReLU), a readout
-    (flatten, or global average pooling) and a dense output; `channels` only matters for a finite network."""
+def cnn_module(depth: int, readout: str, side: int, activation: torch.nn.Module = None,
+               channels: int = 32) -> torch.nn.Module:
+    """The torch CNN of --architecture cnn, for 1-channel side x side images: `depth` 3x3 'same' conv layers with
+    `activation` (ReLU), a readout (flatten, or global average pooling) and a 10-way dense output. The kernels
+    ignore `channels` (infinite width); a finite network trained from this module uses it."""
     layers = []
     for i in range(depth):
         layers += [torch.nn.Conv2d(1 if i == 0 else channels, channels, 3, padding=1),
                    activation if activation is not None else torch.nn.ReLU()]
-    layers += [torch.nn.Flatten()] if readout == "flatten" else [torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()]
-    return torch.nn.Sequential(*layers, torch.nn.LazyLinear(10))
+    if readout == "flatten":
+        layers += [torch.nn.Flatten(), torch.nn.Linear(channels * side * side, 10)]
+    else:
+        layers += [torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(channels, 10)]
+    return torch.nn.Sequential(*layers)
 
 
 def network_kernel(args, weight_var: float, bias_var: float, activation="relu"):
@@ -58,9 +63,9 @@ def network_kernel(args, weight_var: float, bias_var: float, activation="relu"):
     the parser has them) describe: --depth hidden layers of an MLP, or --depth conv layers of a CNN."""
     cls = NTKKernel if args.kernel == "ntk" else NNGPKernel
     if getattr(args, "architecture", "mlp") == "cnn":
-        act = Elementwise(activation)
-        return cls.from_module(cnn_module(args.depth, args.readout, act), IMAGE_SHAPES[args.dataset],
-                               weight_var=weight_var, bias_var=bias_var).double()
+        shape = IMAGE_SHAPES[args.dataset]
+        module = cnn_module(args.depth, args.readout, shape[-1], Elementwise(activation))
+        return cls.from_module(module, shape, weight_var=weight_var, bias_var=bias_var).double()
     return cls(args.depth, activation, weight_var=weight_var, bias_var=bias_var).double()
 
 

@@ -8,7 +8,7 @@ from gpytorch.constraints import Interval
 from gpytorch.priors import Prior
 
 from .._validation import check_inputs
-from ..backends import DENSE_MAX_ENTRIES
+from ..backends import resolve_backend
 from ..backends.architecture import ArchitectureKernelOperator, architecture_matrix
 from ..functional.layers import Network
 from .from_module import network_from_module
@@ -97,10 +97,7 @@ class ArchitectureKernel(NetworkVariances):
                 raise ValueError(f"diag=True needs x1 and x2 with the same number of points, got {x1.shape[-2]} "
                                  f"and {x2.shape[-2]}")
             return self.network.paired(x1, x2, weight_var, bias_var, self.ntk, same_points=same)
-        backend = self.backend
-        if backend == "auto":
-            entries = x1.shape[-2] * x2.shape[-2] * self.network.entries_per_pair
-            backend = "dense" if entries <= DENSE_MAX_ENTRIES else "lazy"
+        backend = resolve_backend(self.backend, x1, x2, entries_per_pair=self.network.entries_per_pair)
         if backend == "lazy":
             return ArchitectureKernelOperator(x1, weight_var, bias_var, None if same else x2, network=self.network,
                                               ntk=self.ntk)
