@@ -204,6 +204,12 @@ def test_bad_inputs_are_named():
         NNGPKernel.from_module(flattened(), 36)
     with pytest.raises(TypeError, match="must be a torch.nn.Module"):
         NNGPKernel.from_module(lambda x: x, SHAPE)
+    with pytest.raises(TypeError, match="Residual needs a torch.nn.Module as its branch"):
+        Residual(lambda x: x)
+    with pytest.raises(ValueError, match="unknown activation 'erff'"):
+        Elementwise("erff")
+    with pytest.raises(TypeError, match="network must be a gpytorch_nngp.functional.layers.Network.*from_module"):
+        ArchitectureKernel(flattened())
 
 
 @pytest.mark.parametrize("make", [pooled, flattened])
