@@ -237,3 +237,49 @@ def test_marginal_likelihood_step_evaluates_the_matrix_once():
     assert model.cov.base_kernel.raw_weight_var.grad is not None
     del loss
     assert not lazy._SHARED_DENSE
+
+
+@pytest.mark.parametrize("cls, act", [(NNGPKernel, "relu"), (NTKKernel, "relu"), (NTKKernel, "erf")],
+                         ids=["nngp-relu", "ntk-relu", "ntk-erf"])
+def test_symmetric_operator_evaluates_the_upper_triangle(cls, act, small_blocks):
+    """k(x, x) evaluates each block of rows from its own diagonal on (about half the entries), and the mirrored
+    part stands in for the rest: the matrix, its products and the variance derivative (forward mode for relu,
+    autograd for erf) equal the dense kernel's."""
+    x, *_ = _data()
+    g = torch.Generator().manual_seed(2)
+    left, right = (torch.randn(23, 3, generator=g, dtype=torch.float64) for _ in range(2))
+    k = cls(3, act, backend="lazy").double()
+    k.weight_var, k.bias_var = 1.7, 0.2
+    op = k(x).evaluate_kernel()
+    evaluated = []
+    original = op._rows
+
+    def counting(start, stop, *args, **kwargs):
+        block = original(start, stop, *args, **kwargs)
+        evaluated.append(block.shape[-2] * block.shape[-1])
+        return block
+
+    op._rows = counting
+    op.cache_bytes = 0  # products recompute the blocks
+    product = op._matmul(right)
+    assert evaluated == [14 * 23, 9 * 9]  # 14-row blocks, each from its diagonal on: 403 of 529 entries
+    derivative = op._bilinear_derivative(left, right)
+    op.cache_bytes = 2 ** 30
+    with torch.no_grad():  # the cached matrix
+        matrix = op.to_dense()
+
+    reference = cls(3, act, backend="dense").double()
+    reference.weight_var, reference.bias_var = 1.7, 0.2
+    wv, bv = reference.weight_var.detach().requires_grad_(True), reference.bias_var.detach().requires_grad_(True)
+    from gpytorch_nngp.functional.recursion import fully_connected_recursion, input_grams
+
+    kk, theta = fully_connected_recursion(*input_grams(x, x, True), 3, reference.activation, wv, bv, ntk=k._ntk,
+                                          symmetric=True)
+    dense = theta if k._ntk else kk
+    expected = torch.autograd.grad((left * (dense @ right)).sum(), [wv, bv])
+    dense = dense.detach()
+    torch.testing.assert_close(matrix, dense, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(matrix[14:, :14], matrix[:14, 14:].mT, rtol=0, atol=0)  # mirrored: exact
+    torch.testing.assert_close(product, dense @ right, rtol=1e-10, atol=1e-12)
+    for got, want in zip(derivative[1:3], expected):
+        torch.testing.assert_close(got, want, rtol=1e-8, atol=0)

@@ -119,23 +119,23 @@ class ArchitectureKernelOperator(NetworkKernelOperator):
         return torch.broadcast_shapes(self.x1.shape[:-2], self.x2.shape[:-2], self.weight_var.shape[:-1],
                                       self.bias_var.shape[:-1])
 
-    def _blocks(self, with_grad: bool):
-        n, m = self.x1.shape[-2], self.x2.shape[-2]
+    def _block_size(self, with_grad: bool) -> int:
         batch = math.prod(self._batch()) if len(self._batch()) else 1
         pairs = tile_pairs(self.network, self.x1.element_size(), with_grad) // batch
-        step = max(1, pairs // max(m, 1))
-        return [(start, min(n, start + step)) for start in range(0, n, step)]
+        return max(1, pairs // max(self.x2.shape[-2], 1))
 
-    def _rows(self, start, stop, x1, x2, weight_var, bias_var, workspace=None):
+    def _rows(self, start, stop, x1, x2, weight_var, bias_var, workspace=None, col_start=0):
         variances = None
         if not torch.is_grad_enabled() or not any(t.requires_grad for t in (x1, x2, weight_var, bias_var)):
             if self._variances is None:  # inference: both sides' variances once for all blocks
                 v2 = self.network.variances(self.x2, self.weight_var, self.bias_var)
                 v1 = v2 if self.symmetric else self.network.variances(self.x1, self.weight_var, self.bias_var)
                 self._variances = (v1, v2)
-            variances = (self.network.take(self._variances[0], slice(start, stop)), self._variances[1])
-        return architecture_matrix(self.network, x1[..., start:stop, :], x2, weight_var, bias_var, self.ntk,
-                                   symmetric=self.symmetric, row_offset=start, variances=variances)
+            variances = (self.network.take(self._variances[0], slice(start, stop)),
+                         self.network.take(self._variances[1], slice(col_start, None)))
+        return architecture_matrix(self.network, x1[..., start:stop, :], x2[..., col_start:, :], weight_var, bias_var,
+                                   self.ntk, symmetric=self.symmetric, row_offset=start - col_start,
+                                   variances=variances)
 
     def _expand_batch(self, batch_shape):
         # Repeat this operator (one evaluation) rather than evaluating expanded inputs once per batch member.

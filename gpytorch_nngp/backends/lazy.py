@@ -3,6 +3,9 @@
 Autograd through the dense recursion keeps about a dozen n x m intermediates per layer: 50,000 points would need
 hundreds of GB. Here the kernel matrix is evaluated in blocks of rows without autograd:
 
+- symmetric operators (k(x, x)) evaluate only the upper triangle: each block of rows starts at its own first column,
+  and the part right of the diagonal block stands in for its mirror image below it. Evaluation, products and
+  gradients then cost half of the whole matrix.
 - matmul: K @ rhs block by block. While the full matrix fits in `cache_bytes` it is evaluated once (no graph) and
   reused by every later product of the same operator (CG/Lanczos multiply many times per training step);
   otherwise each product recomputes the blocks (memory O(block x m)).
@@ -103,16 +106,32 @@ class NetworkKernelOperator(LinearOperator):
         return self._like(self.x2, self.x1)
 
     # -- evaluation --------------------------------------------------------------------------------------------
-    def _rows(self, start, stop, x1, x2, weight_var, bias_var, workspace=None):
-        offset = start if self.symmetric else None
-        return kernel_rows(x1[..., start:stop, :], x2, weight_var, bias_var, self.depth, self.activation,
-                           self.ntk, diagonal_offset=offset, workspace=workspace)
+    def _rows(self, start, stop, x1, x2, weight_var, bias_var, workspace=None, col_start=0):
+        """k(x1[start:stop], x2[col_start:]), (..., stop - start, m - col_start); col_start <= start when symmetric."""
+        offset = start - col_start if self.symmetric else None
+        return kernel_rows(x1[..., start:stop, :], x2[..., col_start:, :], weight_var, bias_var, self.depth,
+                           self.activation, self.ntk, diagonal_offset=offset, workspace=workspace)
 
-    def _blocks(self, with_grad: bool):
-        n, m = self.x1.shape[-2], self.x2.shape[-2]
+    def _block_size(self, with_grad: bool) -> int:
+        """Rows per block, for blocks of all m columns."""
         batch = math.prod(self._batch()) if len(self._batch()) else 1
-        step = _block_rows(m, batch, self.x1.element_size(), self.depth, with_grad)
-        return [(start, min(n, start + step)) for start in range(0, n, step)]
+        return _block_rows(self.x2.shape[-2], batch, self.x1.element_size(), self.depth, with_grad)
+
+    def _blocks(self, with_grad: bool, triangle: bool = False):
+        """(start, stop, col_start) of each block of rows: all columns, or with triangle (a symmetric operator)
+        the upper triangle, columns from start on."""
+        n, step = self.x1.shape[-2], self._block_size(with_grad)
+        return [(start, min(n, start + step), start if triangle else 0) for start in range(0, n, step)]
+
+    def _block_weights(self, left_vecs, right_vecs, start, stop, col_start, triangle: bool):
+        """The weights of block k(x1[start:stop], x2[col_start:]) in sum(left^T K right): left_i . right_j, and for
+        a triangle block also right_i . left_j, the weight of the mirrored entry k_ji = k_ij. The diagonal block
+        holds both entries of its pairs itself, so there the sum is halved."""
+        weights = left_vecs[..., start:stop, :] @ right_vecs[..., col_start:, :].mT
+        if triangle:
+            weights.add_(right_vecs[..., start:stop, :] @ left_vecs[..., col_start:, :].mT)
+            weights[..., :, :stop - start].mul_(0.5)
+        return weights
 
     def _dense_no_grad(self) -> Optional[torch.Tensor]:
         """The full matrix without autograd, kept while it fits in cache_bytes (else None)."""
@@ -122,9 +141,11 @@ class NetworkKernelOperator(LinearOperator):
             with torch.no_grad():
                 out = torch.empty(self.shape, dtype=self.x1.dtype, device=self.x1.device)
                 workspace = []  # blocks share their buffers: fresh n x m allocations cost as much as the arithmetic
-                for start, stop in self._blocks(with_grad=False):
-                    block = self._rows(start, stop, self.x1, self.x2, self.weight_var, self.bias_var, workspace)
-                    out[..., start:stop, :] = block
+                for start, stop, col in self._blocks(with_grad=False, triangle=self.symmetric):
+                    block = self._rows(start, stop, self.x1, self.x2, self.weight_var, self.bias_var, workspace, col)
+                    out[..., start:stop, col:] = block
+                    if self.symmetric:  # the mirror image below the diagonal block
+                        out[..., stop:, start:stop] = block[..., stop - start:].mT
                     workspace.append(block)
             self._dense_cache = out
             _share_dense(self, out)
@@ -144,14 +165,16 @@ class NetworkKernelOperator(LinearOperator):
         with torch.no_grad():
             out = None
             workspace = []
-            for start, stop in self._blocks(with_grad=False):
-                block = self._rows(start, stop, self.x1, self.x2, self.weight_var, self.bias_var, workspace)
-                part = block @ rhs
-                workspace.append(block)
+            for start, stop, col in self._blocks(with_grad=False, triangle=self.symmetric):
+                block = self._rows(start, stop, self.x1, self.x2, self.weight_var, self.bias_var, workspace, col)
+                part = block @ rhs[..., col:, :]
                 if out is None:
-                    out = torch.empty(part.shape[:-2] + (self.x1.shape[-2], part.shape[-1]), dtype=part.dtype,
+                    out = torch.zeros(part.shape[:-2] + (self.x1.shape[-2], part.shape[-1]), dtype=part.dtype,
                                       device=part.device)
-                out[..., start:stop, :] = part
+                out[..., start:stop, :] += part
+                if self.symmetric:  # the mirrored entries below the diagonal block
+                    out[..., stop:, :] += block[..., stop - start:].mT @ rhs[..., start:stop, :]
+                workspace.append(block)
         return out
 
     def _bilinear_derivative(self, left_vecs: torch.Tensor, right_vecs: torch.Tensor):
@@ -169,9 +192,9 @@ class NetworkKernelOperator(LinearOperator):
         targets = [leaf for leaf, w in zip(leaves, wanted) if w]
         grads = [torch.zeros_like(t) for t in targets]
         with torch.enable_grad():
-            for start, stop in self._blocks(with_grad=True):
-                block = self._rows(start, stop, x1, x2, weight_var, bias_var)
-                weights = left_vecs[..., start:stop, :] @ right_vecs.mT
+            for start, stop, col in self._blocks(with_grad=True, triangle=self.symmetric):
+                block = self._rows(start, stop, x1, x2, weight_var, bias_var, col_start=col)
+                weights = self._block_weights(left_vecs, right_vecs, start, stop, col, self.symmetric)
                 parts = torch.autograd.grad((block * weights).sum(), targets, allow_unused=True)
                 grads = [g if part is None else g + part for g, part in zip(grads, parts)]
         grads = iter(grads)
@@ -189,10 +212,10 @@ class NetworkKernelOperator(LinearOperator):
         w, b = self.weight_var.item(), self.bias_var.item()
         grad_w = grad_b = 0.0
         with torch.no_grad():
-            for start, stop in self._blocks(with_grad=True):
-                offset = start if self.symmetric else None
-                gram, var1, var2 = input_grams(self.x1[start:stop], self.x2, diagonal_offset=offset)
-                weights = left_vecs[start:stop] @ right_vecs.mT
+            for start, stop, col in self._blocks(with_grad=True, triangle=self.symmetric):
+                offset = start - col if self.symmetric else None
+                gram, var1, var2 = input_grams(self.x1[start:stop], self.x2[col:], diagonal_offset=offset)
+                weights = self._block_weights(left_vecs, right_vecs, start, stop, col, self.symmetric)
                 gw, gb = abrelu_variance_gradients(gram, var1, var2, self.depth, self.activation.a,
                                                    self.activation.b, w, b, self.ntk, weights)
                 grad_w, grad_b = grad_w + gw, grad_b + gb
@@ -214,7 +237,7 @@ class NetworkKernelOperator(LinearOperator):
             if dense is not None:
                 return dense
         blocks = [self._rows(start, stop, self.x1, self.x2, self.weight_var, self.bias_var)
-                  for start, stop in self._blocks(with_grad=True)]
+                  for start, stop, _ in self._blocks(with_grad=True)]
         return torch.cat(blocks, dim=-2).expand(self.shape)
 
     def _get_indices(self, row_index, col_index, *batch_indices):

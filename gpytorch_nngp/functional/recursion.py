@@ -103,13 +103,18 @@ def take_buffer(workspace: Optional[list], like: torch.Tensor, shape: Optional[S
         shape: the shape wanted.
 
     Returns:
-        A tensor from the workspace, or a new contiguous one; its contents are undefined.
+        A tensor from the workspace (one of that shape, else a view of the front of a larger one: the shrinking
+        blocks of a triangle reuse the first block's buffers), or a new contiguous one; its contents are undefined.
     """
     shape = torch.Size(like.shape if shape is None else shape)
     if workspace:
-        for i, t in enumerate(workspace):
-            if t.shape == shape and t.dtype == like.dtype and t.device == like.device and t.is_contiguous():
+        fits = [i for i, t in enumerate(workspace)
+                if t.dtype == like.dtype and t.device == like.device and t.is_contiguous() and t.numel() >= shape.numel()]
+        for i in fits:
+            if workspace[i].shape == shape:
                 return workspace.pop(i)
+        if fits:
+            return workspace.pop(fits[0]).view(-1)[:shape.numel()].view(shape)
     return torch.empty(shape, dtype=like.dtype, device=like.device)
 
 
