@@ -198,7 +198,7 @@ def test_bad_inputs_are_named():
         kernel(x).to_dense()
     with pytest.raises(ValueError, match="weight_var"):
         NNGPKernel.from_module(flattened(), SHAPE, weight_var=-1.0)
-    with pytest.raises(ValueError, match="backend must be one of 'auto', 'dense', 'lazy' for architecture kernels"):
+    with pytest.raises(ValueError, match="backend='keops' is not available for architecture kernels"):
         NNGPKernel.from_module(flattened(), SHAPE, backend="keops")
     with pytest.raises(TypeError, match="input_shape must be a tuple of ints"):
         NNGPKernel.from_module(flattened(), 36)

@@ -6,6 +6,9 @@
   matrix while it fits in memory, gradients recompute one block at a time. For large n on CPU.
 - "keops": a KeOps LazyTensor formula (KeOpsNetworkKernelOperator): O(n + m) memory, closed-form activations
   only, for GPUs (on a CPU KeOps compiles with g++ and runs far slower than "lazy").
+- "distributed": a NetworkKernelOperator sharded by rows over the ranks of the default torch.distributed process
+  group (backends/distributed.py); a RowSharding instance (ProcessGroupSharding(group, timeout), DeviceSharding(
+  devices)) in place of the name chooses the group, the timeout, or several devices inside one process.
 - "auto": dense up to DENSE_MAX_ENTRIES = n x m entries; beyond that keops for CUDA tensors with a closed-form
   activation and no batch_shape, else lazy.
 """
@@ -13,18 +16,22 @@ from __future__ import annotations
 
 import torch
 
+from .distributed import DeviceSharding, ProcessGroupSharding, RowSharding, make_sharding
 from .keops import KEOPS_AVAILABLE, KeOpsNetworkKernelOperator, check_keops_activation, keops_supported
 from .lazy import NetworkKernelOperator, kernel_rows
 
-BACKENDS = ("auto", "dense", "lazy", "keops")
+BACKENDS = ("auto", "dense", "lazy", "keops", "distributed")
 # 2900 x 2900 entries: with autograd through a depth-3 recursion the dense path then holds ~1.5 GB (float32).
 DENSE_MAX_ENTRIES = 2900 * 2900
 
 
-def check_backend(backend) -> str:
-    """The backend name in lower case. Raises ValueError naming the choices (BACKENDS)."""
-    if not isinstance(backend, str) or backend.lower() not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(repr(b) for b in BACKENDS)}, got {backend!r}")
+def check_backend(backend, choices=BACKENDS):
+    """The backend name in lower case, or a RowSharding itself. Raises ValueError naming the choices."""
+    if isinstance(backend, RowSharding):
+        return backend
+    if not isinstance(backend, str) or backend.lower() not in choices:
+        raise ValueError(f"backend must be one of {', '.join(repr(b) for b in choices)} or a RowSharding "
+                         f"(gpytorch_nngp.backends.ProcessGroupSharding / DeviceSharding), got {backend!r}")
     return backend.lower()
 
 
@@ -41,9 +48,12 @@ def resolve_backend(backend: str, x1: torch.Tensor, x2: torch.Tensor, activation
             architecture kernels, which have no KeOps formula: pass activation=None).
 
     Returns:
-        "dense", "lazy" or "keops": the one asked for, or for "auto" dense up to DENSE_MAX_ENTRIES = n m
-        entries_per_pair, then keops for CUDA tensors with a KeOps formula, else lazy.
+        "dense", "lazy", "keops" or "distributed" (also for a RowSharding): the one asked for, or for "auto"
+        dense up to DENSE_MAX_ENTRIES = n m entries_per_pair, then keops for CUDA tensors with a KeOps formula, else
+        lazy.
     """
+    if isinstance(backend, RowSharding):
+        return "distributed"
     if backend != "auto":
         return backend
     if x1.shape[-2] * x2.shape[-2] * entries_per_pair <= DENSE_MAX_ENTRIES:
@@ -53,5 +63,6 @@ def resolve_backend(backend: str, x1: torch.Tensor, x2: torch.Tensor, activation
     return "lazy"
 
 
-__all__ = ["BACKENDS", "DENSE_MAX_ENTRIES", "KeOpsNetworkKernelOperator", "NetworkKernelOperator", "check_backend",
-           "check_keops_activation", "kernel_rows", "keops_supported", "resolve_backend"]
+__all__ = ["BACKENDS", "DENSE_MAX_ENTRIES", "DeviceSharding", "KeOpsNetworkKernelOperator", "NetworkKernelOperator",
+           "ProcessGroupSharding", "RowSharding", "check_backend", "check_keops_activation", "kernel_rows",
+           "keops_supported", "make_sharding", "resolve_backend"]

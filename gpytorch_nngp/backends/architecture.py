@@ -16,6 +16,7 @@ import torch
 from linear_operator.operators import LinearOperator
 
 from ..functional.layers import Network
+from .distributed import RowSharding
 from .lazy import BLOCK_BYTES, DEFAULT_CACHE_BYTES, NetworkKernelOperator
 
 # Bytes of state per tile without autograd: small tiles stay in cache and their buffers are recycled (measured on
@@ -95,25 +96,28 @@ class ArchitectureKernelOperator(NetworkKernelOperator):
         x1: (..., n, F) inputs of the rows; x2: (..., m, F) of the columns, or None for a symmetric operator.
         weight_var, bias_var: (*batch, L) variances.
         network, ntk: the architecture, and whether this is its NTK.
-        cache_bytes: keep the full matrix when it is at most this large.
+        cache_bytes: keep the full matrix (with a sharding, this process's rows) when it is at most this large.
+        sharding: a RowSharding (backends/distributed.py): evaluate only this process's rows, or None.
     """
 
     def __init__(self, x1: torch.Tensor, weight_var: torch.Tensor, bias_var: torch.Tensor,
                  x2: Optional[torch.Tensor] = None, *, network: Network, ntk: bool,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES):
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, sharding: Optional[RowSharding] = None):
         args = (x1, weight_var, bias_var) if x2 is None else (x1, weight_var, bias_var, x2)
-        LinearOperator.__init__(self, *args, network=network, ntk=ntk, cache_bytes=cache_bytes)
+        LinearOperator.__init__(self, *args, network=network, ntk=ntk, cache_bytes=cache_bytes, sharding=sharding)
         self.symmetric = x2 is None
         self.x1, self.x2 = x1, (x1 if x2 is None else x2)
         self.weight_var, self.bias_var = weight_var, bias_var
         self.network, self.ntk = network, ntk
         self.cache_bytes = cache_bytes
-        self._dense_cache: Optional[torch.Tensor] = None
-        self._variances: Optional[Tuple[Dict, Dict]] = None
+        self.sharding = sharding
+        self._dense_cache = None
+        self._variances: Dict[torch.device, Tuple[Dict, Dict]] = {}  # both sides' variances, per device
 
-    def _like(self, x1, x2):
+    def _like(self, x1, x2, sharding=None):
+        sharding = self.sharding if sharding is None else (None if sharding == "none" else sharding)
         return type(self)(x1, self.weight_var, self.bias_var, x2, network=self.network, ntk=self.ntk,
-                          cache_bytes=self.cache_bytes)
+                          cache_bytes=self.cache_bytes, sharding=sharding)
 
     def _batch(self):
         return torch.broadcast_shapes(self.x1.shape[:-2], self.x2.shape[:-2], self.weight_var.shape[:-1],
@@ -127,15 +131,19 @@ class ArchitectureKernelOperator(NetworkKernelOperator):
     def _rows(self, start, stop, x1, x2, weight_var, bias_var, workspace=None, col_start=0):
         variances = None
         if not torch.is_grad_enabled() or not any(t.requires_grad for t in (x1, x2, weight_var, bias_var)):
-            if self._variances is None:  # inference: both sides' variances once for all blocks
-                v2 = self.network.variances(self.x2, self.weight_var, self.bias_var)
-                v1 = v2 if self.symmetric else self.network.variances(self.x1, self.weight_var, self.bias_var)
-                self._variances = (v1, v2)
-            variances = (self.network.take(self._variances[0], slice(start, stop)),
-                         self.network.take(self._variances[1], slice(col_start, None)))
+            if x1.device not in self._variances:  # inference: both sides' variances once for all blocks
+                v2 = self.network.variances(x2, weight_var, bias_var)
+                v1 = v2 if self.symmetric else self.network.variances(x1, weight_var, bias_var)
+                self._variances[x1.device] = (v1, v2)
+            v1, v2 = self._variances[x1.device]
+            variances = (self.network.take(v1, slice(start, stop)), self.network.take(v2, slice(col_start, None)))
         return architecture_matrix(self.network, x1[..., start:stop, :], x2[..., col_start:, :], weight_var, bias_var,
                                    self.ntk, symmetric=self.symmetric, row_offset=start - col_start,
                                    variances=variances)
+
+    def _forward_mode_applies(self, wanted) -> bool:
+        """Architecture kernels have no forward-mode variance derivative: their gradients go through autograd."""
+        return False
 
     def _expand_batch(self, batch_shape):
         # Repeat this operator (one evaluation) rather than evaluating expanded inputs once per batch member.

@@ -13,12 +13,14 @@ hundreds of GB. Here the kernel matrix is evaluated in blocks of rows without au
   and matmuls call in their backward): for each block, recompute K_block with autograd and backpropagate
   sum(K_block * (U_block V^T)), so the graph is one block deep.
 - diagonal: the O(n) diagonal recursion.
+- sharding (backends/distributed.py): with a RowSharding, this process evaluates only its own rows (its rank's share,
+  or one share per device); products gather the shares, gradients are summed over the processes.
 """
 from __future__ import annotations
 
 import math
 import weakref
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from linear_operator.operators import LinearOperator
@@ -31,6 +33,7 @@ from ..functional.recursion import (
     paired_kernel,
     take_buffer,
 )
+from .distributed import RowSharding
 
 # Bytes of autograd intermediates allowed per block in the backward pass (about a dozen block x m tensors per
 # layer are saved) and per block in the forward pass.
@@ -72,25 +75,31 @@ class NetworkKernelOperator(LinearOperator):
             symmetric operator is then exact (|c| = 1, see input_grams), and its representation holds the
             points once, so gradients reach them through one tensor.
         depth, activation, ntk: the network, as in the kernels.
-        cache_bytes: evaluate and keep the full matrix (without autograd) when it is at most this large.
+        cache_bytes: evaluate and keep the full matrix (without autograd) when it is at most this large; with a
+            sharding, this process's rows of it.
+        sharding: a RowSharding (backends/distributed.py): evaluate only this process's rows, or None.
     """
 
     def __init__(self, x1: torch.Tensor, weight_var: torch.Tensor, bias_var: torch.Tensor,
                  x2: Optional[torch.Tensor] = None, *, depth: int, activation: Activation, ntk: bool,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES):
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, sharding: Optional[RowSharding] = None):
         args = (x1, weight_var, bias_var) if x2 is None else (x1, weight_var, bias_var, x2)
-        super().__init__(*args, depth=depth, activation=activation, ntk=ntk, cache_bytes=cache_bytes)
+        super().__init__(*args, depth=depth, activation=activation, ntk=ntk, cache_bytes=cache_bytes,
+                         sharding=sharding)
         self.symmetric = x2 is None
         self.x1, self.x2 = x1, (x1 if x2 is None else x2)
         self.weight_var, self.bias_var = weight_var, bias_var
         self.depth, self.activation, self.ntk = depth, activation, ntk
         self.cache_bytes = cache_bytes
-        self._dense_cache: Optional[torch.Tensor] = None
+        self.sharding = sharding
+        self._dense_cache = None
 
-    def _like(self, x1, x2):
-        """An operator of the same network and variances on other points (x2 None: symmetric on x1)."""
+    def _like(self, x1, x2, sharding=None):
+        """An operator of the same network and variances on other points (x2 None: symmetric on x1), with the same
+        sharding unless one is given ("none" for an unsharded one)."""
+        sharding = self.sharding if sharding is None else (None if sharding == "none" else sharding)
         return type(self)(x1, self.weight_var, self.bias_var, x2, depth=self.depth, activation=self.activation,
-                          ntk=self.ntk, cache_bytes=self.cache_bytes)
+                          ntk=self.ntk, cache_bytes=self.cache_bytes, sharding=sharding)
 
     # -- shape -------------------------------------------------------------------------------------------------
     def _batch(self):
@@ -117,11 +126,20 @@ class NetworkKernelOperator(LinearOperator):
         batch = math.prod(self._batch()) if len(self._batch()) else 1
         return _block_rows(self.x2.shape[-2], batch, self.x1.element_size(), self.depth, with_grad)
 
-    def _blocks(self, with_grad: bool, triangle: bool = False):
-        """(start, stop, col_start) of each block of rows: all columns, or with triangle (a symmetric operator)
-        the upper triangle, columns from start on."""
-        n, step = self.x1.shape[-2], self._block_size(with_grad)
-        return [(start, min(n, start + step), start if triangle else 0) for start in range(0, n, step)]
+    def _blocks(self, with_grad: bool, triangle: bool = False, rows: Optional[Tuple[int, int]] = None):
+        """(start, stop, col_start) of each block of rows (all rows, or rows = [first, last)): all columns, or with
+        triangle (a symmetric operator) the upper triangle, columns from start on."""
+        first, last = rows or (0, self.x1.shape[-2])
+        step = self._block_size(with_grad)
+        return [(start, min(last, start + step), start if triangle else 0) for start in range(first, last, step)]
+
+    def _parts(self):
+        """(start, stop, device) of the rows this process evaluates: all of them unless sharded."""
+        return self.sharding.parts(self.x1.shape[-2]) if self.sharding is not None else [(0, self.x1.shape[-2], None)]
+
+    def _on(self, device, tensors):
+        """The tensors on `device` (None: where they are); differentiable copies."""
+        return [t if device is None or t is None or t.device == device else t.to(device) for t in tensors]
 
     def _block_weights(self, left_vecs, right_vecs, start, stop, col_start, triangle: bool):
         """The weights of block k(x1[start:stop], x2[col_start:]) in sum(left^T K right): left_i . right_j, and for
@@ -133,10 +151,17 @@ class NetworkKernelOperator(LinearOperator):
             weights[..., :, :stop - start].mul_(0.5)
         return weights
 
-    def _dense_no_grad(self) -> Optional[torch.Tensor]:
-        """The full matrix without autograd, kept while it fits in cache_bytes (else None)."""
+    def _dense_no_grad(self):
+        """The full matrix without autograd, kept while it fits in cache_bytes (else None). Sharded: the list of
+        this process's row shares, one (..., stop - start, m) matrix per part on its device."""
         if self._dense_cache is None:
             self._dense_cache = _shared_dense(self)
+        if self._dense_cache is None and self.sharding is not None:
+            rows = sum(stop - start for start, stop, _ in self._parts())
+            if self.shape.numel() // max(self.shape[-2], 1) * rows * self.x1.element_size() <= self.cache_bytes:
+                self._dense_cache = [self._share_no_grad(*part) for part in self._parts()]
+                _share_dense(self, self._dense_cache)
+            return self._dense_cache
         if self._dense_cache is None and self.shape.numel() * self.x1.element_size() <= self.cache_bytes:
             with torch.no_grad():
                 out = torch.empty(self.shape, dtype=self.x1.dtype, device=self.x1.device)
@@ -158,7 +183,25 @@ class NetworkKernelOperator(LinearOperator):
             return _BlockwiseMatmul.apply(self, rhs, *self._args)
         return self._matmul_no_grad(rhs)
 
+    def _share_no_grad(self, first: int, last: int, device, rhs: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Rows [first, last) of the matrix on `device` without autograd, or with rhs (..., m, t) their product."""
+        x1, x2, weight_var, bias_var = self._on(device, (self.x1, self.x2, self.weight_var, self.bias_var))
+        rhs = None if rhs is None else rhs.to(x1.device)
+        pieces = []
+        with torch.no_grad():
+            workspace = []
+            for start, stop, col in self._blocks(with_grad=False, rows=(first, last)):
+                block = self._rows(start, stop, x1, x2, weight_var, bias_var, workspace, col)
+                pieces.append(block.clone() if rhs is None else block @ rhs)
+                workspace.append(block)
+        return torch.cat(pieces, dim=-2) if len(pieces) > 1 else pieces[0]
+
     def _matmul_no_grad(self, rhs: torch.Tensor) -> torch.Tensor:
+        if self.sharding is not None:
+            shares = self._dense_no_grad()
+            pieces = [self._share_no_grad(*part, rhs=rhs) if shares is None else shares[i] @ rhs.to(shares[i].device)
+                      for i, part in enumerate(self._parts())]
+            return self.sharding.gather(pieces, self.x1.shape[-2], check=rhs)
         dense = self._dense_no_grad()
         if dense is not None:
             return dense @ rhs
@@ -185,16 +228,32 @@ class NetworkKernelOperator(LinearOperator):
         if not any(wanted):
             return (None,) * len(wanted)
         if left_vecs.dim() == 2 and right_vecs.dim() == 2 and self._forward_mode_applies(wanted):
-            return self._variance_derivative(left_vecs, right_vecs, wanted)
+            grads = self._variance_derivative(left_vecs, right_vecs, wanted)
+        else:
+            grads = self._autograd_derivative(left_vecs, right_vecs, wanted)
+        if self.sharding is not None:  # each process has its own rows' part: the sum over processes
+            grads = tuple(self.sharding.all_reduce(list(grads), check=(left_vecs, right_vecs)))
+        return grads
+
+    def _gradient_blocks(self):
+        """(start, stop, col_start, triangle, device) of the blocks whose derivatives this process adds up: the
+        upper triangle of a symmetric operator, or with a sharding this process's rows (all columns)."""
+        triangle = self.symmetric and self.sharding is None
+        return [(start, stop, col, triangle, device) for first, last, device in self._parts()
+                for start, stop, col in self._blocks(with_grad=True, triangle=triangle, rows=(first, last))]
+
+    def _autograd_derivative(self, left_vecs, right_vecs, wanted):
+        """The bilinear derivative by autograd through one recomputed block at a time."""
         leaves = [a.detach().requires_grad_(w) for a, w in zip(self._args, wanted)]
-        x1, weight_var, bias_var = leaves[:3]
-        x2 = leaves[3] if len(leaves) == 4 else x1
         targets = [leaf for leaf, w in zip(leaves, wanted) if w]
         grads = [torch.zeros_like(t) for t in targets]
         with torch.enable_grad():
-            for start, stop, col in self._blocks(with_grad=True, triangle=self.symmetric):
+            for start, stop, col, triangle, device in self._gradient_blocks():
+                x1, weight_var, bias_var, *rest = self._on(device, leaves)
+                x2 = rest[0] if rest else x1
+                left, right = self._on(device, (left_vecs, right_vecs))
                 block = self._rows(start, stop, x1, x2, weight_var, bias_var, col_start=col)
-                weights = self._block_weights(left_vecs, right_vecs, start, stop, col, self.symmetric)
+                weights = self._block_weights(left, right, start, stop, col, triangle)
                 parts = torch.autograd.grad((block * weights).sum(), targets, allow_unused=True)
                 grads = [g if part is None else g + part for g, part in zip(grads, parts)]
         grads = iter(grads)
@@ -212,10 +271,11 @@ class NetworkKernelOperator(LinearOperator):
         w, b = self.weight_var.item(), self.bias_var.item()
         grad_w = grad_b = 0.0
         with torch.no_grad():
-            for start, stop, col in self._blocks(with_grad=True, triangle=self.symmetric):
+            for start, stop, col, triangle, device in self._gradient_blocks():
+                x1, x2, left, right = self._on(device, (self.x1, self.x2, left_vecs, right_vecs))
                 offset = start - col if self.symmetric else None
-                gram, var1, var2 = input_grams(self.x1[start:stop], self.x2[col:], diagonal_offset=offset)
-                weights = self._block_weights(left_vecs, right_vecs, start, stop, col, self.symmetric)
+                gram, var1, var2 = input_grams(x1[start:stop], x2[col:], diagonal_offset=offset)
+                weights = self._block_weights(left, right, start, stop, col, triangle)
                 gw, gb = abrelu_variance_gradients(gram, var1, var2, self.depth, self.activation.a,
                                                    self.activation.b, w, b, self.ntk, weights)
                 grad_w, grad_b = grad_w + gw, grad_b + gb
@@ -231,6 +291,8 @@ class NetworkKernelOperator(LinearOperator):
         return out.expand(self.shape[:-1])
 
     def to_dense(self) -> torch.Tensor:
+        if self.sharding is not None:  # the whole matrix is wanted: every process evaluates it (small n only)
+            return self._like(self.x1, None if self.symmetric else self.x2, sharding="none").to_dense()
         if not torch.is_grad_enabled() or not any(
                 t.requires_grad for t in (self.x1, self.x2, self.weight_var, self.bias_var)):
             dense = self._dense_no_grad()
@@ -277,7 +339,7 @@ _SHARED_DENSE: dict = {}
 def _dense_key(op):
     return (type(op), tuple(id(a) for a in op._args), tuple(a._version for a in op._args), op.symmetric,
             repr(op._kwargs.get("activation")), op._kwargs.get("depth"), op._kwargs.get("ntk"),
-            id(op._kwargs.get("network")))
+            id(op._kwargs.get("network")), id(op._kwargs.get("sharding")))
 
 
 def _shared_dense(op) -> Optional[torch.Tensor]:

@@ -108,8 +108,8 @@ def take_buffer(workspace: Optional[list], like: torch.Tensor, shape: Optional[S
     """
     shape = torch.Size(like.shape if shape is None else shape)
     if workspace:
-        fits = [i for i, t in enumerate(workspace)
-                if t.dtype == like.dtype and t.device == like.device and t.is_contiguous() and t.numel() >= shape.numel()]
+        fits = [i for i, t in enumerate(workspace) if t.dtype == like.dtype and t.device == like.device
+                and t.is_contiguous() and t.numel() >= shape.numel()]
         for i in fits:
             if workspace[i].shape == shape:
                 return workspace.pop(i)

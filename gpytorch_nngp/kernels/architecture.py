@@ -8,14 +8,14 @@ from gpytorch.constraints import Interval
 from gpytorch.priors import Prior
 
 from .._validation import check_inputs
-from ..backends import resolve_backend
+from ..backends import check_backend, make_sharding, resolve_backend
 from ..backends.architecture import ArchitectureKernelOperator, architecture_matrix
 from ..functional.layers import Network
 from .from_module import network_from_module
 from .fully_connected import _one_point_set
 from .variances import NetworkVariances
 
-BACKENDS = ("auto", "dense", "lazy")
+BACKENDS = ("auto", "dense", "lazy", "distributed")
 
 
 class ArchitectureKernel(NetworkVariances):
@@ -34,7 +34,8 @@ class ArchitectureKernel(NetworkVariances):
         weight_var, bias_var: initial variances (> 0, learnable): one value, or one per Linear/Conv layer when the
             network was built with per_layer=True.
         backend: "dense" (tiles concatenated into a tensor), "lazy" (a linear operator that recomputes tiles, for
-            kernel matrices too large to hold with their autograd graph) or "auto" (dense while n m P_state is at
+            kernel matrices too large to hold with their autograd graph), "distributed" (that operator sharded by
+            rows over a torch.distributed process group, or a RowSharding) or "auto" (dense while n m P_state is at
             most DENSE_MAX_ENTRIES, P_state the state entries per pair).
         weight_var_prior, bias_var_prior, weight_var_constraint, bias_var_constraint, **kwargs: as in GPyTorch.
     """
@@ -47,10 +48,11 @@ class ArchitectureKernel(NetworkVariances):
         if not isinstance(network, Network):
             raise TypeError(f"network must be a gpytorch_nngp.functional.layers.Network, got {type(network).__name__}"
                             "; build kernels from torch modules with NNGPKernel.from_module")
-        if not isinstance(backend, str) or backend.lower() not in BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))} for architecture kernels, got "
-                             f"{backend!r} (KeOps formulas exist for fully connected kernels only)")
-        self.network, self.ntk, self.backend = network, bool(ntk), backend.lower()
+        if isinstance(backend, str) and backend.lower() == "keops":
+            raise ValueError("backend='keops' is not available for architecture kernels (KeOps formulas exist for "
+                             f"fully connected kernels only): use one of {', '.join(map(repr, BACKENDS))}")
+        self.network, self.ntk, self.backend = network, bool(ntk), check_backend(backend, BACKENDS)
+        self.sharding = make_sharding(self.backend)
         self._init_variances((*self.batch_shape, network.num_parameters), weight_var, bias_var, weight_var_prior,
                              bias_var_prior, weight_var_constraint, bias_var_constraint)
 
@@ -98,9 +100,11 @@ class ArchitectureKernel(NetworkVariances):
                                  f"and {x2.shape[-2]}")
             return self.network.paired(x1, x2, weight_var, bias_var, self.ntk, same_points=same)
         backend = resolve_backend(self.backend, x1, x2, entries_per_pair=self.network.entries_per_pair)
-        if backend == "lazy":
+        if backend == "distributed":
+            self.sharding.check_same(x1=x1, x2=x2, weight_var=weight_var, bias_var=bias_var)
+        if backend in ("lazy", "distributed"):
             return ArchitectureKernelOperator(x1, weight_var, bias_var, None if same else x2, network=self.network,
-                                              ntk=self.ntk)
+                                              ntk=self.ntk, sharding=self.sharding)
         return architecture_matrix(self.network, x1, x2, weight_var, bias_var, self.ntk, symmetric=same)
 
     def extra_repr(self) -> str:

@@ -13,6 +13,7 @@ from ..backends import (
     NetworkKernelOperator,
     check_backend,
     check_keops_activation,
+    make_sharding,
     resolve_backend,
 )
 from ..functional.activations import Activation, get_activation
@@ -80,6 +81,7 @@ class _FullyConnectedKernel(NetworkVariances):
     ):
         super().__init__(**kwargs)
         self.backend = check_backend(backend)
+        self.sharding = make_sharding(self.backend)
         self.depth = check_depth(depth)
         self.activation: Activation = get_activation(activation)
         if self.backend == "keops":
@@ -123,6 +125,10 @@ class _FullyConnectedKernel(NetworkVariances):
                                  self._ntk, same_points=_one_point_set(x1, x2))
         symmetric = _one_point_set(x1, x2)
         backend = resolve_backend(self.backend, x1, x2, self.activation, batched=len(self.batch_shape) > 0)
+        if backend == "distributed":
+            self.sharding.check_same(x1=x1, x2=x2, weight_var=weight_var, bias_var=bias_var)
+            return NetworkKernelOperator(x1, weight_var, bias_var, None if symmetric else x2, depth=self.depth,
+                                         activation=self.activation, ntk=self._ntk, sharding=self.sharding)
         if backend in ("lazy", "keops"):
             operator = KeOpsNetworkKernelOperator if backend == "keops" else NetworkKernelOperator
             return operator(x1, weight_var, bias_var, None if symmetric else x2, depth=self.depth,
@@ -207,6 +213,9 @@ class NNGPKernel(_FullyConnectedKernel):
             "softplus", "silu", "elu"), an Activation from gpytorch_nngp.activations, or any elementwise torch callable.
         weight_var, bias_var: initial variances sigma_w^2, sigma_b^2 (> 0; learnable, positive-constrained).
         weight_var_prior, bias_var_prior, weight_var_constraint, bias_var_constraint: as in GPyTorch.
+        backend: "auto", "dense", "lazy", "keops" or "distributed" (rows sharded over the ranks of the default
+            torch.distributed process group), or a RowSharding (gpytorch_nngp.backends.ProcessGroupSharding(group,
+            timeout), DeviceSharding(devices)); see gpytorch_nngp.backends.
         **kwargs: batch_shape, active_dims, ... (GPyTorch Kernel arguments).
 
     Inputs (..., n, d); output (..., n, m) or the diagonal (..., n).
