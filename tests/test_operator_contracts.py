@@ -10,7 +10,7 @@ from linear_operator.test.linear_operator_test_case import LinearOperatorTestCas
 from test_dnn2gp import autograd_jacobian
 
 from gpytorch_nngp.activations import Erf, ReLU
-from gpytorch_nngp.backends import keops, lazy
+from gpytorch_nngp.backends import DeviceSharding, keops, lazy
 from gpytorch_nngp.backends.keops import KeOpsNetworkKernelOperator
 from gpytorch_nngp.backends.lazy import NetworkKernelOperator
 from gpytorch_nngp.dnn2gp import FiniteNTKOperator, LinearizedNetwork
@@ -83,6 +83,28 @@ class TestBatchedNTKReLUOperator(_Square, LinearOperatorTestCase, unittest.TestC
 
 
 class TestRectangularNNGPOperator(_NetworkOperatorCase, RectangularLinearOperatorTestCase, unittest.TestCase):
+    def create_linear_op(self):
+        return self.operator(self.points(5), self.points(4, offset=1))
+
+
+class _ShardedCase(_NetworkOperatorCase):
+    """The operator sharded over three devices in one process (all the CPU here): triangle shares of 5 rows
+    (0-1, 1-2, 2-5; the first is empty), or even shares of a rectangle's rows."""
+
+    def operator(self, x1, x2):
+        op = super().operator(x1, x2)
+        return op._like(op.x1, None if op.symmetric else op.x2, sharding=DeviceSharding(["cpu", "cpu", "cpu"]))
+
+
+class TestShardedNTKReLUOperator(_ShardedCase, _Square, LinearOperatorTestCase, unittest.TestCase):
+    ntk, batch, symmetric = True, (2,), True
+
+
+class TestShardedNNGPErfOperatorCached(_ShardedCase, _Square, LinearOperatorTestCase, unittest.TestCase):
+    activation, symmetric, cache_bytes = Erf(), True, 2 ** 20
+
+
+class TestShardedRectangularOperator(_ShardedCase, RectangularLinearOperatorTestCase, unittest.TestCase):
     def create_linear_op(self):
         return self.operator(self.points(5), self.points(4, offset=1))
 

@@ -1,10 +1,13 @@
 """Row sharding of the kernel operators: over the ranks of a torch.distributed process group, or over devices.
 
-An exact GP's kernel matrix splits by rows. Rank r of p owns the contiguous rows [r n / p, (r + 1) n / p) and never
-holds more than that share of the matrix (its rows x all columns, kept while it fits the operator's cache, else
-recomputed block by block):
+An exact GP's kernel matrix splits by rows. Rank r of p owns a contiguous range of rows and never holds more than
+its share of the matrix (kept while it fits the operator's cache, else recomputed block by block):
 
-- a product K V with an (n, t) right-hand side is the local rows' product and one all-gather;
+- a symmetric K(x, x) is evaluated as its upper triangle, each row from the diagonal on, and the rows are split so
+  that every rank holds 1/p of the triangle (about n^2 / (2 p) entries). A product K V with an (n, t) right-hand
+  side is each rank's blocks times V, plus their mirror images times V, summed over the ranks by one all-reduce;
+- a rectangular K(x*, x) splits its rows evenly (n m / p entries a rank); a product is the local rows' product and
+  one all-gather;
 - the derivative of sum(U^T K V) wrt the kernel's tensors is the local rows' derivative and one all-reduce;
 - the diagonal and single entries (pivoted Cholesky) are O(n) and computed on every rank without communication.
 
@@ -33,6 +36,25 @@ def even_rows(n: int, parts: int, index: int) -> Tuple[int, int]:
     return index * n // parts, (index + 1) * n // parts
 
 
+def triangle_rows(n: int, parts: int, index: int) -> Tuple[int, int]:
+    """Rows [start, stop) of part `index` of `parts` of an n x n upper triangle (row i holds n - i entries), cut
+    where the entries above the cut first reach index / parts of all n (n + 1) / 2."""
+
+    def cut(k):
+        if k >= parts:
+            return n
+        target = k * n * (n + 1) / (2 * parts)
+        # entries in rows [0, a): a n - a (a - 1) / 2; the smallest a reaching the target, from the quadratic
+        a = int(max(0.0, (2 * n + 1 - math.sqrt(max((2 * n + 1) ** 2 - 8 * target, 0.0))) / 2))
+        while a > 0 and (a - 1) * n - (a - 1) * (a - 2) / 2 >= target:
+            a -= 1
+        while a < n and a * n - a * (a - 1) / 2 < target:
+            a += 1
+        return a
+
+    return cut(index), cut(index + 1)
+
+
 def fingerprint(tensor: Optional[torch.Tensor]) -> torch.Tensor:
     """Four float64 numbers that differ, in practice, between tensors of different shape or values: the size, the
     sum, the sum of squares and a sum weighted by cos(position). (4,), on the tensor's device."""
@@ -47,13 +69,19 @@ def fingerprint(tensor: Optional[torch.Tensor]) -> torch.Tensor:
 class RowSharding:
     """How a kernel operator's rows are split. Subclasses: ProcessGroupSharding, DeviceSharding."""
 
-    def parts(self, n: int) -> List[Part]:
-        """The row ranges [start, stop) this process computes, each with its device (None: the inputs' device)."""
+    def parts(self, n: int, triangle: bool = False) -> List[Part]:
+        """The row ranges [start, stop) this process computes, each with its device (None: the inputs' device);
+        triangle: rows of a symmetric matrix's upper triangle, cut into parts of equal area."""
         raise NotImplementedError
 
     def gather(self, pieces: List[torch.Tensor], n: int, check: torch.Tensor) -> torch.Tensor:
         """The full (..., n, t) result from this process's pieces (one per part, (..., stop - start, t)); `check`
         is the right-hand side, which every rank must share."""
+        raise NotImplementedError
+
+    def reduce_sum(self, partials: List[torch.Tensor], check: torch.Tensor) -> torch.Tensor:
+        """The sum of the (..., n, t) partial results over this process's parts and over the processes, on the
+        device of `check` (the right-hand side, which every rank must share)."""
         raise NotImplementedError
 
     def all_reduce(self, tensors: List[Optional[torch.Tensor]], check: Sequence[torch.Tensor]
@@ -77,11 +105,18 @@ class DeviceSharding(RowSharding):
             raise ValueError(f"devices must be a non-empty list of devices, e.g. ['cuda:0', 'cuda:1'], got {devices!r}")
         self.devices = [torch.device(d) for d in devices]
 
-    def parts(self, n: int) -> List[Part]:
-        return [(*even_rows(n, len(self.devices), i), d) for i, d in enumerate(self.devices)]
+    def parts(self, n: int, triangle: bool = False) -> List[Part]:
+        rows = triangle_rows if triangle else even_rows
+        return [(*rows(n, len(self.devices), i), d) for i, d in enumerate(self.devices)]
 
     def gather(self, pieces, n, check):
         return torch.cat([p.to(check.device) for p in pieces], dim=-2)
+
+    def reduce_sum(self, partials, check):
+        out = partials[0].to(check.device)
+        for p in partials[1:]:
+            out = out + p.to(check.device)
+        return out
 
     def all_reduce(self, tensors, check):
         return list(tensors)
@@ -155,9 +190,9 @@ class ProcessGroupSharding(RowSharding):
                     "identically on every rank, torch.manual_seed, so that GPyTorch's random probes agree)")
 
     # -- RowSharding -------------------------------------------------------------------------------------------
-    def parts(self, n: int) -> List[Part]:
+    def parts(self, n: int, triangle: bool = False) -> List[Part]:
         rank, size = self.rank_and_size()
-        return [(*even_rows(n, size, rank), None)]
+        return [(*(triangle_rows if triangle else even_rows)(n, size, rank), None)]
 
     def gather(self, pieces, n, check):
         (piece,) = pieces
@@ -179,6 +214,14 @@ class ProcessGroupSharding(RowSharding):
             start, stop = even_rows(n, size, r)
             shares.append(other[:-4].view(*batch, rows, t)[..., :stop - start, :])
         return torch.cat(shares, dim=-2).to(piece.device)
+
+    def reduce_sum(self, partials, check):
+        dist = self._dist()
+        (partial,) = partials
+        self._agree("a kernel product (all-reduce)", [check], ["right-hand sides"])
+        flat = self._wire(partial.contiguous())
+        self._wait(dist.all_reduce(flat, group=self.group, async_op=True), "a kernel product (all-reduce)")
+        return flat.to(check.device)
 
     def all_reduce(self, tensors, check):
         dist = self._dist()

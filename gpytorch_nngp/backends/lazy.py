@@ -134,8 +134,10 @@ class NetworkKernelOperator(LinearOperator):
         return [(start, min(last, start + step), start if triangle else 0) for start in range(first, last, step)]
 
     def _parts(self):
-        """(start, stop, device) of the rows this process evaluates: all of them unless sharded."""
-        return self.sharding.parts(self.x1.shape[-2]) if self.sharding is not None else [(0, self.x1.shape[-2], None)]
+        """(start, stop, device) of the rows this process evaluates: all of them unless sharded (a symmetric
+        operator's shares hold equal parts of the upper triangle)."""
+        n = self.x1.shape[-2]
+        return self.sharding.parts(n, triangle=self.symmetric) if self.sharding is not None else [(0, n, None)]
 
     def _on(self, device, tensors):
         """The tensors on `device` (None: where they are); differentiable copies."""
@@ -152,14 +154,15 @@ class NetworkKernelOperator(LinearOperator):
         return weights
 
     def _dense_no_grad(self):
-        """The full matrix without autograd, kept while it fits in cache_bytes (else None). Sharded: the list of
-        this process's row shares, one (..., stop - start, m) matrix per part on its device."""
+        """The full matrix without autograd, kept while it fits in cache_bytes (else None). Sharded: this process's
+        blocks (see _local_blocks), kept while they fit."""
         if self._dense_cache is None:
             self._dense_cache = _shared_dense(self)
         if self._dense_cache is None and self.sharding is not None:
-            rows = sum(stop - start for start, stop, _ in self._parts())
-            if self.shape.numel() // max(self.shape[-2], 1) * rows * self.x1.element_size() <= self.cache_bytes:
-                self._dense_cache = [self._share_no_grad(*part) for part in self._parts()]
+            batch = self.shape.numel() // max(self.shape[-2] * self.shape[-1], 1)
+            entries = sum((stop - start) * (self.shape[-1] - col) for start, stop, col, _ in self._local_block_ranges())
+            if batch * entries * self.x1.element_size() <= self.cache_bytes:
+                self._dense_cache = list(self._local_blocks(keep=True))
                 _share_dense(self, self._dense_cache)
             return self._dense_cache
         if self._dense_cache is None and self.shape.numel() * self.x1.element_size() <= self.cache_bytes:
@@ -183,25 +186,52 @@ class NetworkKernelOperator(LinearOperator):
             return _BlockwiseMatmul.apply(self, rhs, *self._args)
         return self._matmul_no_grad(rhs)
 
-    def _share_no_grad(self, first: int, last: int, device, rhs: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Rows [first, last) of the matrix on `device` without autograd, or with rhs (..., m, t) their product."""
-        x1, x2, weight_var, bias_var = self._on(device, (self.x1, self.x2, self.weight_var, self.bias_var))
-        rhs = None if rhs is None else rhs.to(x1.device)
-        pieces = []
+    def _local_block_ranges(self):
+        """(start, stop, col_start, part index) of this process's blocks: its rows (upper triangle if symmetric)."""
+        return [(start, stop, col, i) for i, (first, last, _) in enumerate(self._parts())
+                for start, stop, col in self._blocks(with_grad=False, triangle=self.symmetric, rows=(first, last))]
+
+    def _local_blocks(self, keep: bool = False):
+        """Yields (start, stop, col_start, part index, block) of a sharded operator without autograd, each block on
+        its part's device: the cached ones, or evaluated one at a time (keep: as copies that may be stored)."""
+        if not keep and self._dense_no_grad() is not None:
+            yield from self._dense_cache
+            return
+        parts = self._parts()
         with torch.no_grad():
-            workspace = []
-            for start, stop, col in self._blocks(with_grad=False, rows=(first, last)):
+            workspace, device = [], "none yet"
+            for start, stop, col, i in self._local_block_ranges():
+                if parts[i][2] != device:
+                    workspace, device = [], parts[i][2]
+                    x1, x2, weight_var, bias_var = self._on(device, (self.x1, self.x2, self.weight_var, self.bias_var))
                 block = self._rows(start, stop, x1, x2, weight_var, bias_var, workspace, col)
-                pieces.append(block.clone() if rhs is None else block @ rhs)
+                yield start, stop, col, i, (block.clone() if keep else block)
                 workspace.append(block)
-        return torch.cat(pieces, dim=-2) if len(pieces) > 1 else pieces[0]
+
+    def _sharded_matmul(self, rhs: torch.Tensor) -> torch.Tensor:
+        """This process's blocks times rhs, then the sharding's collective. A symmetric operator's blocks are its
+        share of the upper triangle: each adds its product to its own rows and its mirror image's to the rows below,
+        and the partial products are summed over the processes. Otherwise each part's rows are gathered."""
+        parts = self._parts()
+        on = [rhs if device is None else rhs.to(device) for _, _, device in parts]
+        n = self.x1.shape[-2]
+        if self.symmetric:
+            shape = (*torch.broadcast_shapes(self._batch(), rhs.shape[:-2]), n, rhs.shape[-1])
+            partial = [r.new_zeros(shape) for r in on]  # every rank's the same shape, also with no rows
+            for start, stop, col, i, block in self._local_blocks():
+                partial[i][..., start:stop, :] += block @ on[i][..., col:, :]
+                partial[i][..., stop:, :] += block[..., stop - start:].mT @ on[i][..., start:stop, :]
+            return self.sharding.reduce_sum(partial, check=rhs)
+        pieces = [[] for _ in parts]
+        for start, stop, col, i, block in self._local_blocks():
+            pieces[i].append(block @ on[i])
+        pieces = [torch.cat(p, dim=-2) if p else on[i].new_zeros(*on[i].shape[:-2], 0, on[i].shape[-1])
+                  for i, p in enumerate(pieces)]
+        return self.sharding.gather(pieces, n, check=rhs)
 
     def _matmul_no_grad(self, rhs: torch.Tensor) -> torch.Tensor:
         if self.sharding is not None:
-            shares = self._dense_no_grad()
-            pieces = [self._share_no_grad(*part, rhs=rhs) if shares is None else shares[i] @ rhs.to(shares[i].device)
-                      for i, part in enumerate(self._parts())]
-            return self.sharding.gather(pieces, self.x1.shape[-2], check=rhs)
+            return self._sharded_matmul(rhs)
         dense = self._dense_no_grad()
         if dense is not None:
             return dense @ rhs
@@ -236,11 +266,10 @@ class NetworkKernelOperator(LinearOperator):
         return grads
 
     def _gradient_blocks(self):
-        """(start, stop, col_start, triangle, device) of the blocks whose derivatives this process adds up: the
-        upper triangle of a symmetric operator, or with a sharding this process's rows (all columns)."""
-        triangle = self.symmetric and self.sharding is None
-        return [(start, stop, col, triangle, device) for first, last, device in self._parts()
-                for start, stop, col in self._blocks(with_grad=True, triangle=triangle, rows=(first, last))]
+        """(start, stop, col_start, triangle, device) of the blocks whose derivatives this process adds up: all
+        rows, or with a sharding this process's; the upper triangle only of a symmetric operator."""
+        return [(start, stop, col, self.symmetric, device) for first, last, device in self._parts()
+                for start, stop, col in self._blocks(with_grad=True, triangle=self.symmetric, rows=(first, last))]
 
     def _autograd_derivative(self, left_vecs, right_vecs, wanted):
         """The bilinear derivative by autograd through one recomputed block at a time."""
