@@ -222,12 +222,11 @@ class NetworkKernelOperator(LinearOperator):
                 partial[i][..., start:stop, :] += block @ on[i][..., col:, :]
                 partial[i][..., stop:, :] += block[..., stop - start:].mT @ on[i][..., start:stop, :]
             return self.sharding.reduce_sum(partial, check=rhs)
-        pieces = [[] for _ in parts]
-        for start, stop, col, i, block in self._local_blocks():
+        pieces = [[r.new_zeros(*torch.broadcast_shapes(self._batch(), rhs.shape[:-2]), 0, rhs.shape[-1])]
+                  for r in on]  # an empty share still has every rank's batch shape
+        for *_, i, block in self._local_blocks():
             pieces[i].append(block @ on[i])
-        pieces = [torch.cat(p, dim=-2) if p else on[i].new_zeros(*on[i].shape[:-2], 0, on[i].shape[-1])
-                  for i, p in enumerate(pieces)]
-        return self.sharding.gather(pieces, n, check=rhs)
+        return self.sharding.gather([torch.cat(p, dim=-2) for p in pieces], n, check=rhs)
 
     def _matmul_no_grad(self, rhs: torch.Tensor) -> torch.Tensor:
         if self.sharding is not None:
