@@ -125,7 +125,8 @@ def main():
           f"{'matrix share GB/rank':>21s} {'loss':>12s}")
     for label, result, p, threads in rows:
         seconds = max(r["seconds"] for r in result)
-        share = n * n / 2 / (p if label == "distributed" else 1) * item / 2 ** 30  # upper triangle, float32
+        # what the operator keeps (float32): the whole matrix (lazy), or the rank's part of the upper triangle
+        share = (n * n if label.startswith("lazy") else n * (n + 1) / 2 / p) * item / 2 ** 30
         peak = max(r["peak_rss_gb"] for r in result)
         print(f"{label:18s} {f'{p} x {threads}':>15s} {seconds:9.2f} {base / seconds:7.2f}x {peak:17.2f} "
               f"{share:21.2f} {result[0]['loss']:12.6f}")

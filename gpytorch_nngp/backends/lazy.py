@@ -219,8 +219,7 @@ class NetworkKernelOperator(LinearOperator):
             shape = (*torch.broadcast_shapes(self._batch(), rhs.shape[:-2]), n, rhs.shape[-1])
             partial = [r.new_zeros(shape) for r in on]  # every rank's the same shape, also with no rows
             for start, stop, col, i, block in self._local_blocks():
-                partial[i][..., start:stop, :] += block @ on[i][..., col:, :]
-                partial[i][..., stop:, :] += block[..., stop - start:].mT @ on[i][..., start:stop, :]
+                self._add_block_product(partial[i], start, stop, col, block, on[i])
             return self.sharding.reduce_sum(partial, check=rhs)
         pieces = [[r.new_zeros(*torch.broadcast_shapes(self._batch(), rhs.shape[:-2]), 0, rhs.shape[-1])]
                   for r in on]  # an empty share still has every rank's batch shape
@@ -239,15 +238,19 @@ class NetworkKernelOperator(LinearOperator):
             workspace = []
             for start, stop, col in self._blocks(with_grad=False, triangle=self.symmetric):
                 block = self._rows(start, stop, self.x1, self.x2, self.weight_var, self.bias_var, workspace, col)
-                part = block @ rhs[..., col:, :]
                 if out is None:
-                    out = torch.zeros(part.shape[:-2] + (self.x1.shape[-2], part.shape[-1]), dtype=part.dtype,
-                                      device=part.device)
-                out[..., start:stop, :] += part
-                if self.symmetric:  # the mirrored entries below the diagonal block
-                    out[..., stop:, :] += block[..., stop - start:].mT @ rhs[..., start:stop, :]
+                    out = rhs.new_zeros(*torch.broadcast_shapes(block.shape[:-2], rhs.shape[:-2]),
+                                        self.x1.shape[-2], rhs.shape[-1])
+                self._add_block_product(out, start, stop, col, block, rhs)
                 workspace.append(block)
         return out
+
+    def _add_block_product(self, out, start, stop, col, block, rhs):
+        """out += the product of block k(x1[start:stop], x2[col:]) with rhs (..., m, t); for a symmetric operator's
+        triangle block, also its mirror image's, which lands in the rows below the block."""
+        out[..., start:stop, :] += block @ rhs[..., col:, :]
+        if self.symmetric:
+            out[..., stop:, :] += block[..., stop - start:].mT @ rhs[..., start:stop, :]
 
     def _bilinear_derivative(self, left_vecs: torch.Tensor, right_vecs: torch.Tensor):
         """d/d(representation) of sum(left^T K right), one block of rows at a time; left (..., n, t), right
