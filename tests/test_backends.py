@@ -283,3 +283,53 @@ def test_symmetric_operator_evaluates_the_upper_triangle(cls, act, small_blocks)
     torch.testing.assert_close(product, dense @ right, rtol=1e-10, atol=1e-12)
     for got, want in zip(derivative[1:3], expected):
         torch.testing.assert_close(got, want, rtol=1e-8, atol=0)
+
+
+def test_predictions_after_a_training_step_reuse_its_matrix():
+    """While the training step's matrix is alive (the user's `loss` keeps its operator), the prediction's training
+    matrix (equal points, sliced by GPyTorch out of a concatenation, and equal variances) is that matrix, not a second
+    copy; after a change of the variances it is evaluated anew."""
+    g = torch.Generator().manual_seed(3)
+    # above GPyTorch's min_preconditioning_size (2000): the preconditioner, which the step's graph keeps, holds the
+    # step's operator
+    n = 2100
+    x, y, xt = torch.randn(n, 4, generator=g), torch.randn(n, generator=g), torch.randn(20, 4, generator=g)
+
+    class GP(gpytorch.models.ExactGP):
+        def __init__(self):
+            super().__init__(x, y, gpytorch.likelihoods.GaussianLikelihood())
+            self.cov = gpytorch.kernels.ScaleKernel(NNGPKernel(2, "relu", backend="lazy"))
+
+        def forward(self, a):
+            return gpytorch.distributions.MultivariateNormal(torch.zeros_like(a[:, 0]), self.cov(a))
+
+    model = GP()
+    mll = gpytorch.mlls.ExactMarginalLogLikelihood(model.likelihood, model)
+    evaluations = []
+    original = lazy.NetworkKernelOperator._rows
+
+    def counting(self, *args, **kwargs):
+        evaluations.append(self.symmetric and self.x1.shape[-2] == n)
+        return original(self, *args, **kwargs)
+
+    def predict():
+        model.eval()
+        with torch.no_grad(), gpytorch.settings.fast_pred_var():
+            assert torch.isfinite(model(xt).mean).all()
+        model.train()
+
+    lazy.NetworkKernelOperator._rows = counting
+    try:
+        with gpytorch.settings.max_cholesky_size(0):
+            model.train()
+            loss = -mll(model(x), y)
+            loss.backward()
+            assert evaluations.count(True) == 1
+            predict()
+            assert evaluations.count(True) == 1  # the training step's matrix
+            model.cov.base_kernel.weight_var = 1.5
+            predict()
+            assert evaluations.count(True) == 2  # other variances: evaluated again
+    finally:
+        lazy.NetworkKernelOperator._rows = original
+    del loss

@@ -162,7 +162,7 @@ class NetworkKernelOperator(LinearOperator):
             batch = self.shape.numel() // max(self.shape[-2] * self.shape[-1], 1)
             entries = sum((stop - start) * (self.shape[-1] - col) for start, stop, col, _ in self._local_block_ranges())
             if batch * entries * self.x1.element_size() <= self.cache_bytes:
-                self._dense_cache = list(self._local_blocks(keep=True))
+                self._dense_cache = SharedBlocks(self._local_blocks(keep=True))
                 _share_dense(self, self._dense_cache)
             return self._dense_cache
         if self._dense_cache is None and self.shape.numel() * self.x1.element_size() <= self.cache_bytes:
@@ -362,34 +362,59 @@ class NetworkKernelOperator(LinearOperator):
 
 # linear_operator's autograd functions rebuild an operator from its representation (the same tensors) in their
 # backward pass; the rebuilt one finds the matrix its original evaluated instead of evaluating it again (2.6 s of a
-# 16 s marginal-likelihood step at n = 10,000). An entry matches only the very same tensors at the same versions,
-# and lives exactly as long as they all do (the variances are new tensors at every step, so it goes with the step).
+# 16 s marginal-likelihood step at n = 10,000). So does any later operator on equal points with equal variances while
+# that matrix is alive. That matters for an ExactGP's predictions right after a training step: the step's `loss`
+# keeps its operator alive (linear_operator's backward keeps the preconditioner, which holds it), and GPyTorch slices
+# the prediction's training points out of a concatenation, so they are new tensors of equal values. Without the
+# match a 10 GB matrix at n = 50,000 would be held twice. An entry keeps its matrix while the tensors of the operator
+# that made it live (the rebuilt operator needs it after the original is gone), then lets it go with the last operator
+# that holds it. It matches points of equal values (torch.equal against the points that made it) and variances of
+# equal values.
 _SHARED_DENSE: dict = {}
+_VARIANCES = (1, 2)  # the positions of weight_var and bias_var in both operators' representations
+
+
+class SharedBlocks(list):
+    """A sharded operator's cached blocks: a list that can be weakly referenced."""
+
+
+def _points(op):
+    return [a for i, a in enumerate(op._args) if i not in _VARIANCES]
 
 
 def _dense_key(op):
-    return (type(op), tuple(id(a) for a in op._args), tuple(a._version for a in op._args), op.symmetric,
-            repr(op._kwargs.get("activation")), op._kwargs.get("depth"), op._kwargs.get("ntk"),
-            id(op._kwargs.get("network")), id(op._kwargs.get("sharding")))
+    points = tuple((tuple(a.shape), a.dtype, a.device, a.detach().sum().item()) for a in _points(op))
+    variances = tuple((tuple(op._args[i].shape), tuple(op._args[i].detach().reshape(-1).tolist())) for i in _VARIANCES)
+    return (type(op), points, variances, op.symmetric, repr(op._kwargs.get("activation")), op._kwargs.get("depth"),
+            op._kwargs.get("ntk"), id(op._kwargs.get("network")), id(op._kwargs.get("sharding")))
 
 
-def _shared_dense(op) -> Optional[torch.Tensor]:
+def _shared_dense(op):
     entry = _SHARED_DENSE.get(_dense_key(op))
-    if entry is None or any(ref() is not a for ref, a in zip(entry[1], op._args)):
+    dense = None if entry is None else (entry["strong"] if entry["strong"] is not None else entry["weak"]())
+    if dense is None:
         return None
-    return entry[0]
+    for ref, a in zip(entry["points"], _points(op)):
+        kept = ref()
+        if kept is None or not (kept is a or torch.equal(kept, a)):
+            return None
+    return dense
 
 
-def _share_dense(op, dense: torch.Tensor) -> None:
+def _share_dense(op, dense) -> None:
     key = _dense_key(op)
 
     def forget(_ref, key=key):
-        _SHARED_DENSE.pop(key, None)
+        if key in _SHARED_DENSE and _SHARED_DENSE[key]["weak"] is _ref:
+            del _SHARED_DENSE[key]
 
-    try:
-        _SHARED_DENSE[key] = (dense, [weakref.ref(a, forget) for a in op._args])
-    except TypeError:  # pragma: no cover - tensors that cannot be weakly referenced are just not shared
-        pass
+    entry = {"strong": dense, "weak": weakref.ref(dense, forget), "points": [weakref.ref(a) for a in _points(op)]}
+
+    def release(_ref, entry=entry):  # the maker's tensors are gone: keep the matrix only while operators hold it
+        entry["strong"] = None
+
+    entry["lifetime"] = [weakref.ref(a, release) for a in op._args]
+    _SHARED_DENSE[key] = entry
 
 
 class _BlockwiseMatmul(torch.autograd.Function):
