@@ -333,3 +333,29 @@ def test_predictions_after_a_training_step_reuse_its_matrix():
     finally:
         lazy.NetworkKernelOperator._rows = original
     del loss
+
+
+@pytest.mark.parametrize("cls", [NNGPKernel, NTKKernel])
+def test_entries_by_index(cls, monkeypatch):
+    """Entries by index, as GPyTorch's pivoted Cholesky asks for them (15 whole rows at once, broadcast indices):
+    through one Gram product of the distinct rows and columns, equal to the matrix, and a point with itself equal
+    to the diagonal to the bit (|c| = 1). Scattered pairs go through the paired recursion in chunks of bounded
+    memory."""
+    x, z, *_ = _data()
+    k = cls(3, "relu", backend="lazy").double()
+    for op in (k(x).evaluate_kernel(), k(x, z).evaluate_kernel()):
+        with torch.no_grad():
+            matrix = op.to_dense()
+            rows, cols = torch.tensor([[0], [3], [4], [2]]), torch.arange(op.shape[-1]).unsqueeze(0)
+            block = op._get_indices(rows, cols)
+            assert block.shape == (4, op.shape[-1])
+            torch.testing.assert_close(block, matrix[rows, cols], rtol=1e-10, atol=1e-12)
+            if op.symmetric:
+                same = torch.tensor([0, 3, 4, 2])
+                assert torch.equal(block[torch.arange(4), same], op._diagonal()[same])
+            g = torch.Generator().manual_seed(5)
+            pairs = (torch.randint(op.shape[-2], (9,), generator=g), torch.randint(op.shape[-1], (9,), generator=g))
+            monkeypatch.setattr(lazy, "PAIR_CHUNK_NUMBERS", 3 * 2 * 5)  # three pairs a chunk
+            scattered = op._get_indices(*pairs)
+            monkeypatch.undo()
+            torch.testing.assert_close(scattered, matrix[pairs], rtol=1e-10, atol=1e-12)

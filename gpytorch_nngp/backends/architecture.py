@@ -17,7 +17,7 @@ from linear_operator.operators import LinearOperator
 
 from ..functional.layers import Network
 from .distributed import RowSharding
-from .lazy import BLOCK_BYTES, DEFAULT_CACHE_BYTES, NetworkKernelOperator
+from .lazy import BLOCK_BYTES, DEFAULT_CACHE_BYTES, NetworkKernelOperator, chunked_pairs
 
 # Bytes of state per tile without autograd: small tiles stay in cache and their buffers are recycled (measured on
 # the flatten benchmark: 16 MiB is about 25% faster than 256 MiB on a 2-core CPU).
@@ -159,7 +159,7 @@ class ArchitectureKernelOperator(NetworkKernelOperator):
     def _get_indices(self, row_index, col_index, *batch_indices):
         if batch_indices or self.weight_var.dim() > 1:
             return LinearOperator._get_indices(self, row_index, col_index, *batch_indices)
-        rows, cols = torch.broadcast_tensors(row_index, col_index)
-        a = self.x1[rows.reshape(-1)]
-        b = self.x2[cols.reshape(-1)]
-        return self.network.paired(a, b, self.weight_var, self.bias_var, self.ntk).reshape(rows.shape)
+        # a pair holds its two inputs and, while propagated, a few state tensors
+        numbers = 2 * self.network.features + _LIVE_NO_GRAD * self.network.entries_per_pair
+        return chunked_pairs(lambda a, b: self.network.paired(a, b, self.weight_var, self.bias_var, self.ntk),
+                             self.x1, self.x2, row_index, col_index, numbers_per_pair=numbers)

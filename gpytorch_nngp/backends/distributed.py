@@ -155,9 +155,13 @@ class ProcessGroupSharding(RowSharding):
         return dist.get_rank(self.group), dist.get_world_size(self.group)
 
     def _wire(self, t: torch.Tensor) -> torch.Tensor:
-        """Where a collective's buffer must live: CPU for gloo, the tensor's own device otherwise."""
+        """Where a collective's buffer must live: CPU for gloo, a GPU for NCCL (the current one for CPU tensors)."""
         dist = self._dist()
-        return t.cpu() if dist.get_backend(self.group) == "gloo" else t
+        if dist.get_backend(self.group) == "gloo":
+            return t.cpu()
+        if t.device.type == "cpu" and torch.cuda.is_available():
+            return t.to(torch.device("cuda", torch.cuda.current_device()))
+        return t
 
     def _wait(self, work, what: str) -> None:
         rank, size = self.rank_and_size()
