@@ -198,15 +198,10 @@ def test_forward_mode_variance_gradients_equal_autograd(cls, act, symmetric):
             torch.testing.assert_close(a, b, rtol=1e-8, atol=0)
 
 
-def test_marginal_likelihood_step_evaluates_the_matrix_once():
-    """linear_operator rebuilds the operator for its backward pass; the rebuilt one reuses the matrix, and the shared
-    entry goes away with the step's tensors."""
-    import gpytorch
-
-    from gpytorch_nngp.backends import lazy
-
-    g = torch.Generator().manual_seed(1)
-    x, y = torch.randn(300, 4, generator=g), torch.randn(300, generator=g)
+def _lazy_exact_gp(n, seed):
+    """A zero-mean ExactGP with a lazy depth-2 ReLU NNGP on n random 4-D points, and its marginal likelihood."""
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(n, 4, generator=g), torch.randn(n, generator=g)
 
     class GP(gpytorch.models.ExactGP):
         def __init__(self):
@@ -217,23 +212,34 @@ def test_marginal_likelihood_step_evaluates_the_matrix_once():
             return gpytorch.distributions.MultivariateNormal(torch.zeros_like(a[:, 0]), self.cov(a))
 
     model = GP()
-    mll = gpytorch.mlls.ExactMarginalLogLikelihood(model.likelihood, model)
-    model.train()
-    evaluations = []
+    return model, gpytorch.mlls.ExactMarginalLogLikelihood(model.likelihood, model), x, y
+
+
+@pytest.fixture
+def evaluations(monkeypatch):
+    """The row blocks the lazy operators evaluate, as (symmetric, shape, start, stop), in order (no references to
+    the operators, which would keep their matrices alive)."""
+    record = []
     original = lazy.NetworkKernelOperator._rows
 
-    def counting(self, *args, **kwargs):
-        evaluations.append(args[:2])
-        return original(self, *args, **kwargs)
+    def counting(self, start, stop, *args, **kwargs):
+        record.append((self.symmetric, tuple(self.shape), start, stop))
+        return original(self, start, stop, *args, **kwargs)
 
-    lazy.NetworkKernelOperator._rows = counting
-    try:
-        with gpytorch.settings.max_cholesky_size(0):
-            loss = -mll(model(x), y)
-            loss.backward()
-    finally:
-        lazy.NetworkKernelOperator._rows = original
-    assert evaluations == [(0, 300)]  # one no-grad evaluation of the 300 x 300 matrix, and none in the backward
+    monkeypatch.setattr(lazy.NetworkKernelOperator, "_rows", counting)
+    return record
+
+
+def test_marginal_likelihood_step_evaluates_the_matrix_once(evaluations):
+    """linear_operator rebuilds the operator for its backward pass; the rebuilt one reuses the matrix, and the shared
+    entry goes away with the step's tensors."""
+    model, mll, x, y = _lazy_exact_gp(300, seed=1)
+    model.train()
+    with gpytorch.settings.max_cholesky_size(0):
+        loss = -mll(model(x), y)
+        loss.backward()
+    # one no-grad evaluation of the 300 x 300 matrix, and none in the backward
+    assert [(start, stop) for *_, start, stop in evaluations] == [(0, 300)]
     assert model.cov.base_kernel.raw_weight_var.grad is not None
     del loss
     assert not lazy._SHARED_DENSE
@@ -285,32 +291,18 @@ def test_symmetric_operator_evaluates_the_upper_triangle(cls, act, small_blocks)
         torch.testing.assert_close(got, want, rtol=1e-8, atol=0)
 
 
-def test_predictions_after_a_training_step_reuse_its_matrix():
+def test_predictions_after_a_training_step_reuse_its_matrix(evaluations):
     """While the training step's matrix is alive (the user's `loss` keeps its operator), the prediction's training
-    matrix (equal points, sliced by GPyTorch out of a concatenation, and equal variances) is that matrix, not a second
-    copy; after a change of the variances it is evaluated anew."""
-    g = torch.Generator().manual_seed(3)
+    matrix (the same points, and new variance tensors of equal values) is that matrix, not a second copy; after a
+    change of the variances it is evaluated anew."""
     # above GPyTorch's min_preconditioning_size (2000): the preconditioner, which the step's graph keeps, holds the
     # step's operator
     n = 2100
-    x, y, xt = torch.randn(n, 4, generator=g), torch.randn(n, generator=g), torch.randn(20, 4, generator=g)
+    model, mll, x, y = _lazy_exact_gp(n, seed=3)
+    xt = torch.randn(20, 4, generator=torch.Generator().manual_seed(4))
 
-    class GP(gpytorch.models.ExactGP):
-        def __init__(self):
-            super().__init__(x, y, gpytorch.likelihoods.GaussianLikelihood())
-            self.cov = gpytorch.kernels.ScaleKernel(NNGPKernel(2, "relu", backend="lazy"))
-
-        def forward(self, a):
-            return gpytorch.distributions.MultivariateNormal(torch.zeros_like(a[:, 0]), self.cov(a))
-
-    model = GP()
-    mll = gpytorch.mlls.ExactMarginalLogLikelihood(model.likelihood, model)
-    evaluations = []
-    original = lazy.NetworkKernelOperator._rows
-
-    def counting(self, *args, **kwargs):
-        evaluations.append(self.symmetric and self.x1.shape[-2] == n)
-        return original(self, *args, **kwargs)
+    def training_matrices():  # evaluations of the n x n training matrix (each starts with the block at row 0)
+        return sum(1 for symmetric, shape, start, _ in evaluations if symmetric and shape == (n, n) and start == 0)
 
     def predict():
         model.eval()
@@ -318,20 +310,16 @@ def test_predictions_after_a_training_step_reuse_its_matrix():
             assert torch.isfinite(model(xt).mean).all()
         model.train()
 
-    lazy.NetworkKernelOperator._rows = counting
-    try:
-        with gpytorch.settings.max_cholesky_size(0):
-            model.train()
-            loss = -mll(model(x), y)
-            loss.backward()
-            assert evaluations.count(True) == 1
-            predict()
-            assert evaluations.count(True) == 1  # the training step's matrix
-            model.cov.base_kernel.weight_var = 1.5
-            predict()
-            assert evaluations.count(True) == 2  # other variances: evaluated again
-    finally:
-        lazy.NetworkKernelOperator._rows = original
+    with gpytorch.settings.max_cholesky_size(0):
+        model.train()
+        loss = -mll(model(x), y)
+        loss.backward()
+        assert training_matrices() == 1
+        predict()
+        assert training_matrices() == 1  # the training step's matrix
+        model.cov.base_kernel.weight_var = 1.5
+        predict()
+        assert training_matrices() == 2  # other variances: evaluated again
     del loss
 
 

@@ -411,12 +411,11 @@ class NetworkKernelOperator(LinearOperator):
 # backward pass; the rebuilt one finds the matrix its original evaluated instead of evaluating it again (2.6 s of a
 # 16 s marginal-likelihood step at n = 10,000). So does any later operator on equal points with equal variances while
 # that matrix is alive. That matters for an ExactGP's predictions right after a training step: the step's `loss`
-# keeps its operator alive (linear_operator's backward keeps the preconditioner, which holds it), and GPyTorch slices
-# the prediction's training points out of a concatenation, so they are new tensors of equal values. Without the
-# match a 10 GB matrix at n = 50,000 would be held twice. An entry keeps its matrix while the tensors of the operator
-# that made it live (the rebuilt operator needs it after the original is gone), then lets it go with the last operator
-# that holds it. It matches points of equal values (torch.equal against the points that made it) and variances of
-# equal values.
+# keeps its operator alive (linear_operator's backward keeps the preconditioner, which holds it), and the predictions'
+# operator comes with new variance tensors of equal values. Without the match a 10 GB matrix at n = 50,000 would be
+# held twice. An entry keeps its matrix while the tensors of the operator that made it live (the rebuilt operator
+# needs it after the original is gone), then lets it go with the last operator that holds it. It matches points of
+# equal values (the same tensors, or torch.equal to them) and variances of equal values.
 _SHARED_DENSE: dict = {}
 _VARIANCES = (1, 2)  # the positions of weight_var and bias_var in both operators' representations
 
