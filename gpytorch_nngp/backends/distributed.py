@@ -94,9 +94,10 @@ class RowSharding:
 
 
 class DeviceSharding(RowSharding):
-    """Rows split evenly over `devices` inside one process, e.g. DeviceSharding(["cuda:0", "cuda:1"]).
+    """Rows split over `devices` inside one process, e.g. DeviceSharding(["cuda:0", "cuda:1"]): equal parts of the
+    upper triangle of a symmetric matrix, even rows of a rectangular one.
 
-    Each device holds a copy of the inputs and its rows' share of the matrix; products are concatenated on the
+    Each device holds a copy of the inputs and its share of the matrix; products are summed or concatenated on the
     right-hand side's device, and gradients flow back through the copies.
     """
 
@@ -126,7 +127,8 @@ class DeviceSharding(RowSharding):
 
 
 class ProcessGroupSharding(RowSharding):
-    """Rows split evenly over the ranks of a torch.distributed process group (the default group unless given).
+    """Rows split over the ranks of a torch.distributed process group (the default group unless given): equal
+    parts of the upper triangle of a symmetric matrix, even rows of a rectangular one.
 
     Args:
         group: the process group, or None for the default one (torch.distributed.init_process_group; torchrun sets
