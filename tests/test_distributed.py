@@ -71,7 +71,7 @@ def test_misuse_raises_clear_errors_instead_of_hanging(tmp_path):
         assert "ranks passed different x1, x2" in out["data"]
         assert "different right-hand side" in out["seed"] and "torch.manual_seed" in out["seed"]
     assert "did not complete" in ranks[0]["stopped"] and "Another rank failed" in ranks[0]["stopped"]
-    assert 4.5 < ranks[0]["stopped_after_s"] < 7.5  # the 5 s timeout, while rank 1 was still alive
+    assert 4.5 < ranks[0]["stopped_after_s"] < 20  # the 5 s timeout (rank 1 stays alive for 8 s), not a hang
     assert "stopped" not in ranks[1]
 
 
