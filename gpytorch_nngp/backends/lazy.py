@@ -175,31 +175,35 @@ class NetworkKernelOperator(LinearOperator):
             weights[..., :, :stop - start].mul_(0.5)
         return weights
 
-    def _dense_no_grad(self):
-        """The full matrix without autograd, kept while it fits in cache_bytes (else None). Sharded: this process's
-        blocks (see _local_blocks), kept while they fit."""
-        if self._dense_cache is None:
-            self._dense_cache = _shared_dense(self)
-        if self._dense_cache is None and self.sharding is not None:
+    def _cache_fits(self) -> bool:
+        """Whether what this process keeps fits in cache_bytes: the whole matrix, or with a sharding its blocks."""
+        if self.sharding is None:
+            entries = self.shape.numel()
+        else:
             batch = self.shape.numel() // max(self.shape[-2] * self.shape[-1], 1)
-            entries = sum((stop - start) * (self.shape[-1] - col) for start, stop, col, _ in self._local_block_ranges())
-            if batch * entries * self.x1.element_size() <= self.cache_bytes:
-                self._dense_cache = SharedBlocks(self._local_blocks(keep=True))
+            entries = batch * sum((stop - start) * (self.shape[-1] - col)
+                                  for start, stop, col, _ in self._local_block_ranges())
+        return entries * self.x1.element_size() <= self.cache_bytes
+
+    def _dense_no_grad(self):
+        """The matrix without autograd, kept while it fits in cache_bytes (else None): the full (..., n, m) tensor,
+        or with a sharding this process's blocks (see _local_blocks)."""
+        if self._dense_cache is None and self._cache_fits():
+            self._dense_cache = _shared_dense(self)
+            if self._dense_cache is None:
+                self._dense_cache = self._evaluate_cache()
                 _share_dense(self, self._dense_cache)
-            return self._dense_cache
-        if self._dense_cache is None and self.shape.numel() * self.x1.element_size() <= self.cache_bytes:
-            with torch.no_grad():
-                out = torch.empty(self.shape, dtype=self.x1.dtype, device=self.x1.device)
-                workspace = []  # blocks share their buffers: fresh n x m allocations cost as much as the arithmetic
-                for start, stop, col in self._blocks(with_grad=False, triangle=self.symmetric):
-                    block = self._rows(start, stop, self.x1, self.x2, self.weight_var, self.bias_var, workspace, col)
-                    out[..., start:stop, col:] = block
-                    if self.symmetric:  # the mirror image below the diagonal block
-                        out[..., stop:, start:stop] = block[..., stop - start:].mT
-                    workspace.append(block)
-            self._dense_cache = out
-            _share_dense(self, out)
         return self._dense_cache
+
+    def _evaluate_cache(self):
+        if self.sharding is not None:
+            return SharedBlocks(self._evaluate_blocks(keep=True))
+        out = torch.empty(self.shape, dtype=self.x1.dtype, device=self.x1.device)
+        for start, stop, col, _, block in self._evaluate_blocks():
+            out[..., start:stop, col:] = block
+            if self.symmetric:  # the mirror image below the diagonal block
+                out[..., stop:, start:stop] = block[..., stop - start:].mT
+        return out
 
     def _matmul(self, rhs: torch.Tensor) -> torch.Tensor:
         """K @ rhs (..., m, t) -> (..., n, t), without an n x m graph: where gradients are wanted, the backward
@@ -213,12 +217,16 @@ class NetworkKernelOperator(LinearOperator):
         return [(start, stop, col, i) for i, (first, last, _) in enumerate(self._parts())
                 for start, stop, col in self._blocks(with_grad=False, triangle=self.symmetric, rows=(first, last))]
 
-    def _local_blocks(self, keep: bool = False):
-        """Yields (start, stop, col_start, part index, block) of a sharded operator without autograd, each block on
-        its part's device: the cached ones, or evaluated one at a time (keep: as copies that may be stored)."""
-        if not keep and self._dense_no_grad() is not None:
-            yield from self._dense_cache
-            return
+    def _local_blocks(self):
+        """(start, stop, col_start, part index, block) of a sharded operator's blocks: the cached ones, or evaluated
+        one at a time (_evaluate_blocks)."""
+        cached = self._dense_no_grad()
+        return cached if cached is not None else self._evaluate_blocks()
+
+    def _evaluate_blocks(self, keep: bool = False):
+        """Yields (start, stop, col_start, part index, block) for this process's blocks, evaluated without autograd,
+        each on its part's device. The blocks share recycled buffers (fresh n x m allocations cost as much as the
+        arithmetic), so each is valid until the next is asked for; keep: copies that may be stored."""
         parts = self._parts()
         with torch.no_grad():
             workspace, device = [], "none yet"
@@ -236,15 +244,14 @@ class NetworkKernelOperator(LinearOperator):
         and the partial products are summed over the processes. Otherwise each part's rows are gathered."""
         parts = self._parts()
         on = [rhs if device is None else rhs.to(device) for _, _, device in parts]
-        n = self.x1.shape[-2]
+        n, t = self.x1.shape[-2], rhs.shape[-1]
+        batch = torch.broadcast_shapes(self._batch(), rhs.shape[:-2])  # every rank's, also one without rows
         if self.symmetric:
-            shape = (*torch.broadcast_shapes(self._batch(), rhs.shape[:-2]), n, rhs.shape[-1])
-            partial = [r.new_zeros(shape) for r in on]  # every rank's the same shape, also with no rows
+            partial = [r.new_zeros(*batch, n, t) for r in on]
             for start, stop, col, i, block in self._local_blocks():
                 self._add_block_product(partial[i], start, stop, col, block, on[i])
             return self.sharding.reduce_sum(partial, check=rhs)
-        pieces = [[r.new_zeros(*torch.broadcast_shapes(self._batch(), rhs.shape[:-2]), 0, rhs.shape[-1])]
-                  for r in on]  # an empty share still has every rank's batch shape
+        pieces = [[r.new_zeros(*batch, 0, t)] for r in on]
         for *_, i, block in self._local_blocks():
             pieces[i].append(block @ on[i])
         return self.sharding.gather([torch.cat(p, dim=-2) for p in pieces], n, check=rhs)
@@ -255,16 +262,9 @@ class NetworkKernelOperator(LinearOperator):
         dense = self._dense_no_grad()
         if dense is not None:
             return dense @ rhs
-        with torch.no_grad():
-            out = None
-            workspace = []
-            for start, stop, col in self._blocks(with_grad=False, triangle=self.symmetric):
-                block = self._rows(start, stop, self.x1, self.x2, self.weight_var, self.bias_var, workspace, col)
-                if out is None:
-                    out = rhs.new_zeros(*torch.broadcast_shapes(block.shape[:-2], rhs.shape[:-2]),
-                                        self.x1.shape[-2], rhs.shape[-1])
-                self._add_block_product(out, start, stop, col, block, rhs)
-                workspace.append(block)
+        out = rhs.new_zeros(*torch.broadcast_shapes(self._batch(), rhs.shape[:-2]), self.x1.shape[-2], rhs.shape[-1])
+        for start, stop, col, _, block in self._evaluate_blocks():
+            self._add_block_product(out, start, stop, col, block, rhs)
         return out
 
     def _add_block_product(self, out, start, stop, col, block, rhs):
