@@ -113,3 +113,17 @@ def check_inputs(x1: torch.Tensor, x2: torch.Tensor) -> None:
         raise ValueError(
             f"x1 and x2 must have the same number of features (last dimension), got {x1.shape[-1]} and {x2.shape[-1]}"
         )
+
+
+def check_finite_kernel(values: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+    """values unchanged if all finite; else a ValueError that names the cause (overflow at the inputs' scale).
+
+    values: kernel entries (a matrix, or the diagonals that bound it: |k(x, x')| <= sqrt(k(x, x) k(x', x'))).
+    """
+    with torch.no_grad():
+        if bool(torch.isfinite(values).all()):
+            return values
+        scale = max(float(x.detach().abs().max()) for x in inputs)
+    raise ValueError(f"the kernel is not finite in {values.dtype} for inputs with entries up to {scale:.3g} (the "
+                     "variances overflow): standardize the inputs (zero mean, unit variance per feature), lower "
+                     "weight_var, or compute in float64 (kernel.double() and x.double())")

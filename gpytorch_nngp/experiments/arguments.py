@@ -42,15 +42,17 @@ def add_architecture_arguments(parser: argparse.ArgumentParser) -> None:
 IMAGE_SHAPES = {"digits": (1, 8, 8), "mnist5k": (1, 28, 28)}
 
 
-def cnn_module(depth: int, readout: str, side: int, activation: torch.nn.Module = None,
-               channels: int = 32) -> torch.nn.Module:
-    """The torch CNN of --architecture cnn, for 1-channel side x side images: `depth` 3x3 'same' conv layers with
-    `activation` (ReLU), a readout (flatten, or global average pooling) and a 10-way dense output. The kernels
-    ignore `channels` (infinite width); a finite network trained from this module uses it."""
+def cnn_module(depth: int, readout: str, side: int, activation="relu", channels: int = 32) -> torch.nn.Module:
+    """The torch CNN of --architecture cnn, for 1-channel side x side images: `depth` 3x3 'same' conv layers, each
+    followed by its own `activation` module (a name or callable for gpytorch_nngp.Elementwise; "relu" gives
+    nn.ReLU), a readout (flatten, or global average pooling) and a 10-way dense output. The kernels ignore
+    `channels` (infinite width); a finite network trained from this module uses it."""
     layers = []
     for i in range(depth):
-        layers += [torch.nn.Conv2d(1 if i == 0 else channels, channels, 3, padding=1),
-                   activation if activation is not None else torch.nn.ReLU()]
+        # A fresh activation module per layer: a network is also what its users write, and from_module follows
+        # every call of a reused instance, but one instance per layer keeps the printed module honest too.
+        act = torch.nn.ReLU() if isinstance(activation, str) and activation == "relu" else Elementwise(activation)
+        layers += [torch.nn.Conv2d(1 if i == 0 else channels, channels, 3, padding=1), act]
     if readout == "flatten":
         layers += [torch.nn.Flatten(), torch.nn.Linear(channels * side * side, 10)]
     else:
@@ -64,7 +66,7 @@ def network_kernel(args, weight_var: float, bias_var: float, activation="relu"):
     cls = NTKKernel if args.kernel == "ntk" else NNGPKernel
     if getattr(args, "architecture", "mlp") == "cnn":
         shape = IMAGE_SHAPES[args.dataset]
-        module = cnn_module(args.depth, args.readout, shape[-1], Elementwise(activation))
+        module = cnn_module(args.depth, args.readout, shape[-1], activation)
         return cls.from_module(module, shape, weight_var=weight_var, bias_var=bias_var).double()
     return cls(args.depth, activation, weight_var=weight_var, bias_var=bias_var).double()
 

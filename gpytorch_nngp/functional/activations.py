@@ -13,10 +13,12 @@ function goes through `Numerical` (Hermite/Mehler series, see hermite.py).
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable, Optional, Tuple
 
 import torch
 
+from ..warnings import AccuracyWarning
 from .hermite import (
     _nodes_and_projection,
     choose_degree,
@@ -24,9 +26,10 @@ from .hermite import (
     pair_polynomial,
     pair_tail,
     parity_energies,
+    quadrature_discrepancy,
     relative_tail,
 )
-from .safe_math import abrelu_dual, abrelu_dual_into, safe_angle
+from .safe_math import abrelu_dual, abrelu_dual_into, safe_angle, shifted_root_determinant
 
 Dual = Tuple[torch.Tensor, Optional[torch.Tensor]]  # (F, Fdot or None)
 Layer = Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor, Optional[torch.Tensor]]  # (F, Fdot, F11, F22)
@@ -164,7 +167,7 @@ class Identity(Activation):
 class Erf(Activation):
     """phi(x) = erf(x) (Williams 1997):
     F = (2/pi) arcsin(2 k12 / sqrt((1 + 2 k11)(1 + 2 k22))),  Fdot = (4/pi) / sqrt((1 + 2 k11)(1 + 2 k22) - 4 k12^2).
-    The arcsin argument is strictly inside (-1, 1), so plain autograd is finite everywhere.
+    The root in Fdot is >= 1, so the gradients are finite everywhere.
     """
 
     name = "erf"
@@ -173,10 +176,11 @@ class Erf(Activation):
         return torch.erf(x)
 
     def dual(self, k12: torch.Tensor, k11: torch.Tensor, k22: torch.Tensor, ntk: bool = False) -> Dual:
-        prod = (1 + 2 * k11) * (1 + 2 * k22)
-        f = (2 / math.pi) * torch.asin(2 * k12 * torch.rsqrt(prod))
-        fdot = (4 / math.pi) * torch.rsqrt(prod - 4 * k12 * k12) if ntk else None
-        return f, fdot
+        # With R = sqrt((1 + 2 k11)(1 + 2 k22) - 4 k12^2), arcsin(2 k12 / sqrt(...)) = atan2(2 k12, R). R is formed
+        # without the products, whose difference cancels to a few digits in float32 at variances of 1e6.
+        root = shifted_root_determinant(k12, k11, k22, 2.0)
+        f = (2 / math.pi) * torch.atan2(2 * k12, root)
+        return f, ((4 / math.pi) / root if ntk else None)
 
 
 class GELU(Activation):
@@ -193,15 +197,17 @@ class GELU(Activation):
         return torch.nn.functional.gelu(x)
 
     def dual(self, k12: torch.Tensor, k11: torch.Tensor, k22: torch.Tensor, ntk: bool = False) -> Dual:
-        prod = k11 * k22
-        prod1 = (1 + k11) * (1 + k22)
-        d2 = prod1 - k12 * k12
-        d = d2.sqrt()
+        # The products P, P1 and k12^2 are never formed: D^2 = 1 + k11 + k22 + (k11 k22 - k12^2) and the ratios
+        # k12^2 / P1, P / P1 by factors, so that large variances neither cancel nor overflow in float32.
+        r1, r2 = 1 / (1 + k11), 1 / (1 + k22)
+        ratio = (k11 * r1) * (k22 * r2)  # P / P1
+        d = shifted_root_determinant(k12, k11, k22, 1.0)
+        d2 = d * d
         alpha = torch.atan2(k12, d)
-        f = 0.25 * k12 + ((k12 * k12 + prod * d2) / (prod1 * d) + k12 * alpha) / (2 * math.pi)
+        f = 0.25 * k12 + ((k12 * r1) * (k12 * r2) / d + ratio * d + k12 * alpha) / (2 * math.pi)
         fdot = None
         if ntk:
-            fdot = 0.25 + alpha / (2 * math.pi) + k12 / (2 * math.pi * d) * (1 / d2 + (1 - prod) / prod1 + 1)
+            fdot = 0.25 + alpha / (2 * math.pi) + k12 / (2 * math.pi * d) * (1 / d2 + r1 * r2 - ratio + 1)
         return f, fdot
 
 
@@ -251,7 +257,8 @@ class Numerical(Activation):
         if not isinstance(num_nodes, int) or num_nodes % 4 != 1 or num_nodes < 101:
             raise ValueError(f"num_nodes must be an int >= 101 with num_nodes % 4 == 1, got {num_nodes!r}")
         self.fn = fn
-        self.name = name or getattr(fn, "__name__", "numerical")
+        self.name = name or getattr(fn, "__name__", None) or type(fn).__name__
+        check_elementwise(fn, self.name)
         self.max_degree = max_degree
         self.tol = float(tol)
         self.num_nodes = num_nodes
@@ -339,6 +346,10 @@ class Numerical(Activation):
         return _merge_middle(values, mid), _merge_middle(deriv, mid)
 
     def _check(self, values, x):
+        if not torch.isfinite(x).all():
+            raise ValueError(f"the variances that reach activation {self.name!r} are not finite (they overflow "
+                             f"{x.dtype}): standardize the inputs (zero mean, unit variance per feature), lower "
+                             "weight_var, or compute in float64")
         if not isinstance(values, torch.Tensor) or values.shape != x.shape:
             raise ValueError(f"activation {self.name!r} must be elementwise: it changed shape {tuple(x.shape)}")
         if not torch.isfinite(values).all():
@@ -382,8 +393,34 @@ class Numerical(Activation):
                     best = (degree_g, coeffs - gamma, gamma, energies_g, tail_g)
             if best[0] < stage:
                 break
-        degree, coeffs, gamma, energies, _ = best
+        degree, coeffs, gamma, energies, tail = best
+        # The quadrature is judged on what the series expands: g, with a jump or kink at 0 split off.
+        self._warn_if_inaccurate(samples, None if gamma is None else split, var,
+                                 float(tail[degree]) if degree == self.max_degree else 0.0)
         return coeffs, gamma, energies, degree
+
+    def _warn_if_inaccurate(self, samples, split, var, series_tail: float) -> None:
+        """AccuracyWarning when the series or the quadrature cannot resolve phi (or phi') at these variances.
+
+        split: the jump/kink part split off h (see _split), or None; the quadrature is judged on the rest.
+        series_tail: the relative energy the series misses at max_degree (0 when it met its tolerance earlier). The
+        quadrature is judged by E[h^2] on every node against every other node (Simpson at twice the step): the two
+        agree to rounding for smooth h and differ once h varies on the scale of the node spacing (a steep function
+        at a large variance), where the whole expansion is unreliable.
+        """
+        with torch.no_grad():
+            quad = quadrature_discrepancy(samples if split is None else samples - split, self.num_nodes, samples)
+        problems = []
+        if quad > QUADRATURE_WARN:
+            problems.append(f"the quadrature resolves phi only to {quad:.1e} (relative)")
+        if series_tail > SERIES_WARN:
+            problems.append(f"the series misses {series_tail:.1e} of its energy at max_degree={self.max_degree}")
+        if problems:
+            warnings.warn(
+                f"activation {self.name!r}: {' and '.join(problems)} at input variances up to "
+                f"{var.detach().max().item():.0e}, so its kernel (and NTK) may be off by as much. Standardize the "
+                "inputs (zero mean, unit variance per feature) or lower weight_var / bias_var, or use a closed-form "
+                "activation (relu, erf, gelu, ...)", AccuracyWarning, stacklevel=2)
 
     def _series(self, c, side1, side2, deriv, singular):
         """sum_k of the kept coefficients c^k plus the tail model; returns (series, whether the kink was split)."""
@@ -454,6 +491,42 @@ class Numerical(Activation):
         return f, fdot, f11, f22
 
 
+def check_elementwise(fn: Callable, name: str) -> None:
+    """Raises ValueError unless fn acts elementwise: each output entry depends on its input entry alone.
+
+    fn runs on a small random float64 tensor (float32 if it refuses float64): the output must keep the shape, and
+    changing some entries, reshaping or transposing the input must leave the other outputs as they were. softmax,
+    cumsum, normalizations and anything else that mixes entries fail; the kernel of such a layer is not the dual of
+    an activation, and computing it as one would give a wrong kernel that looks plausible.
+    """
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 6, generator=generator, dtype=torch.float64)
+    other = x.clone()
+    other[1::2, ::3] = torch.randn(2, 2, generator=generator, dtype=torch.float64)
+    untouched = torch.ones_like(x, dtype=torch.bool)
+    untouched[1::2, ::3] = False
+    error = None
+    for dtype in (torch.float64, torch.float32):
+        try:
+            with torch.no_grad():
+                outs = [fn(t.to(dtype)) for t in (x, other, x.reshape(-1), x.t().contiguous())]
+            break
+        except Exception as e:  # noqa: BLE001 - any failure is reported with the activation's name
+            error = e
+    else:
+        raise TypeError(f"activation {name!r} could not be evaluated on a float tensor: {error}") from error
+    if not all(isinstance(o, torch.Tensor) for o in outs) or [tuple(o.shape) for o in outs] != [
+            (4, 6), (4, 6), (24,), (6, 4)]:
+        raise ValueError(f"activation {name!r} must be elementwise: it changed the shape of its input")
+    y, y_other, y_flat, y_t = (o.to(torch.float64) for o in outs)
+    tol = dict(rtol=1e-9 if outs[0].dtype == torch.float64 else 1e-5, atol=1e-12, equal_nan=True)
+    if not (torch.allclose(y[untouched], y_other[untouched], **tol) and torch.allclose(y.reshape(-1), y_flat, **tol)
+            and torch.allclose(y.t(), y_t, **tol)):
+        raise ValueError(f"activation {name!r} is not elementwise: its output at one entry depends on other entries "
+                         "(softmax, cumsum, normalizations, ...). Only elementwise functions have an activation "
+                         "kernel; write other layers as torch modules and build the kernel with from_module")
+
+
 class _Side:
     """Per-point data of one set of variances for Numerical: samples of phi / phi' and their series pieces."""
 
@@ -482,6 +555,9 @@ class _Side:
 
 _SIGN = Sign()
 _ABS = Abs()
+# Above these the Numerical kernel may be off by more than about 1e-3 (benchmarks/numerical_activations.py).
+QUADRATURE_WARN = 1e-4
+SERIES_WARN = 1e-2
 _DEGREE_STAGES = (128, 512)
 
 
@@ -522,6 +598,45 @@ _NUMERICAL = {
     "elu": _elu,
 }
 NAMES = tuple(sorted(set(_CLOSED_FORM) | set(_NUMERICAL)))
+
+
+class Composed:
+    """x -> outer(inner(x)) as a picklable callable (two Activations), for Numerical."""
+
+    def __init__(self, outer: Activation, inner: Activation):
+        self.outer, self.inner = outer, inner
+        self.__name__ = f"{getattr(outer, 'name', 'phi')}({getattr(inner, 'name', 'phi')})"
+
+    def __call__(self, x):
+        return self.outer(self.inner(x))
+
+    def __eq__(self, other):
+        return type(self) is type(other) and (self.outer, self.inner) == (other.outer, other.inner)
+
+    def __hash__(self):
+        return hash((self.outer, self.inner))
+
+
+def compose(outer: Activation, inner: Activation) -> Activation:
+    """The activation x -> outer(inner(x)).
+
+    An activation applied to another activation's output is one elementwise function of the Gaussian below both,
+    so its dual is that of the composition: closed form for the identity and for piecewise linear functions
+    (ABReLU of ABReLU is an ABReLU: ReLU of ReLU is ReLU), numerical (Hermite series) otherwise.
+    """
+    if isinstance(inner, Identity):
+        return outer
+    if isinstance(outer, Identity):
+        return inner
+    if isinstance(outer, ABReLU) and isinstance(inner, ABReLU):
+        # x >= 0: inner gives b1 x, of the sign of b1; x < 0: a1 x, of the sign of -a1.
+        b = (outer.b if inner.b >= 0 else outer.a) * inner.b
+        a = (outer.b if inner.a <= 0 else outer.a) * inner.a
+        for cls in (ReLU, Abs):
+            if (a, b) == (cls().a, cls().b):
+                return cls()
+        return LeakyReLU(a) if b == 1.0 and a >= 0 else ABReLU(a, b)
+    return Numerical(Composed(outer, inner))
 
 
 def get_activation(activation) -> Activation:

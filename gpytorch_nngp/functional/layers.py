@@ -41,22 +41,35 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .activations import ABReLU, Activation
+from .activations import ABReLU, Activation, compose
 from .safe_math import abrelu_dual_into
+
+# What the values at a point of the network are, in the infinite-width limit (Geometry.law). Only "input" and
+# "gaussian" values may go into an activation: the dual maps E[phi(u) phi(v)] assume (u, v) jointly Gaussian.
+INPUT = "input"          # a fixed function of the network's input (before any Linear/Conv): computed exactly
+GAUSSIAN = "gaussian"    # zero-mean Gaussian: outputs of Linear/Conv layers and linear maps (pooling, sums) of them
+ACTIVATED = "activated"  # an elementwise function of Gaussian values: another activation composes with it
+MIXED = "mixed"          # anything else (averages of activations, input plus a Gaussian branch): linear layers only
 
 
 @dataclass(frozen=True)
 class Geometry:
-    """The shape of a layer's input or output, without its (infinite) channel count.
+    """The shape of a layer's input or output.
 
     spatial: positions per spatial axis, () for a flat (fully connected) state.
     full: the state keeps the full P x P matrix per pair (else only its diagonal).
-    gaussian: the activations are Gaussian (outputs of a conv/dense layer, or sums of them): LayerNorm needs it.
+    law: what the values are in the limit (INPUT, GAUSSIAN, ACTIVATED or MIXED); activations and LayerNorm need
+        Gaussian values.
+    channels: the channel count (features of a flat state) of the finite module, when known: the kernel does not
+        depend on it, but a module whose layers disagree on it is not the network the user thinks it is.
+    why: for MIXED values, what they are (for error messages).
     """
 
     spatial: Tuple[int, ...]
     full: bool = False
-    gaussian: bool = True
+    law: str = GAUSSIAN
+    channels: Optional[int] = None
+    why: str = ""
 
     @property
     def axes(self) -> int:
@@ -65,6 +78,19 @@ class Geometry:
 
     def describe(self) -> str:
         return "flat" if not self.spatial else "x".join(map(str, self.spatial))
+
+    def shape(self) -> str:
+        """The per-point tensor shape of the finite module, e.g. "(4, 6, 6)", or the spatial shape alone."""
+        if self.channels is None:
+            return f"spatial shape {self.describe()}"
+        return f"shape {(self.channels, *self.spatial)}"
+
+    def linear_image(self, why: str) -> Geometry:
+        """The law of a linear map (average pooling) of these values: Gaussian and fixed values stay so, an average
+        of activations is neither (`why` says what it is)."""
+        if self.law in (INPUT, GAUSSIAN):
+            return self
+        return replace(self, law=MIXED, why=self.why if self.law == MIXED else why)
 
 
 class _Run:
@@ -229,6 +255,7 @@ class Layer:
 
     key: int = -1
     origin: Optional[str] = None  # where the layer came from (a torch module's name), for error messages
+    on_input: bool = False  # set by Network for layers it applies to the input points themselves (its prefix)
     input: Geometry
     output: Geometry
 
@@ -243,6 +270,11 @@ class Layer:
     def apply(self, cov: torch.Tensor, theta: Optional[torch.Tensor], run: _Run):
         raise NotImplementedError
 
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer on the input points themselves, x (..., *per-point shape): for layers before the network's first
+        Linear/Conv, whose values are a fixed function of the input (Network's prefix)."""
+        raise NotImplementedError(f"{self.describe()} cannot act on the input itself")
+
     def needs_full(self) -> Optional[bool]:
         """True: the layer needs the full P x P state below it; False: the diagonal suffices for it and for every
         layer above (flatten); None: it passes the question on to the layers above."""
@@ -255,14 +287,21 @@ class Layer:
 class Dense(Layer):
     """A fully connected layer on a flat state (torch.nn.Linear): cov' = w cov + b, theta' = cov' + w theta."""
 
-    def __init__(self, index: int = 0, bias: bool = True):
+    def __init__(self, index: int = 0, bias: bool = True, in_features: Optional[int] = None,
+                 out_features: Optional[int] = None):
         self.index, self.bias = index, bias
+        self.in_features, self.out_features = in_features, out_features
 
     def _output(self, geometry):
-        if geometry.spatial and math.prod(geometry.spatial) != 1:
-            raise ValueError(f"a dense layer needs a flat input, got spatial shape {geometry.describe()}: flatten it "
+        # torch.nn.Linear acts on the last axis: on an unflattened (C, ..., 1) input it would mix the wrong axis.
+        strict = self.in_features is not None and geometry.channels is not None
+        if geometry.spatial and (strict or math.prod(geometry.spatial) != 1):
+            raise ValueError(f"a dense layer needs a flat input, got {geometry.shape()}: flatten it "
                              "first (torch.nn.Flatten) or pool it (torch.nn.AdaptiveAvgPool2d(1))")
-        return replace(geometry, gaussian=True)
+        if strict and self.in_features != geometry.channels:
+            raise ValueError(f"Linear with in_features={self.in_features} gets {geometry.channels} features here: "
+                             "fix in_features (or input_shape)")
+        return replace(geometry, law=GAUSSIAN, channels=self.out_features, why="")
 
     def apply(self, cov, theta, run):
         w = run.parameter(run.weight_var, self.index, self.input)
@@ -279,15 +318,20 @@ class Conv(Layer):
     taps, `stride`, and (lo, hi) zero or circular padding."""
 
     def __init__(self, kernel_size: Sequence[int], stride: Sequence[int], padding: Sequence[Tuple[int, int]],
-                 circular: bool = False, index: int = 0, bias: bool = True):
+                 circular: bool = False, index: int = 0, bias: bool = True, in_channels: Optional[int] = None,
+                 out_channels: Optional[int] = None):
         self.kernel_size, self.stride = tuple(kernel_size), tuple(stride)
         self.padding, self.circular = tuple(tuple(p) for p in padding), circular
         self.index, self.bias = index, bias
+        self.in_channels, self.out_channels = in_channels, out_channels
 
     def _output(self, geometry):
         if len(geometry.spatial) != len(self.kernel_size):
-            raise ValueError(f"a {len(self.kernel_size)}-d convolution got an input of spatial shape "
-                             f"{geometry.describe()}")
+            raise ValueError(f"a {len(self.kernel_size)}-d convolution got an input of {geometry.shape()}")
+        if None not in (self.in_channels, geometry.channels) and self.in_channels != geometry.channels:
+            raise ValueError(f"a convolution with in_channels={self.in_channels} gets an input of "
+                             f"{geometry.shape()} (channel first): fix in_channels, or input_shape if it is "
+                             "channel last")
         sizes = []
         for size, k, s, (lo, hi) in zip(geometry.spatial, self.kernel_size, self.stride, self.padding):
             if self.circular and max(lo, hi) > size:
@@ -297,7 +341,7 @@ class Conv(Layer):
                 raise ValueError(f"a convolution with kernel size {k} and padding ({lo}, {hi}) does not fit an input "
                                  f"of size {size}")
             sizes.append(out)
-        return Geometry(tuple(sizes), geometry.full, gaussian=True)
+        return Geometry(tuple(sizes), geometry.full, GAUSSIAN, self.out_channels)
 
     def _spatial(self, x, geometry, run):
         """The stencil sum (without 1 / taps) along every axis; intermediates go back to the workspace."""
@@ -356,7 +400,15 @@ class AvgPool(Layer):
         if min(sizes) < 1:
             raise ValueError(f"average pooling with window {self.kernel_size} does not fit spatial shape "
                              f"{geometry.describe()}")
-        return Geometry(tuple(sizes), True, gaussian=False)
+        return replace(geometry.linear_image("averages of activations over a window"), spatial=tuple(sizes),
+                       full=True)
+
+    def transform(self, x):
+        nd = len(self.kernel_size)
+        pool = torch.nn.functional.avg_pool1d if nd == 1 else torch.nn.functional.avg_pool2d
+        flat = x.reshape(-1, *x.shape[x.dim() - nd - 1:])
+        out = pool(flat, self.kernel_size, self.stride, self.padding, count_include_pad=True)
+        return out.reshape(*x.shape[: x.dim() - nd - 1], *out.shape[1:])
 
     def _spatial(self, x, geometry):
         nd = len(geometry.spatial)
@@ -379,7 +431,11 @@ class GlobalAvgPool(Layer):
         return True
 
     def _output(self, geometry):
-        return Geometry((), False, gaussian=False)
+        return replace(geometry.linear_image("averages of activations over all positions"), spatial=(), full=False)
+
+    def transform(self, x):
+        nd = len(self.input.spatial)
+        return x.mean(tuple(range(-nd, 0))) if nd else x
 
     def apply(self, cov, theta, run):
         axes = self.input.axes
@@ -396,7 +452,11 @@ class Flatten(Layer):
         return False
 
     def _output(self, geometry):
-        return Geometry((), False, gaussian=geometry.gaussian)
+        channels = None if geometry.channels is None else geometry.channels * math.prod(geometry.spatial)
+        return replace(geometry, spatial=(), full=False, channels=channels)
+
+    def transform(self, x):
+        return x.flatten(x.dim() - len(self.input.spatial) - 1)
 
     def apply(self, cov, theta, run):
         def reduce(x):
@@ -424,7 +484,20 @@ class Nonlinearity(Layer):
         self.activation = activation
 
     def _output(self, geometry):
-        return replace(geometry, gaussian=False)
+        if geometry.law == GAUSSIAN:
+            return replace(geometry, law=ACTIVATED)
+        if self.on_input:
+            return geometry
+        if geometry.law == INPUT:
+            raise ValueError(f"the activation {self.activation!r} acts on the input inside a residual block whose "
+                             "skip path starts at the input: put a Linear or Conv layer before the residual block")
+        what = "the output of another activation" if geometry.law == ACTIVATED else geometry.why
+        raise ValueError(f"the activation {self.activation!r} acts on {what}, which is neither Gaussian nor a "
+                         "fixed function of the input in the infinite-width limit, so its kernel has no closed form "
+                         "here: put a Linear or Conv layer before it")
+
+    def transform(self, x):
+        return self.activation(x)
 
     def apply(self, cov, theta, run):
         v1, v2 = run.point_variances(self.key, cov, self.input)
@@ -458,10 +531,19 @@ class LayerNorm(Layer):
             raise ValueError(f"LayerNorm{self.normalized_shape} must normalize over all features (channels and "
                              f"every spatial axis) of its input, here of spatial shape {geometry.describe()}: other "
                              "axes have no infinite-width limit")
-        if not geometry.gaussian:
+        if self.normalized_shape is not None and None not in (geometry.channels, self.normalized_shape[:1]) and \
+                self.normalized_shape[0] != geometry.channels:
+            raise ValueError(f"LayerNorm{self.normalized_shape} gets an input of {geometry.shape()}: fix "
+                             "normalized_shape")
+        if geometry.law != GAUSSIAN and not self.on_input:
             raise ValueError("LayerNorm has an infinite-width limit only on Gaussian inputs: place it right after a "
                              "Linear or Conv layer (or a residual sum of such), not after an activation or pooling")
-        return replace(geometry, gaussian=False)
+        # The normalizer of Gaussian values tends to a number per input: the output is Gaussian again.
+        return geometry
+
+    def transform(self, x):
+        nd = len(self.input.spatial)
+        return torch.nn.functional.layer_norm(x, x.shape[x.dim() - nd - 1:], eps=self.eps)
 
     def apply(self, cov, theta, run):
         v1, v2 = run.point_variances(self.key, cov, self.input)
@@ -490,10 +572,14 @@ class Residual(Layer):
         out = geometry
         for layer in self.branch:
             out = _build_one(layer, out)
-        if out.spatial != geometry.spatial:
-            raise ValueError(f"a residual branch must keep the spatial shape: {geometry.describe()} in, "
-                             f"{out.describe()} out")
-        return replace(geometry, gaussian=geometry.gaussian and out.gaussian)
+        if out.spatial != geometry.spatial or None not in (out.channels, geometry.channels) and \
+                out.channels != geometry.channels:
+            raise ValueError(f"a residual branch must keep the shape of its input: {geometry.shape()} in, "
+                             f"{out.shape()} out")
+        if geometry.law == GAUSSIAN:
+            return geometry
+        skip = "the input" if geometry.law == INPUT else "non-Gaussian values"
+        return replace(geometry, law=MIXED, why=f"the sum of {skip} and a Gaussian residual branch")
 
     def apply(self, cov, theta, run):
         b_cov, b_theta = cov, theta
@@ -512,6 +598,28 @@ class Residual(Layer):
         return cov + b_cov, (b_theta if theta is None else theta + b_theta)
 
 
+def _simplify(layers: List[Layer]) -> List[Layer]:
+    """The layers with consecutive activations composed into one and activations moved before a flatten (also in
+    residual branches); see Network."""
+    out: List[Layer] = []
+    for layer in layers:
+        if isinstance(layer, Residual):
+            layer.branch = _simplify(layer.branch)
+        if not isinstance(layer, Nonlinearity):
+            out.append(layer)
+            continue
+        moved = []
+        while out and isinstance(out[-1], Flatten):  # flatten(phi(x)) = phi(flatten(x)), position by position
+            moved.insert(0, out.pop())
+        if out and isinstance(out[-1], Nonlinearity):
+            inner = out.pop()
+            merged = Nonlinearity(compose(layer.activation, inner.activation))
+            merged.origin = ", ".join(o for o in (inner.origin, layer.origin) if o) or None
+            layer = merged
+        out += [layer] + moved
+    return out
+
+
 def _needs_full(layers: Sequence[Layer]) -> bool:
     for layer in layers:
         answer = layer.needs_full()
@@ -527,24 +635,47 @@ _LETTERS = ("pqr", "PQR")
 class Network:
     """A built architecture: its layers (with the diagonal-only stretches decided), input shape and parameter count.
 
+    The layers are first put in a form the algebra computes exactly: consecutive activations become one (phi2 of
+    phi1 of a Gaussian is an elementwise function of that Gaussian), and an activation after a flatten moves before
+    it (flatten only renames positions). The layers before the first Linear/Conv/residual block (the prefix) act on
+    values that are a fixed function of the input, so they are applied to the input points themselves (an
+    activation there is phi(x) exactly, not a Gaussian expectation); the algebra starts after them.
+
     Args:
         layers: the layers in order (Dense, Conv, AvgPool, GlobalAvgPool, Flatten, Nonlinearity, LayerNorm,
             Residual); conv/dense layers carry the index of their variances.
         input_shape: (C, *spatial) of one input, channel first as torch flattens it; (d,) for flat inputs.
         num_parameters: number of distinct (weight_var, bias_var) pairs the layers index.
+        tied: labels of Linear/Conv layers used more than once (one weight matrix at several depths): their NNGP is
+            that of independent weights (Yang 2019, Tensor Programs I), their NTK is not (kernels refuse the NTK).
 
     Raises:
-        ValueError: layers that do not fit the input shape, or an output that is not flat.
+        ValueError: layers that do not fit the input shape, an activation on values that are not Gaussian, or an
+            output that is not flat.
     """
 
-    def __init__(self, layers: Sequence[Layer], input_shape: Sequence[int], num_parameters: int = 1):
+    def __init__(self, layers: Sequence[Layer], input_shape: Sequence[int], num_parameters: int = 1,
+                 tied: Sequence[str] = ()):
         self.input_shape = tuple(int(s) for s in input_shape)
         if not self.input_shape or min(self.input_shape) < 1 or len(self.input_shape) > 3:
             raise ValueError(f"input_shape must be (d,), (C, L) or (C, H, W) with positive sizes, got {input_shape!r}")
-        self.channels, spatial = self.input_shape[0], self.input_shape[1:]
         self.num_parameters = num_parameters
-        geometry = Geometry(spatial, full=bool(spatial) and _needs_full(layers), gaussian=False)
-        self.layers, self.output = _build(list(layers), geometry)
+        self.tied = tuple(tied)
+        layers = _simplify(list(layers))
+        split = next((i for i, layer in enumerate(layers) if isinstance(layer, (Dense, Conv, Residual))), len(layers))
+        if split == len(layers):
+            raise ValueError("the network has no Linear, Conv or residual layer: its output is a fixed function of "
+                             "the input, with no weights to vary")
+        self.prefix = layers[:split]
+        geometry = Geometry(self.input_shape[1:], False, INPUT, self.input_shape[0])
+        for layer in self.prefix:
+            layer.on_input = True
+            geometry = _build_one(layer, geometry)
+        # The state the algebra starts from: the Gram of the (transformed) input points.
+        self.state_shape = (geometry.channels, *geometry.spatial)
+        self.channels, spatial = geometry.channels, geometry.spatial
+        geometry = replace(geometry, full=bool(spatial) and _needs_full(layers[split:]))
+        self.layers, self.output = _build(layers[split:], geometry)
         if self.output.spatial:
             raise ValueError(f"the network's output still has spatial shape {self.output.describe()}: end it with a "
                              "readout (torch.nn.Flatten() then torch.nn.Linear, or torch.nn.AdaptiveAvgPool2d(1))")
@@ -560,7 +691,8 @@ class Network:
         return math.prod(self.input_shape)
 
     def describe(self) -> str:
-        return ", ".join(layer.describe() for layer in self.layers if not isinstance(layer, ToDiagonal))
+        prefix = [f"{layer.describe()} on the input" for layer in self.prefix if not isinstance(layer, Flatten)]
+        return ", ".join(prefix + [layer.describe() for layer in self.layers if not isinstance(layer, ToDiagonal)])
 
     def take(self, variances: Dict[int, torch.Tensor], index) -> Dict[int, torch.Tensor]:
         """The variances (from `variances`) of a subset of the points: `index` (a slice or index tensor) applied to
@@ -574,11 +706,11 @@ class Network:
         x1 (..., n, F), x2 (..., m, F) with F = C * prod(spatial); lead 2 gives (..., n, m, *pair axes), lead 1
         pairs row k of x1 with row k of x2 (n == m): (..., n, *pair axes).
         """
-        spatial = self.input_shape[1:]
+        spatial = self.state_shape[1:]
         nd = len(spatial)
         geometry = Geometry(spatial, full=bool(spatial) and self.layers[0].input.full)
-        a = x1.reshape(*x1.shape[:-1], *self.input_shape)
-        b = x2.reshape(*x2.shape[:-1], *self.input_shape)
+        a, b = self.transform_input(x1), (None if x2 is x1 else self.transform_input(x2))
+        b = a if b is None else b
         s1, s2 = _LETTERS[0][:nd], (_LETTERS[1][:nd] if geometry.full else _LETTERS[0][:nd])
         out = "".join(p + q for p, q in zip(s1, s2)) if geometry.full else s1
         if lead == 2:
@@ -588,6 +720,13 @@ class Network:
         # Contiguous: layers then see the same memory layout for a kernel matrix and for a diagonal, so that
         # reductions (flatten, pooling) add in the same order and diag=True is the matrix diagonal to the bit.
         return (torch.einsum(spec, a, b) / self.channels).contiguous()
+
+    def transform_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Input points (..., n, F) as per-point tensors (..., n, *state_shape), after the prefix layers."""
+        x = x.reshape(*x.shape[:-1], *self.input_shape)
+        for layer in self.prefix:
+            x = layer.transform(x)
+        return x
 
     def propagate(self, cov: torch.Tensor, run: _Run):
         """Runs every layer on an input state; returns (cov, theta) of the output, flat: (..., n, m) or (..., n)."""

@@ -8,6 +8,8 @@ where it exists and zero where the input is exactly degenerate.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -34,18 +36,38 @@ def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
     return _SafeSqrt.apply(x)
 
 
-def _sqrt_gap(k12, k11, k22):
-    """s = sqrt(max(k11 k22 - k12^2, 0)), and the k12^2 buffer (free for reuse by the caller).
+def products_overflow(k11: torch.Tensor, k22: torch.Tensor) -> bool:
+    """Whether k11 k22 may overflow the dtype (float32 past about 1e19): then sqrt_gap rescales."""
+    big = torch.maximum(k11.detach().abs().max(), k22.detach().abs().max())
+    return bool(big > math.sqrt(torch.finfo(k11.dtype).max) / 4)
 
-    Both products are rounded separately (no fused multiply-add), so the gap is exactly 0 on the diagonal.
+
+def rescaled_sqrt_gap(k12, k11, k22):
+    """sqrt(max(k11 k22 - k12^2, 0)) for variances whose products overflow: each side is scaled by a power of two
+    near its variance (exact in floating point) before the products, and the result scaled back. Equal inputs still
+    give exactly 0."""
+    h1 = torch.frexp(k11).exponent // 2
+    h2 = torch.frexp(k22).exponent // 2
+    a, b, c = torch.ldexp(k11, -2 * h1), torch.ldexp(k22, -2 * h2), torch.ldexp(k12, -(h1 + h2))
+    return torch.ldexp(torch.mul(a, b).sub_(torch.mul(c, c)).clamp_min_(0).sqrt_(), h1 + h2)
+
+
+def sqrt_gap(k12, k11, k22):
+    """s = sqrt(max(k11 k22 - k12^2, 0)) (the determinant of the pair covariance, square-rooted), and a buffer
+    shaped like k12 that the caller may reuse.
+
+    Both products are rounded separately (no fused multiply-add), so the gap is exactly 0 on the diagonal. Where
+    the products would overflow, they are formed after an exact rescaling (rescaled_sqrt_gap).
     """
     squared = torch.mul(k12, k12)
+    if products_overflow(k11, k22):
+        return rescaled_sqrt_gap(k12, k11, k22), squared
     return torch.mul(k11, k22).sub_(squared).clamp_min_(0).sqrt_(), squared
 
 
 def _angle_parts(k12, k11, k22):
     """s = sqrt(k11 k22 - k12^2) >= 0 and theta = atan2(s, k12) in [0, pi]."""
-    s, _ = _sqrt_gap(k12, k11, k22)
+    s, _ = sqrt_gap(k12, k11, k22)
     return s, torch.atan2(s, k12)
 
 
@@ -58,6 +80,33 @@ def _angle_grads(grad_theta, k12, k11, k22, s):
     g12 = -g
     gk = g * k12 * 0.5
     return g12, gk / k11, gk / k22
+
+
+class _ShiftedRootDeterminant(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, k12, k11, k22, b: float):
+        s, _ = sqrt_gap(k12, k11, k22)
+        r = torch.hypot(s.mul_(b), (1 + b * (k11 + k22)).sqrt())
+        ctx.b = b
+        ctx.save_for_backward(k12, k11, k22, r)
+        return r
+
+    @staticmethod
+    def backward(ctx, grad):
+        k12, k11, k22, r = ctx.saved_tensors
+        b, g = ctx.b, grad / r
+        return (_sum_to(-b * b * g * k12, k12), _sum_to(0.5 * b * g * (1 + b * k22), k11),
+                _sum_to(0.5 * b * g * (1 + b * k11), k22), None)
+
+
+def shifted_root_determinant(k12: torch.Tensor, k11: torch.Tensor, k22: torch.Tensor, b: float) -> torch.Tensor:
+    """sqrt((1 + b k11)(1 + b k22) - b^2 k12^2) >= 1, broadcast like k12 (b > 0).
+
+    Computed as hypot(b sqrt(k11 k22 - k12^2), sqrt(1 + b (k11 + k22))): a sum of non-negative terms, so large
+    variances neither cancel (the plain difference keeps a few digits in float32 at variances of 1e6) nor overflow.
+    The erf and GELU duals are built on it.
+    """
+    return _ShiftedRootDeterminant.apply(k12, k11, k22, float(b))
 
 
 class _SafeAngle(torch.autograd.Function):
@@ -125,8 +174,12 @@ def _abrelu_forward(ctx, k12, k11, k22, a: float, b: float, buffers=None):
     F lands in buffers[0] and Fdot in buffers[1]."""
     amp = (a - b) ** 2 / (2 * torch.pi)
     if buffers is None:
-        s, buf = _sqrt_gap(k12, k11, k22)
+        s, buf = sqrt_gap(k12, k11, k22)
         theta = torch.atan2(s, k12)
+    elif products_overflow(k11, k22):
+        buf, theta = buffers
+        s = buf.copy_(rescaled_sqrt_gap(k12, k11, k22))
+        torch.atan2(s, k12, out=theta)
     else:
         buf, theta = buffers
         # k11 k22 and k12^2 are rounded separately (no fused multiply-add): the gap is exactly 0 on the diagonal.

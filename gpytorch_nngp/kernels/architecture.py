@@ -7,11 +7,11 @@ import torch
 from gpytorch.constraints import Interval
 from gpytorch.priors import Prior
 
-from .._validation import check_inputs
+from .._validation import check_finite_kernel, check_inputs
 from ..backends import check_backend, make_sharding, resolve_backend
 from ..backends.architecture import ArchitectureKernelOperator, architecture_matrix
 from ..functional.layers import Network
-from .from_module import network_from_module
+from .from_module import check_ntk_untied, network_from_module
 from .fully_connected import _one_point_set
 from .variances import NetworkVariances
 
@@ -51,6 +51,8 @@ class ArchitectureKernel(NetworkVariances):
         if isinstance(backend, str) and backend.lower() == "keops":
             raise ValueError("backend='keops' is not available for architecture kernels (KeOps formulas exist for "
                              f"fully connected kernels only): use one of {', '.join(map(repr, BACKENDS))}")
+        if ntk:
+            check_ntk_untied(network)
         self.network, self.ntk, self.backend = network, bool(ntk), check_backend(backend, BACKENDS)
         self.sharding = make_sharding(self.backend)
         self._init_variances((*self.batch_shape, network.num_parameters), weight_var, bias_var, weight_var_prior,
@@ -98,14 +100,20 @@ class ArchitectureKernel(NetworkVariances):
             if x1.shape[-2] != x2.shape[-2]:
                 raise ValueError(f"diag=True needs x1 and x2 with the same number of points, got {x1.shape[-2]} "
                                  f"and {x2.shape[-2]}")
-            return self.network.paired(x1, x2, weight_var, bias_var, self.ntk, same_points=same)
+            return check_finite_kernel(self.network.paired(x1, x2, weight_var, bias_var, self.ntk, same_points=same),
+                                       x1, x2)
         backend = resolve_backend(self.backend, x1, x2, entries_per_pair=self.network.entries_per_pair)
+        if backend != "dense":  # the operators are evaluated later, block by block: check what bounds them now
+            with torch.no_grad():
+                for x in (x1,) if same else (x1, x2):
+                    check_finite_kernel(self.network.paired(x, x, weight_var, bias_var, self.ntk, same_points=True), x)
         if backend == "distributed":
             self.sharding.check_same(x1=x1, x2=x2, weight_var=weight_var, bias_var=bias_var)
         if backend in ("lazy", "distributed"):
             return ArchitectureKernelOperator(x1, weight_var, bias_var, None if same else x2, network=self.network,
                                               ntk=self.ntk, sharding=self.sharding)
-        return architecture_matrix(self.network, x1, x2, weight_var, bias_var, self.ntk, symmetric=same)
+        return check_finite_kernel(architecture_matrix(self.network, x1, x2, weight_var, bias_var, self.ntk,
+                                                       symmetric=same), x1, x2)
 
     def extra_repr(self) -> str:
         return f"{'NTK' if self.ntk else 'NNGP'}, input_shape={self.network.input_shape}, {self.network.describe()}"

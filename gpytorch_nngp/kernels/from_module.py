@@ -20,7 +20,9 @@ SUPPORTED = ("nn.Sequential", "nn.Linear", "nn.Conv1d", "nn.Conv2d", "nn.AvgPool
              "nn.LayerNorm(elementwise_affine=False)",
              "nn.Identity", "gpytorch_nngp.Residual", "gpytorch_nngp.Elementwise",
              "nn.ReLU", "nn.LeakyReLU", "nn.GELU", "nn.Tanh", "nn.Sigmoid",
-             "nn.SiLU", "nn.ELU", "nn.Softplus")
+             "nn.SiLU", "nn.ELU", "nn.Softplus", "nn.Hardtanh", "nn.ReLU6", "nn.Mish", "nn.SELU", "nn.CELU",
+             "nn.Softsign", "nn.Hardswish", "nn.Hardsigmoid", "nn.LogSigmoid", "nn.Tanhshrink", "nn.Softshrink",
+             "nn.Hardshrink")
 
 # Modules with no infinite-width Gaussian limit, and what to use instead.
 _NEAREST = {
@@ -36,6 +38,12 @@ _NEAREST = {
     (nn.MultiheadAttention, nn.RNNBase, nn.Embedding):
         "attention, recurrent and embedding layers are not implemented; use convolutions over the sequence axis",
 }
+
+
+# Activation modules without a closed-form dual: their kernels go through the numerical (Hermite series) dual of
+# the module itself. All are elementwise and stateless.
+_NUMERICAL_MODULES = (nn.Hardtanh, nn.Mish, nn.SELU, nn.CELU, nn.Softsign, nn.Hardswish, nn.Hardsigmoid,
+                      nn.LogSigmoid, nn.Tanhshrink, nn.Softshrink, nn.Hardshrink)
 
 
 def _activation(module: nn.Module):
@@ -59,7 +67,54 @@ def _activation(module: nn.Module):
     if isinstance(module, nn.Softplus):
         default = module.beta == 1.0 and module.threshold == 20.0
         return get_activation("softplus") if default else Numerical(module, name="softplus")
+    if isinstance(module, _NUMERICAL_MODULES):
+        return Numerical(module, name=type(module).__name__)
     return None
+
+
+# The torch classes the translator knows; a module is translated as one of them only if it runs that class's
+# own forward (a subclass that overrides forward computes something else).
+_KNOWN = (nn.Sequential, Residual, Elementwise, nn.ReLU, nn.LeakyReLU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.ELU,
+          nn.Softplus, *_NUMERICAL_MODULES, nn.Identity, nn.Linear, nn.Conv1d, nn.Conv2d, nn.AvgPool1d, nn.AvgPool2d,
+          nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.LayerNorm)
+
+
+def _check_runs_known_forward(module: nn.Module, label: str) -> None:
+    """Raises ValueError unless `module` computes what its class's known forward computes: no overridden forward
+    or __call__, no forward hooks (they can change inputs and outputs)."""
+    known = next((cls for cls in _KNOWN if isinstance(module, cls)), None)
+    if known is None:
+        return
+    cls = type(module)
+    if cls.forward is not known.forward or cls.__call__ is not nn.Module.__call__:
+        owner = next(c for c in cls.__mro__ if "forward" in vars(c) or "__call__" in vars(c))
+        raise ValueError(f"{label} overrides the forward of {known.__module__}.{known.__qualname__} (in "
+                         f"{owner.__qualname__}), so it computes another function than the one from_module knows: "
+                         f"build the network from unmodified torch modules (nn.Sequential, gpytorch_nngp.Residual, "
+                         "gpytorch_nngp.Elementwise for an elementwise function, ...)")
+    hooks = (module._forward_hooks, module._forward_pre_hooks, nn.modules.module._global_forward_hooks,
+             nn.modules.module._global_forward_pre_hooks)
+    if any(hooks):
+        raise ValueError(f"{label} has forward hooks, which can change what it computes: remove them (handle.remove())"
+                         " before building the kernel")
+
+
+def _reaches_skip_input(module: nn.Module) -> List[nn.Module]:
+    """The in-place activations of a residual branch that run before its first Linear/Conv: they overwrite the
+    block's input, so torch's x + branch(x) adds the activated x (not x) to the branch."""
+    found = []
+    children = [m for m in module._modules.values() if m is not None] if isinstance(module, nn.Sequential) else [module]
+    for child in children:
+        if isinstance(child, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            break
+        if isinstance(child, nn.Sequential):
+            inner = _reaches_skip_input(child)
+            found += inner
+            if any(isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)) for m in child.modules()):
+                break
+        elif getattr(child, "inplace", False):
+            found.append(child)
+    return found
 
 
 def _pair(value, nd: int) -> Tuple[int, ...]:
@@ -82,7 +137,7 @@ def _conv(module, index: int, name: str) -> L.Conv:
     else:
         padding = [(p, p) for p in _pair(module.padding, nd)]
     layer = L.Conv(kernel, stride, padding, circular=module.padding_mode == "circular", index=index,
-                   bias=module.bias is not None)
+                   bias=module.bias is not None, in_channels=module.in_channels, out_channels=module.out_channels)
     return layer
 
 
@@ -101,22 +156,40 @@ def _avg_pool(module, name: str) -> L.AvgPool:
 
 
 class _Translator:
+    """Walks a module the way its forward runs: every entry of a Sequential in order, a reused instance as often as
+    it is called (nn.Module.children() would list it once), the Residual branch inside its block."""
+
     def __init__(self, per_layer: bool):
         self.per_layer = per_layer
         self.parameters = 0
+        self.indices = {}  # id of a Linear/Conv module -> its variance index (a reused module keeps its index)
+        self.tied: List[str] = []  # labels of Linear/Conv modules met more than once
+        self.names = {}  # id of a module -> the label of its first use
 
-    def index(self) -> int:
+    def index(self, module: nn.Module, label: str) -> int:
+        if id(module) in self.indices:
+            self.tied.append(f"{label} (also {self.names[id(module)]})")
+            return self.indices[id(module)]
         self.parameters += 1
-        return self.parameters - 1 if self.per_layer else 0
+        self.indices[id(module)] = self.parameters - 1 if self.per_layer else 0
+        return self.indices[id(module)]
 
     def layers(self, module: nn.Module, name: str) -> List[L.Layer]:
         label = f"{name} ({type(module).__name__})" if name else type(module).__name__
+        self.names.setdefault(id(module), label)
+        _check_runs_known_forward(module, label)
         if isinstance(module, nn.Sequential):
             out = []
-            for child_name, child in module.named_children():
-                out += self.layers(child, f"{name}.{child_name}" if name else child_name)
+            for child_name, child in module._modules.items():  # repeats included, as Sequential.forward runs them
+                if child is not None:
+                    out += self.layers(child, f"{name}.{child_name}" if name else child_name)
             return out
         if isinstance(module, Residual):
+            inplace = _reaches_skip_input(module.branch)
+            if inplace:
+                raise ValueError(f"{label}: {type(inplace[0]).__name__}(inplace=True) overwrites the block's input "
+                                 "before the branch's first Linear/Conv, so torch adds the activated input, not the "
+                                 "input, to the branch: use inplace=False")
             return self._origin([L.Residual(self.layers(module.branch, f"{name}.branch" if name else "branch"))], label)
         activation = _activation(module)
         if activation is not None:
@@ -124,9 +197,10 @@ class _Translator:
         if isinstance(module, nn.Identity):
             return []
         if isinstance(module, nn.Linear):
-            return self._origin([L.Dense(self.index(), bias=module.bias is not None)], label)
+            return self._origin([L.Dense(self.index(module, label), bias=module.bias is not None,
+                                         in_features=module.in_features, out_features=module.out_features)], label)
         if isinstance(module, (nn.Conv1d, nn.Conv2d)):
-            return self._origin([_conv(module, self.index(), label)], label)
+            return self._origin([_conv(module, self.index(module, label), label)], label)
         if isinstance(module, (nn.AvgPool1d, nn.AvgPool2d)):
             return self._origin([_avg_pool(module, label)], label)
         if isinstance(module, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
@@ -176,13 +250,29 @@ def network_from_module(module: nn.Module, input_shape: Sequence[int], per_layer
     layers = translator.layers(module, "")
     if translator.parameters == 0:
         raise ValueError(f"{type(module).__name__} has no Linear or Conv layer: its kernel has no weights to vary")
-    return L.Network(layers, input_shape, translator.parameters if per_layer else 1)
+    return L.Network(layers, input_shape, translator.parameters if per_layer else 1, tied=translator.tied)
+
+
+def check_ntk_untied(network: L.Network) -> None:
+    """Raises ValueError when the network reuses a Linear/Conv module (tied weights) and the NTK is asked for.
+
+    Tied weights leave the NNGP as it is (Yang 2019, Tensor Programs I: a forward pass without transposes has the
+    kernel of independent weights), but the NTK gains the cross terms of the uses (the gradient of a weight is the
+    sum over its uses), which this algebra does not compute.
+    """
+    if network.tied:
+        raise ValueError(f"the NTK of a network that reuses a Linear/Conv module is not implemented: "
+                         f"{'; '.join(network.tied)} share their weights, which adds the cross terms between the "
+                         "uses to the NTK. Use a new module for each layer (the NNGP of the tied network is "
+                         "available: it equals that of independent weights)")
 
 
 def fully_connected_form(network: L.Network):
-    """(depth, activation) if the network is the fully connected one of NNGPKernel(depth, activation): flat input,
-    Linear layers with biases and one shared activation between them, shared variances. Else None."""
-    if network.input_shape[1:] or network.num_parameters != 1:
+    """(depth, activation) if the network is the fully connected one of NNGPKernel(depth, activation): flat input
+    (or a flatten of it), Linear layers with biases and one shared activation between them, shared variances. Else
+    None."""
+    if network.state_shape[1:] or network.num_parameters != 1 or any(
+            not isinstance(layer, L.Flatten) for layer in network.prefix):
         return None
     layers = network.layers
     if len(layers) % 2 != 1 or not all(isinstance(layer, L.Dense) and layer.bias for layer in layers[::2]):

@@ -7,7 +7,7 @@ import torch
 from gpytorch.constraints import Interval
 from gpytorch.priors import Prior
 
-from .._validation import check_depth, check_inputs
+from .._validation import check_depth, check_finite_kernel, check_inputs
 from ..backends import (
     KeOpsNetworkKernelOperator,
     NetworkKernelOperator,
@@ -121,10 +121,14 @@ class _FullyConnectedKernel(NetworkVariances):
             if x1.shape[-2] != x2.shape[-2]:
                 raise ValueError(f"diag=True needs x1 and x2 with the same number of points, got {x1.shape[-2]} "
                                  f"and {x2.shape[-2]}")
-            return paired_kernel(x1, x2, weight_var.squeeze(-1), bias_var.squeeze(-1), self.depth, self.activation,
-                                 self._ntk, same_points=_one_point_set(x1, x2))
+            return check_finite_kernel(self._diagonal(x1, x2, _one_point_set(x1, x2)), x1, x2)
         symmetric = _one_point_set(x1, x2)
         backend = resolve_backend(self.backend, x1, x2, self.activation, batched=len(self.batch_shape) > 0)
+        if backend != "dense":  # the operators are evaluated later, block by block: check what bounds them now
+            with torch.no_grad():
+                check_finite_kernel(self._diagonal(x1, x1, True), x1)
+                if not symmetric:
+                    check_finite_kernel(self._diagonal(x2, x2, True), x2)
         if backend == "distributed":
             self.sharding.check_same(x1=x1, x2=x2, weight_var=weight_var, bias_var=bias_var)
             return NetworkKernelOperator(x1, weight_var, bias_var, None if symmetric else x2, depth=self.depth,
@@ -136,7 +140,12 @@ class _FullyConnectedKernel(NetworkVariances):
         gram, var1, var2 = self._gram_cache.get(x1, x2, symmetric)
         k, theta = fully_connected_recursion(gram, var1, var2, self.depth, self.activation, weight_var, bias_var,
                                              ntk=self._ntk, symmetric=symmetric)
-        return theta if self._ntk else k
+        return check_finite_kernel(theta if self._ntk else k, x1, x2)
+
+    def _diagonal(self, x1, x2, same_points: bool) -> torch.Tensor:
+        """k(x1_i, x2_i), (..., n)."""
+        return paired_kernel(x1, x2, self.weight_var.squeeze(-1), self.bias_var.squeeze(-1), self.depth,
+                             self.activation, self._ntk, same_points=same_points)
 
     # -- housekeeping -----------------------------------------------------------------------------
     def _apply(self, fn, *args, **kwargs):
@@ -180,9 +189,11 @@ class _FullyConnectedKernel(NetworkVariances):
                 input_shape the layers do not fit.
         """
         from .architecture import ArchitectureKernel
-        from .from_module import fully_connected_form, network_from_module
+        from .from_module import check_ntk_untied, fully_connected_form, network_from_module
 
         network = network_from_module(module, input_shape, per_layer)
+        if cls._ntk:
+            check_ntk_untied(network)
         form = fully_connected_form(network)
         if form is not None:
             depth, activation = form
