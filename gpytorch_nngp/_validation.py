@@ -25,6 +25,19 @@ def _remember_finite(x: torch.Tensor) -> None:
     del _FINITE_SEEN[4:]
 
 
+def _check_norms(name: str, x: torch.Tensor) -> None:
+    """Raises ValueError when the squared norms of the points overflow x's dtype (float32 past about 1e19): every
+    kernel starts from <x, x'>, and an infinite Gram gives kernels that are wrong even where they stay finite."""
+    with torch.no_grad():
+        big = x.abs().amax()
+        if bool(big * big * x.shape[-1] < torch.finfo(x.dtype).max):  # no norm can overflow: skip the sum
+            return
+        if bool(torch.isfinite(x.square().sum(-1)).all()):
+            return
+    raise ValueError(f"{name} has entries up to {float(big):.3g}: the squared norms of its points overflow {x.dtype}. "
+                     "Standardize the inputs (zero mean, unit variance per feature) or compute in float64")
+
+
 def check_depth(depth) -> int:
     """depth as an int >= 0 (hidden layers). Raises TypeError / ValueError naming `depth`."""
     if isinstance(depth, bool) or not isinstance(depth, numbers.Integral):
@@ -102,6 +115,7 @@ def check_inputs(x1: torch.Tensor, x2: torch.Tensor) -> None:
         if x.requires_grad or torch.is_inference_mode_enabled() or not _known_finite(x):
             if not torch.isfinite(x).all():
                 raise ValueError(f"{name} contains NaN or inf; clean or impute the inputs before building the kernel")
+            _check_norms(name, x)
             if not x.requires_grad and not torch.is_inference_mode_enabled():
                 _remember_finite(x)
     if x1.dtype != x2.dtype:

@@ -24,6 +24,7 @@ WV, BV = 1.6, 0.2
 
 def networks():
     c = WIDTH
+    shared = nn.ReLU()
     return {
         "flatten": (nn.Sequential(nn.Conv2d(1, c, 3, padding=1), nn.ReLU(), nn.Conv2d(c, c, 3, padding=1), nn.ReLU(),
                                   nn.Flatten(), nn.Linear(c * 25, 1)), (1, 5, 5)),
@@ -32,6 +33,10 @@ def networks():
             nn.LayerNorm([c, 4, 4], elementwise_affine=False), nn.ReLU(), nn.AvgPool2d(2),
             nn.Conv2d(c, c, 2, padding=1, padding_mode="circular"), nn.Tanh(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
             nn.Linear(c, 1)), (2, 4, 4)),
+        # One ReLU instance at every depth, as people write it: nn.Sequential runs it after each conv.
+        "shared_activation": (nn.Sequential(nn.Conv2d(1, c, 3, padding=1), shared, nn.Conv2d(c, c, 3, padding=1),
+                                            shared, nn.Conv2d(c, c, 3, padding=1), shared, nn.Flatten(),
+                                            nn.Linear(c * 16, 1)), (1, 4, 4)),
         "conv1d": (nn.Sequential(nn.Conv1d(3, c, 3, stride=2), nn.ReLU(), nn.Conv1d(c, c, 3, padding="same"),
                                  nn.GELU(), nn.Flatten(), nn.Linear(c * 3, 1)), (3, 7)),
     }
@@ -92,7 +97,7 @@ def test_cnn_nngp_converges(name):
     _assert_converged(torch.stack(samples), NNGPKernel, module, shape, x)
 
 
-@pytest.mark.parametrize("name", ["flatten", "pool_residual_layernorm"])
+@pytest.mark.parametrize("name", ["flatten", "pool_residual_layernorm", "shared_activation"])
 def test_cnn_empirical_ntk_converges(name):
     module, shape, x, batch = _case(name)
     gen = torch.Generator().manual_seed(2)

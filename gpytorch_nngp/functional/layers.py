@@ -256,6 +256,7 @@ class Layer:
     key: int = -1
     origin: Optional[str] = None  # where the layer came from (a torch module's name), for error messages
     on_input: bool = False  # set by Network for layers it applies to the input points themselves (its prefix)
+    tied: Optional[str] = None  # Linear/Conv layers: the first use of the module, when the module is used again
     input: Geometry
     output: Geometry
 
@@ -646,21 +647,25 @@ class Network:
             Residual); conv/dense layers carry the index of their variances.
         input_shape: (C, *spatial) of one input, channel first as torch flattens it; (d,) for flat inputs.
         num_parameters: number of distinct (weight_var, bias_var) pairs the layers index.
-        tied: labels of Linear/Conv layers used more than once (one weight matrix at several depths): their NNGP is
-            that of independent weights (Yang 2019, Tensor Programs I), their NTK is not (kernels refuse the NTK).
+
+    Tied weights. A Linear/Conv module used at several depths (layers whose `tied` names its first use) has the NNGP
+    and the NTK of independent weights at each use: a forward pass without transposes has the kernel of
+    independent weights (Yang 2019, Tensor Programs I), and with an independent zero-mean readout the gradients of
+    the uses are uncorrelated in the limit, so the cross terms of the NTK vanish (Yang 2020, Tensor Programs II;
+    tests/test_from_module_fidelity.py measures them by Monte Carlo). That needs both widths of the tied layer to go
+    to infinity: a tied layer on the input itself (its fan-in is the data dimension) or the readout (its width is the
+    output) is refused.
 
     Raises:
         ValueError: layers that do not fit the input shape, an activation on values that are not Gaussian, or an
             output that is not flat.
     """
 
-    def __init__(self, layers: Sequence[Layer], input_shape: Sequence[int], num_parameters: int = 1,
-                 tied: Sequence[str] = ()):
+    def __init__(self, layers: Sequence[Layer], input_shape: Sequence[int], num_parameters: int = 1):
         self.input_shape = tuple(int(s) for s in input_shape)
         if not self.input_shape or min(self.input_shape) < 1 or len(self.input_shape) > 3:
             raise ValueError(f"input_shape must be (d,), (C, L) or (C, H, W) with positive sizes, got {input_shape!r}")
         self.num_parameters = num_parameters
-        self.tied = tuple(tied)
         layers = _simplify(list(layers))
         split = next((i for i, layer in enumerate(layers) if isinstance(layer, (Dense, Conv, Residual))), len(layers))
         if split == len(layers):
@@ -679,6 +684,16 @@ class Network:
         if self.output.spatial:
             raise ValueError(f"the network's output still has spatial shape {self.output.describe()}: end it with a "
                              "readout (torch.nn.Flatten() then torch.nn.Linear, or torch.nn.AdaptiveAvgPool2d(1))")
+        weighted = [layer for layer in _walk(self.layers) if isinstance(layer, (Dense, Conv))]
+        for layer in weighted:
+            if layer.tied is None:
+                continue
+            if layer.input.law == INPUT or layer is weighted[-1]:
+                where = "the input" if layer.input.law == INPUT else "the readout"
+                raise ValueError(f"{layer.tied} is used more than once (tied weights), and {layer.origin} is "
+                                 f"{where}: one of its widths is "
+                                 "then the data dimension or the output size, which the infinite-width limit cannot "
+                                 "send to infinity. Reuse only hidden-to-hidden layers, or give each use a module")
         self._keys = 0
         for layer in _walk(self.layers):
             layer.key = self._keys

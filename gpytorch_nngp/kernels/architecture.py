@@ -11,7 +11,7 @@ from .._validation import check_finite_kernel, check_inputs
 from ..backends import check_backend, make_sharding, resolve_backend
 from ..backends.architecture import ArchitectureKernelOperator, architecture_matrix
 from ..functional.layers import Network
-from .from_module import check_ntk_untied, network_from_module
+from .from_module import network_from_module
 from .fully_connected import _one_point_set
 from .variances import NetworkVariances
 
@@ -51,8 +51,6 @@ class ArchitectureKernel(NetworkVariances):
         if isinstance(backend, str) and backend.lower() == "keops":
             raise ValueError("backend='keops' is not available for architecture kernels (KeOps formulas exist for "
                              f"fully connected kernels only): use one of {', '.join(map(repr, BACKENDS))}")
-        if ntk:
-            check_ntk_untied(network)
         self.network, self.ntk, self.backend = network, bool(ntk), check_backend(backend, BACKENDS)
         self.sharding = make_sharding(self.backend)
         self._init_variances((*self.batch_shape, network.num_parameters), weight_var, bias_var, weight_var_prior,

@@ -163,16 +163,23 @@ class _Translator:
         self.per_layer = per_layer
         self.parameters = 0
         self.indices = {}  # id of a Linear/Conv module -> its variance index (a reused module keeps its index)
-        self.tied: List[str] = []  # labels of Linear/Conv modules met more than once
         self.names = {}  # id of a module -> the label of its first use
+        self.layers_of = {}  # id of a Linear/Conv module -> its layers, one per use
 
     def index(self, module: nn.Module, label: str) -> int:
-        if id(module) in self.indices:
-            self.tied.append(f"{label} (also {self.names[id(module)]})")
-            return self.indices[id(module)]
-        self.parameters += 1
-        self.indices[id(module)] = self.parameters - 1 if self.per_layer else 0
+        if id(module) not in self.indices:
+            self.parameters += 1
+            self.indices[id(module)] = self.parameters - 1 if self.per_layer else 0
         return self.indices[id(module)]
+
+    def weighted(self, module: nn.Module, layer: L.Layer) -> List[L.Layer]:
+        """A Linear/Conv layer; the uses of a module called more than once are marked as tied to its first use."""
+        uses = self.layers_of.setdefault(id(module), [])
+        uses.append(layer)
+        if len(uses) > 1:
+            for use in uses:
+                use.tied = self.names[id(module)]
+        return [layer]
 
     def layers(self, module: nn.Module, name: str) -> List[L.Layer]:
         label = f"{name} ({type(module).__name__})" if name else type(module).__name__
@@ -197,10 +204,11 @@ class _Translator:
         if isinstance(module, nn.Identity):
             return []
         if isinstance(module, nn.Linear):
-            return self._origin([L.Dense(self.index(module, label), bias=module.bias is not None,
-                                         in_features=module.in_features, out_features=module.out_features)], label)
+            dense = L.Dense(self.index(module, label), bias=module.bias is not None, in_features=module.in_features,
+                            out_features=module.out_features)
+            return self._origin(self.weighted(module, dense), label)
         if isinstance(module, (nn.Conv1d, nn.Conv2d)):
-            return self._origin([_conv(module, self.index(module, label), label)], label)
+            return self._origin(self.weighted(module, _conv(module, self.index(module, label), label)), label)
         if isinstance(module, (nn.AvgPool1d, nn.AvgPool2d)):
             return self._origin([_avg_pool(module, label)], label)
         if isinstance(module, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
@@ -250,21 +258,7 @@ def network_from_module(module: nn.Module, input_shape: Sequence[int], per_layer
     layers = translator.layers(module, "")
     if translator.parameters == 0:
         raise ValueError(f"{type(module).__name__} has no Linear or Conv layer: its kernel has no weights to vary")
-    return L.Network(layers, input_shape, translator.parameters if per_layer else 1, tied=translator.tied)
-
-
-def check_ntk_untied(network: L.Network) -> None:
-    """Raises ValueError when the network reuses a Linear/Conv module (tied weights) and the NTK is asked for.
-
-    Tied weights leave the NNGP as it is (Yang 2019, Tensor Programs I: a forward pass without transposes has the
-    kernel of independent weights), but the NTK gains the cross terms of the uses (the gradient of a weight is the
-    sum over its uses), which this algebra does not compute.
-    """
-    if network.tied:
-        raise ValueError(f"the NTK of a network that reuses a Linear/Conv module is not implemented: "
-                         f"{'; '.join(network.tied)} share their weights, which adds the cross terms between the "
-                         "uses to the NTK. Use a new module for each layer (the NNGP of the tied network is "
-                         "available: it equals that of independent weights)")
+    return L.Network(layers, input_shape, translator.parameters if per_layer else 1)
 
 
 def fully_connected_form(network: L.Network):

@@ -189,11 +189,9 @@ class _FullyConnectedKernel(NetworkVariances):
                 input_shape the layers do not fit.
         """
         from .architecture import ArchitectureKernel
-        from .from_module import check_ntk_untied, fully_connected_form, network_from_module
+        from .from_module import fully_connected_form, network_from_module
 
         network = network_from_module(module, input_shape, per_layer)
-        if cls._ntk:
-            check_ntk_untied(network)
         form = fully_connected_form(network)
         if form is not None:
             depth, activation = form
