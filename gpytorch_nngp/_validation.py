@@ -141,3 +141,64 @@ def check_finite_kernel(values: torch.Tensor, *inputs: torch.Tensor) -> torch.Te
     raise ValueError(f"the kernel is not finite in {values.dtype} for inputs with entries up to {scale:.3g} (the "
                      "variances overflow): standardize the inputs (zero mean, unit variance per feature), lower "
                      "weight_var, or compute in float64 (kernel.double() and x.double())")
+
+
+def check_count(name: str, value, minimum: int = 1) -> int:
+    """value as an int >= minimum (a count: iterations, epochs, batch size). Raises TypeError / ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_training_data(x, y, num_classes=None, labels: bool = True) -> None:
+    """Training inputs x (n, d) and targets y (n,): class labels 0 .. num_classes - 1 (labels=True), or real
+    targets. Raises TypeError / ValueError naming the argument and the fix."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 2 or not torch.is_floating_point(x):
+        raise ValueError(f"x must be a floating point tensor of shape (n, d), got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"y must be a tensor of shape (n,), got {type(y).__name__}")
+    if y.dim() != 1:
+        raise ValueError(f"y must have shape (n,) (one {'label' if labels else 'target'} per point), got "
+                         f"{tuple(y.shape)}" + ("; use y.squeeze(-1)" if y.dim() == 2 and y.shape[-1] == 1 else ""))
+    if y.shape[0] != x.shape[0]:
+        raise ValueError(f"x and y must have the same number of points, got {x.shape[0]} and {y.shape[0]}")
+    if not labels:
+        if not torch.is_floating_point(y) or not torch.isfinite(y).all():
+            raise ValueError("y must be finite floating point regression targets")
+        return
+    if torch.is_floating_point(y) or y.dtype == torch.bool or torch.is_complex(y):
+        raise TypeError(f"y must hold integer class labels (torch.long), got dtype {y.dtype}; convert with y.long() "
+                        "if the values are whole numbers")
+    if y.numel() and (int(y.min()) < 0 or (num_classes is not None and int(y.max()) >= num_classes)):
+        raise ValueError(f"labels must lie in 0 .. {num_classes - 1 if num_classes is not None else 'C - 1'} "
+                         f"(num_classes={num_classes}), got labels from {int(y.min())} to {int(y.max())}")
+
+
+def check_call(active_dims, batch_shape: torch.Size, x1, x2) -> None:
+    """What GPyTorch's Kernel.__call__ would otherwise fail on with a bare RuntimeError: active_dims out of range for
+    the inputs' features, batch shapes of x1 and x2 that do not broadcast, or a kernel batch_shape the inputs' batch
+    shape does not broadcast with. Non-tensors are left to check_inputs."""
+    if not isinstance(x1, torch.Tensor) or not isinstance(x2, torch.Tensor) or x1.dim() < 1 or x2.dim() < 1:
+        return
+    if active_dims is not None:
+        features = x1.shape[-1]
+        bad = [int(i) for i in torch.as_tensor(active_dims).reshape(-1) if not -features <= int(i) < features]
+        if bad:
+            raise ValueError(f"active_dims {torch.as_tensor(active_dims).tolist()} select columns {bad} that inputs "
+                             f"with {features} features do not have")
+    if x1.dim() < 2 or x2.dim() < 2:
+        return
+    try:
+        batch = torch.broadcast_shapes(x1.shape[:-2], x2.shape[:-2])
+    except RuntimeError:
+        raise ValueError(f"x1 and x2 have batch shapes {tuple(x1.shape[:-2])} and {tuple(x2.shape[:-2])}, which do "
+                         "not broadcast: give them equal (or size-1) batch dimensions") from None
+    try:
+        torch.broadcast_shapes(batch, batch_shape)
+    except RuntimeError:
+        raise ValueError(f"the kernel has batch_shape {tuple(batch_shape)} but the inputs have batch shape "
+                         f"{tuple(batch)}: inputs (*batch_shape, n, d) are expected (or build the kernel with the "
+                         "inputs' batch_shape)") from None

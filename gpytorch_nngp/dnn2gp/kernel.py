@@ -13,7 +13,7 @@ from gpytorch.constraints import Positive
 from gpytorch.kernels import Kernel
 from linear_operator.operators import LinearOperator
 
-from .._validation import PRECISION, check_choice, check_inputs, check_positive
+from .._validation import PRECISION, check_call, check_choice, check_inputs, check_positive
 from .linearize import EXPLICIT_BYTES, LinearizedNetwork
 from .operator import FiniteNTKOperator
 
@@ -89,6 +89,10 @@ class FiniteNTKKernel(Kernel):
         jac = self.network.jacobian(x.reshape(-1, x.shape[-1]))
         self._require_single_output(jac.shape[1])
         return jac[:, 0].reshape(*x.shape[:-1], -1)
+
+    def __call__(self, x1, x2=None, diag=False, last_dim_is_batch=False, **params):
+        check_call(self.active_dims, self.batch_shape, x1, x1 if x2 is None else x2)
+        return super().__call__(x1, x2, diag=diag, last_dim_is_batch=last_dim_is_batch, **params)
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, diag: bool = False, last_dim_is_batch: bool = False,
                 **params) -> Union[torch.Tensor, LinearOperator]:

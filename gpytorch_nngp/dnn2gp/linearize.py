@@ -17,6 +17,9 @@ from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
 Params = Dict[str, torch.Tensor]
 
+# Layers whose output in training mode is random or depends on the other points of the batch.
+_MODE_DEPENDENT = (torch.nn.modules.dropout._DropoutNd, torch.nn.modules.batchnorm._NormBase)
+
 # Per-point Jacobians are built this many bytes at a time (kernel diagonals of large models).
 JACOBIAN_BLOCK_BYTES = 256 * 2 ** 20
 # "auto" modes (DNN2GP, FiniteNTKKernel) keep explicit Jacobians while they fit in this many bytes.
@@ -51,6 +54,17 @@ class LinearizedNetwork:
         self.buffers = {name: b.detach() for name, b in model.named_buffers()}
         self.num_params = sum(p.numel() for p in self.params.values())
         self.dtype = next(iter(self.params.values())).dtype
+        self._stochastic = [(name, m) for name, m in model.named_modules() if isinstance(m, _MODE_DEPENDENT)]
+        self.check_mode()
+
+    def check_mode(self) -> None:
+        """Raises ValueError while a dropout or normalization layer of the model is in training mode: the network is
+        then random (dropout) or couples the points of a batch (batch statistics), not the function to linearize."""
+        training = [f"{name or 'model'} ({type(m).__name__})" for name, m in self._stochastic if m.training]
+        if training:
+            raise ValueError(f"the model is in training mode, where {', '.join(training)} "
+                             f"{'makes' if len(training) == 1 else 'make'} its output random or batch-dependent: "
+                             "call model.eval() before linearizing it")
 
     def check_inputs(self, x, name: str = "x") -> None:
         """Inputs (n, ...) must be a finite tensor of the parameters' dtype (no silent casts)."""
@@ -66,6 +80,7 @@ class LinearizedNetwork:
 
     # -- the network as a function of its parameters -----------------------------------------------------------
     def _apply(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        self.check_mode()
         out = functional_call(self.model, (params, self.buffers), (x,))
         if out.dim() == 1:
             out = out.unsqueeze(-1)

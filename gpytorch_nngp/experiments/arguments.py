@@ -9,6 +9,39 @@ from .. import Elementwise, NNGPKernel, NTKKernel
 from ..models import DATASETS
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1 (counts: iterations, epochs, batch sizes, bins, widths, inducing points)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an int >= 0 (--depth: hidden layers; 0 is a linear model)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite float > 0 (variances, learning rates)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be finite and > 0, got {value}")
+    return value
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """--help keeps the module docstring's layout and shows every default."""
 
@@ -16,16 +49,16 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 def add_data_arguments(parser: argparse.ArgumentParser, n_train: int = 1000) -> None:
     """--dataset, --n-train (train on that many, test on the rest), --seed (split and initialization)."""
     parser.add_argument("--dataset", choices=DATASETS, default="mnist5k", help="data set (ships with a package)")
-    parser.add_argument("--n-train", type=int, default=n_train, help="training points; the rest are held out")
+    parser.add_argument("--n-train", type=positive_int, default=n_train, help="training points; the rest are held out")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and of random initializations")
 
 
 def add_network_arguments(parser: argparse.ArgumentParser, variances: bool = True, kernel: bool = True) -> None:
     """--depth (hidden layers), and --weight-var / --bias-var (variances, not standard deviations), --kernel."""
-    parser.add_argument("--depth", type=int, default=3, help="hidden layers")
+    parser.add_argument("--depth", type=non_negative_int, default=3, help="hidden layers")
     if variances:
-        parser.add_argument("--weight-var", type=float, default=2.0, help="weight variance sigma_w^2")
-        parser.add_argument("--bias-var", type=float, default=0.2, help="bias variance sigma_b^2")
+        parser.add_argument("--weight-var", type=positive_float, default=2.0, help="weight variance sigma_w^2")
+        parser.add_argument("--bias-var", type=positive_float, default=0.2, help="bias variance sigma_b^2")
     if kernel:
         parser.add_argument("--kernel", choices=("nngp", "ntk"), default="nngp", help="network kernel")
 

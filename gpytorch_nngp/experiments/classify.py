@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 import torch
@@ -28,6 +29,8 @@ from .arguments import (
     add_network_arguments,
     add_progress_argument,
     network_kernel,
+    positive_float,
+    positive_int,
 )
 
 
@@ -40,14 +43,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--learn-hyperparameters", action="store_true",
                         help="exact: maximize the marginal likelihood over weight_var, bias_var and the noise "
                              "(the SVGP always learns them with its ELBO)")
-    parser.add_argument("--iters", type=int, default=60, help="marginal-likelihood steps (exact)")
-    parser.add_argument("--inducing", type=int, default=500, help="inducing points (svgp)")
-    parser.add_argument("--epochs", type=int, default=30, help="ELBO epochs (svgp)")
-    parser.add_argument("--batch-size", type=int, default=256, help="minibatch size (svgp)")
-    parser.add_argument("--lr", type=float, default=0.02, help="Adam learning rate (svgp)")
+    parser.add_argument("--iters", type=positive_int, default=60, help="marginal-likelihood steps (exact)")
+    parser.add_argument("--inducing", type=positive_int, default=500, help="inducing points (svgp)")
+    parser.add_argument("--epochs", type=positive_int, default=30, help="ELBO epochs (svgp)")
+    parser.add_argument("--batch-size", type=positive_int, default=256, help="minibatch size (svgp)")
+    parser.add_argument("--lr", type=positive_float, default=0.02, help="Adam learning rate (svgp)")
     parser.add_argument("--schedule", choices=SCHEDULES, default="constant",
                         help="Adam learning-rate schedule (svgp): constant, or cosine annealing to 0")
-    parser.add_argument("--ngd-lr", type=float, default=0.1,
+    parser.add_argument("--ngd-lr", type=positive_float, default=0.1,
                         help="natural-gradient step for the variational distributions (svgp)")
     parser.add_argument("--natural-gradients", action="store_true",
                         help="svgp: natural-gradient steps (--ngd-lr) for the variational distributions, Adam for "
@@ -77,11 +80,18 @@ def check_graph_memory(kernel, n: int) -> None:
 def run_classification(args) -> dict:
     torch.manual_seed(args.seed)
     x, y, x_test, y_test = load_dataset(args.dataset, args.n_train, args.seed)
+    # The data set's classes, not the training split's: a small split can miss some, and the models must still
+    # have an output for every class the test set holds.
+    num_classes = int(torch.cat((y, y_test)).max()) + 1
+    missing = sorted(set(range(num_classes)) - set(y.tolist()))
+    if missing:
+        print(f"note: classes {missing} have no training point among the {len(y)}; their outputs are the prior's",
+              file=sys.stderr)
     kernel = network_kernel(args, args.weight_var, args.bias_var, args.activation)
     start = time.perf_counter()
     extra = {}
     if args.model == "exact":
-        model = ExactNNGPClassifier(kernel)
+        model = ExactNNGPClassifier(kernel, num_classes=num_classes)
         if args.learn_hyperparameters:
             check_graph_memory(kernel, x.shape[0])
             losses = model.learn_hyperparameters(x, y, iters=args.iters, progress=not args.no_progress)
@@ -95,7 +105,7 @@ def run_classification(args) -> dict:
     else:
         count = min(args.inducing, x.shape[0])
         inducing = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(args.seed))[:count]].clone()
-        model = SVGPClassifier(kernel, inducing, num_classes=int(y.max()) + 1,
+        model = SVGPClassifier(kernel, inducing, num_classes=num_classes,
                                natural_gradients=args.natural_gradients).double()
         history = train_svgp(model, x, y, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                              seed=args.seed, progress=not args.no_progress,

@@ -20,13 +20,20 @@ import math
 import torch
 
 from ..models import ExactNNGPClassifier, load_dataset, shifted_one_hot
-from .arguments import add_data_arguments, add_network_arguments, add_progress_argument, network_kernel
+from .arguments import (
+    add_data_arguments,
+    add_network_arguments,
+    add_progress_argument,
+    network_kernel,
+    positive_float,
+    positive_int,
+)
 
 
 def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser)
     add_network_arguments(parser)
-    parser.add_argument("--bins", type=int, default=20, help="bins of equal count")
+    parser.add_argument("--bins", type=positive_int, default=20, help="bins of equal count")
     parser.add_argument("--out", required=True, help="PNG path")
 
 
@@ -35,9 +42,9 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     add_network_arguments(parser, variances=False)
     add_progress_argument(parser)
     parser.add_argument("--out", required=True, help="PNG path")
-    parser.add_argument("--grid-size", type=int, default=8, help="points per axis")
-    parser.add_argument("--weight-var-range", type=float, nargs=2, default=(0.5, 5.0), help="linear grid")
-    parser.add_argument("--bias-var-range", type=float, nargs=2, default=(0.01, 2.0), help="log grid")
+    parser.add_argument("--grid-size", type=positive_int, default=8, help="points per axis")
+    parser.add_argument("--weight-var-range", type=positive_float, nargs=2, default=(0.5, 5.0), help="linear grid")
+    parser.add_argument("--bias-var-range", type=positive_float, nargs=2, default=(0.01, 2.0), help="log grid")
     parser.add_argument("--json", default=None, help="also write the grid values as JSON")
 
 

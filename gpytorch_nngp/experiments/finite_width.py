@@ -20,20 +20,20 @@ from tqdm.auto import tqdm
 from .. import NNGPKernel
 from ..dnn2gp import LinearizedNetwork
 from ..models import ExactNNGPClassifier, load_dataset, shifted_one_hot
-from .arguments import add_data_arguments, add_network_arguments, add_progress_argument
+from .arguments import add_data_arguments, add_network_arguments, add_progress_argument, positive_float, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser)
     add_network_arguments(parser, kernel=False)
     add_progress_argument(parser)
-    parser.add_argument("--widths", type=int, nargs="+", default=[64, 256, 1024], help="hidden widths")
-    parser.add_argument("--epochs", type=int, default=60, help="SGD epochs per network")
-    parser.add_argument("--lr", type=float, default=1.0,
+    parser.add_argument("--widths", type=positive_int, nargs="+", default=[64, 256, 1024], help="hidden widths")
+    parser.add_argument("--epochs", type=positive_int, default=60, help="SGD epochs per network")
+    parser.add_argument("--lr", type=positive_float, default=1.0,
                         help="SGD step in units of the inverse tangent-kernel scale at initialization (the step "
                              "is lr / scale, so one value suits every width and input dimension; momentum 0.9 "
                              "is stable below about 1.9)")
-    parser.add_argument("--batch-size", type=int, default=100, help="SGD minibatch size")
+    parser.add_argument("--batch-size", type=positive_int, default=100, help="SGD minibatch size")
     parser.add_argument("--out", required=True, help="PNG path")
 
 

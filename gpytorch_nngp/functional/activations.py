@@ -291,7 +291,7 @@ class Numerical(Activation):
             xg = x.detach().requires_grad_(True)
             values = self.fn(xg)
             self._check(values, x)
-            (grad,) = torch.autograd.grad(values.sum(), xg, allow_unused=True)
+            (grad,) = self._gradient(values, xg, create_graph=False)
         return torch.zeros_like(x) if grad is None else grad
 
     def singular_parts(self, deriv: bool = False) -> Tuple[float, float]:
@@ -322,6 +322,10 @@ class Numerical(Activation):
     def _samples(self, var: torch.Tensor, ntk: bool):
         """phi (and phi') at sqrt(var) z_q: tensors of shape var.shape + (Q,)."""
         z, _, _ = _nodes_and_projection(self.num_nodes, self.max_degree, var.dtype, str(var.device))
+        if not torch.isfinite(var).all():  # (the samples are finite exactly when the variances are)
+            raise ValueError(f"the variances that reach activation {self.name!r} are not finite (they overflow "
+                             f"{var.dtype}): standardize the inputs (zero mean, unit variance per feature), lower "
+                             "weight_var, or compute in float64")
         # The middle node z = 0 is where kinked functions jump in phi' (relu' is a step): Simpson needs the
         # mean of the one-sided limits there, so that node is evaluated at +-delta and averaged.
         mid = self.num_nodes // 2
@@ -338,18 +342,22 @@ class Numerical(Activation):
             xg = x if outer_grad else x.detach().requires_grad_(True)
             values = self.fn(xg)
             self._check(values, x)
-            (deriv,) = torch.autograd.grad(values.sum(), xg, create_graph=outer_grad, allow_unused=True)
+            (deriv,) = self._gradient(values, xg, create_graph=outer_grad)
         if deriv is None:
             deriv = torch.zeros_like(x)
         if not outer_grad:
             values = values.detach()
         return _merge_middle(values, mid), _merge_middle(deriv, mid)
 
+    def _gradient(self, values, x, create_graph: bool):
+        """(d values / d x,) by autograd; a ValueError if values do not depend differentiably on x."""
+        if not values.requires_grad:
+            raise ValueError(f"activation {self.name!r} has no gradient (its output is not a differentiable function "
+                             "of its input: a comparison, a rounding or a detach): the NTK needs phi'. For a step "
+                             "function use 'sign' (closed form; its NTK term is 0), or use the NNGP kernel")
+        return torch.autograd.grad(values.sum(), x, create_graph=create_graph, allow_unused=True)
+
     def _check(self, values, x):
-        if not torch.isfinite(x).all():
-            raise ValueError(f"the variances that reach activation {self.name!r} are not finite (they overflow "
-                             f"{x.dtype}): standardize the inputs (zero mean, unit variance per feature), lower "
-                             "weight_var, or compute in float64")
         if not isinstance(values, torch.Tensor) or values.shape != x.shape:
             raise ValueError(f"activation {self.name!r} must be elementwise: it changed shape {tuple(x.shape)}")
         if not torch.isfinite(values).all():
@@ -409,7 +417,14 @@ class Numerical(Activation):
         at a large variance), where the whole expansion is unreliable.
         """
         with torch.no_grad():
-            quad = quadrature_discrepancy(samples if split is None else samples - split, self.num_nodes, samples)
+            # The steepest samples are those of the largest variances: the check looks at a few of them (O(Q)).
+            nodes = samples.shape[-1]
+            flat = samples.reshape(-1, nodes)
+            part = None if split is None else split.expand(samples.shape).reshape(-1, nodes)
+            if var.numel() == flat.shape[0]:
+                order = var.detach().reshape(-1).argsort(descending=True)[:4]
+                flat, part = flat[order], (None if part is None else part[order])
+            quad = quadrature_discrepancy(flat if part is None else flat - part, self.num_nodes, flat)
         problems = []
         if quad > QUADRATURE_WARN:
             problems.append(f"the quadrature resolves phi only to {quad:.1e} (relative)")

@@ -41,7 +41,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .activations import ABReLU, Activation, compose
+from .activations import ABReLU, Activation, Numerical, compose
 from .safe_math import abrelu_dual_into
 
 # What the values at a point of the network are, in the infinite-width limit (Geometry.law). Only "input" and
@@ -699,6 +699,9 @@ class Network:
             layer.key = self._keys
             self._keys += 1
         self._point_axes = {layer.key: len(layer.input.spatial) for layer in _walk(self.layers)}
+        # Whether an activation goes through the numerical (Hermite series) dual: its per-point setup is costly.
+        self.numerical = any(isinstance(layer, Nonlinearity) and isinstance(layer.activation, Numerical)
+                             for layer in _walk(self.layers))
         self.entries_per_pair = max([_entries(geometry)] + [_entries(layer.output) for layer in _walk(self.layers)])
 
     @property

@@ -7,7 +7,7 @@ import torch
 from gpytorch.constraints import Interval
 from gpytorch.priors import Prior
 
-from .._validation import check_finite_kernel, check_inputs
+from .._validation import check_call, check_finite_kernel, check_inputs
 from ..backends import check_backend, make_sharding, resolve_backend
 from ..backends.architecture import ArchitectureKernelOperator, architecture_matrix
 from ..functional.layers import Network
@@ -64,6 +64,7 @@ class ArchitectureKernel(NetworkVariances):
         return cls(network_from_module(module, input_shape, per_layer), ntk, weight_var, bias_var, **kwargs)
 
     def __call__(self, x1, x2=None, diag=False, last_dim_is_batch=False, **params):
+        check_call(self.active_dims, self.batch_shape, x1, x1 if x2 is None else x2)
         for name, x in (("x1", x1), ("x2", x2)):
             features = x.shape[-1] if isinstance(x, torch.Tensor) and x.dim() else None
             if self.active_dims is not None and features is not None:
@@ -101,7 +102,9 @@ class ArchitectureKernel(NetworkVariances):
             return check_finite_kernel(self.network.paired(x1, x2, weight_var, bias_var, self.ntk, same_points=same),
                                        x1, x2)
         backend = resolve_backend(self.backend, x1, x2, entries_per_pair=self.network.entries_per_pair)
-        if backend != "dense":  # the operators are evaluated later, block by block: check what bounds them now
+        if backend != "dense" and not self.network.numerical:
+            # The operators are evaluated later, block by block: check what bounds them now, |k12| <= sqrt(k11 k22).
+            # (A numerical activation checks its variances itself, and its diagonal would cost a second setup.)
             with torch.no_grad():
                 for x in (x1,) if same else (x1, x2):
                     check_finite_kernel(self.network.paired(x, x, weight_var, bias_var, self.ntk, same_points=True), x)

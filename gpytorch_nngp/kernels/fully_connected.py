@@ -7,7 +7,7 @@ import torch
 from gpytorch.constraints import Interval
 from gpytorch.priors import Prior
 
-from .._validation import check_depth, check_finite_kernel, check_inputs
+from .._validation import check_call, check_depth, check_finite_kernel, check_inputs
 from ..backends import (
     KeOpsNetworkKernelOperator,
     NetworkKernelOperator,
@@ -16,7 +16,7 @@ from ..backends import (
     make_sharding,
     resolve_backend,
 )
-from ..functional.activations import Activation, get_activation
+from ..functional.activations import Activation, Numerical, get_activation
 from ..functional.recursion import fully_connected_recursion, input_grams, paired_kernel
 from .variances import NetworkVariances
 
@@ -101,6 +101,7 @@ class _FullyConnectedKernel(NetworkVariances):
 
         a = as_2d(x1)
         b = a if x2 is None else as_2d(x2)
+        check_call(self.active_dims, self.batch_shape, a, b)
         if self.active_dims is not None and isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
             if a.dim() >= 1 and b.dim() >= 1 and a.shape[-1] == b.shape[-1]:
                 a, b = a.index_select(-1, self.active_dims), b.index_select(-1, self.active_dims)
@@ -124,7 +125,9 @@ class _FullyConnectedKernel(NetworkVariances):
             return check_finite_kernel(self._diagonal(x1, x2, _one_point_set(x1, x2)), x1, x2)
         symmetric = _one_point_set(x1, x2)
         backend = resolve_backend(self.backend, x1, x2, self.activation, batched=len(self.batch_shape) > 0)
-        if backend != "dense":  # the operators are evaluated later, block by block: check what bounds them now
+        if backend != "dense" and not isinstance(self.activation, Numerical):
+            # The operators are evaluated later, block by block: check what bounds them now, |k12| <= sqrt(k11 k22).
+            # (A numerical activation checks its variances itself, and its diagonal would cost a second setup.)
             with torch.no_grad():
                 check_finite_kernel(self._diagonal(x1, x1, True), x1)
                 if not symmetric:

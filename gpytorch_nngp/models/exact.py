@@ -16,6 +16,8 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
+from .._validation import VARIANCE, check_count, check_positive, check_training_data
+
 
 def shifted_one_hot(y: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """The paper's regression targets: one-hot rows (n, C) of labels y (n,), minus 1 / C (-0.1 / 0.9 for C = 10)."""
@@ -33,15 +35,17 @@ class ExactNNGPClassifier:
         relative_jitter: see noise.
 
     Raises:
-        ValueError: noise given and not > 0.
+        ValueError: noise given and not finite and > 0, relative_jitter not finite and > 0, num_classes < 2.
     """
 
     def __init__(self, kernel, num_classes: int = 10, noise: Optional[float] = None, relative_jitter: float = 1e-10):
-        if noise is not None and not noise > 0:
-            raise ValueError(f"noise must be a positive variance or None, got {noise!r}")
+        if noise is not None:
+            check_positive("noise", noise, VARIANCE, "or None for the paper's relative jitter")
+        check_positive("relative_jitter", relative_jitter, "a fraction of the mean prior variance added to the "
+                       "diagonal")
         self.kernel = kernel
-        self.num_classes = num_classes
-        self.relative_jitter = relative_jitter
+        self.num_classes = check_count("num_classes", num_classes, 2)
+        self.relative_jitter = float(relative_jitter)
         self.raw_noise = None if noise is None else torch.tensor(math.log(math.expm1(noise)), dtype=torch.float64)
         self.noise_used = None
 
@@ -57,10 +61,13 @@ class ExactNNGPClassifier:
             if int(info) == 0:
                 return chol, noise
             noise = noise * 100
-        raise RuntimeError("the kernel matrix is not positive definite even with added noise; try a smaller depth")
+        raise RuntimeError(f"the kernel matrix is not positive definite even with noise {float(noise):.3g} on its "
+                           "diagonal: the kernel is nearly constant (try a smaller depth or a larger bias_var), or the "
+                           "noise is too small to matter (set noise=)")
 
     def log_marginal_likelihood(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """sum over the C outputs of log N(t_c | 0, K + noise I), divided by n (differentiable)."""
+        check_training_data(x, y, self.num_classes)
         targets = shifted_one_hot(y, self.num_classes, x.dtype)
         chol, _ = self._factor(self.kernel(x).to_dense())
         return self._evidence(targets, chol, torch.cholesky_solve(targets, chol))
@@ -75,6 +82,9 @@ class ExactNNGPClassifier:
 
     def learn_hyperparameters(self, x, y, iters: int = 60, lr: float = 0.05, progress: bool = True):
         """Adam on -log marginal likelihood over the kernel's parameters and the noise; returns the loss curve."""
+        check_training_data(x, y, self.num_classes)
+        iters = check_count("iters", iters)
+        check_positive("lr", lr, "a learning rate")
         if self.raw_noise is None:  # learning needs a noise parameter: start at 1e-3 of the prior variance scale
             with torch.no_grad():
                 start = 1e-3 * self.kernel(x[:256]).to_dense().diagonal().mean().item()
@@ -96,6 +106,7 @@ class ExactNNGPClassifier:
     def fit(self, x: torch.Tensor, y: torch.Tensor) -> ExactNNGPClassifier:
         """Factor K_DD + noise I once. Also sets fitted_log_marginal_likelihood (float), the value of
         log_marginal_likelihood(x, y) from the same factor."""
+        check_training_data(x, y, self.num_classes)
         self.x_train = x
         targets = shifted_one_hot(y, self.num_classes, x.dtype)
         self.chol, self.noise_used = self._factor(self.kernel(x).to_dense())
@@ -107,6 +118,12 @@ class ExactNNGPClassifier:
     def predict(self, x: torch.Tensor, batch_size: int = 2048, variance: bool = True):
         """Posterior mean (m, C) of the shifted targets and the shared predictive variance (m,) of the latent f
         (None with variance=False, which skips its triangular solves)."""
+        if not hasattr(self, "alpha"):
+            raise RuntimeError("predict needs a fitted classifier: call fit(x, y) first")
+        batch_size = check_count("batch_size", batch_size)
+        if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[-1] != self.x_train.shape[-1]:
+            raise ValueError(f"x must have shape (m, {self.x_train.shape[-1]}) like the training inputs, got "
+                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
         means, variances = [], []
         for start in range(0, x.shape[0], batch_size):
             xb = x[start:start + batch_size]

@@ -16,7 +16,14 @@ import gpytorch
 import torch
 from tqdm.auto import tqdm
 
-from .._validation import check_choice
+from .._validation import check_choice, check_count, check_positive, check_training_data
+
+
+def _check_inducing_points(inducing_points) -> None:
+    if not isinstance(inducing_points, torch.Tensor) or inducing_points.dim() != 2 or \
+            not torch.is_floating_point(inducing_points) or inducing_points.shape[0] < 1:
+        got = tuple(inducing_points.shape) if isinstance(inducing_points, torch.Tensor) else repr(inducing_points)
+        raise ValueError(f"inducing_points must be a floating point tensor of shape (M, d) with M >= 1, got {got}")
 
 
 def _variational_distribution(num_inducing: int, batch_shape: torch.Size, natural_gradients: bool):
@@ -36,6 +43,8 @@ class SVGPClassifier(gpytorch.models.ApproximateGP):
     """
 
     def __init__(self, kernel, inducing_points: torch.Tensor, num_classes: int = 10, natural_gradients: bool = False):
+        _check_inducing_points(inducing_points)
+        num_classes = check_count("num_classes", num_classes, 2)
         distribution = _variational_distribution(inducing_points.shape[0], torch.Size([num_classes]),
                                                  natural_gradients)
         strategy = gpytorch.variational.IndependentMultitaskVariationalStrategy(
@@ -56,6 +65,7 @@ class SVGPClassifier(gpytorch.models.ApproximateGP):
 
     def predict_proba(self, x, batch_size: int = 1024, samples: int = 64):
         """Class probabilities (m, C): the softmax averaged over `samples` draws of the latent functions."""
+        batch_size, samples = check_count("batch_size", batch_size), check_count("samples", samples)
         self.eval()
         out = []
         with torch.no_grad(), gpytorch.settings.num_likelihood_samples(samples):
@@ -74,6 +84,7 @@ class SVGPRegressor(gpytorch.models.ApproximateGP):
     """
 
     def __init__(self, kernel, inducing_points: torch.Tensor, natural_gradients: bool = False):
+        _check_inducing_points(inducing_points)
         distribution = _variational_distribution(inducing_points.shape[0], torch.Size([]), natural_gradients)
         strategy = gpytorch.variational.VariationalStrategy(self, inducing_points, distribution,
                                                             learn_inducing_locations=True)
@@ -108,9 +119,16 @@ def train_svgp(model, x, y, epochs: int = 20, batch_size: int = 256, lr: float =
         The mean negative ELBO per epoch.
 
     Raises:
-        ValueError: an unknown schedule.
+        ValueError: an unknown schedule, epochs or batch_size < 1, lr or ngd_lr not > 0, or x and y that do not fit
+            the model (labels outside 0 .. C - 1 for a classifier, y not of shape (n,)).
+        TypeError: float labels for a classifier.
     """
     check_choice("schedule", schedule, SCHEDULES)
+    epochs, batch_size = check_count("epochs", epochs), check_count("batch_size", batch_size)
+    check_positive("lr", lr, "a learning rate")
+    check_positive("ngd_lr", ngd_lr, "a learning rate")
+    classes = getattr(model, "num_classes", None)
+    check_training_data(x, y, classes, labels=classes is not None)
     model.train()
     mll = gpytorch.mlls.VariationalELBO(model.likelihood, model, num_data=x.shape[0])
     if getattr(model, "natural_gradients", False):
