@@ -233,6 +233,9 @@ def test_a_residual_block_on_the_raw_input_is_exact_before_a_linear_layer():
     # a residual block on the raw input, then an activation: input plus a Gaussian branch
     (nn.Sequential(Residual(nn.Linear(3, 3)), nn.ReLU(), nn.Linear(3, 1)), (3,),
      "sum of the input and a Gaussian residual branch.*Linear or Conv layer before it"),
+    # a post-activation residual block (ResNet v1): the skip path carries activations
+    (nn.Sequential(nn.Linear(3, 4), nn.ReLU(), Residual(nn.Linear(4, 4)), nn.ReLU(), nn.Linear(4, 1)), (3,),
+     "sum of non-Gaussian values and a Gaussian residual branch.*pre-activation blocks"),
     # an activation inside a residual branch that starts at the input
     (nn.Sequential(Residual(nn.Sequential(nn.ReLU(), nn.Linear(3, 3))), nn.Linear(3, 1)), (3,),
      "residual block whose skip path starts at the input"),
@@ -310,6 +313,8 @@ def test_a_subclass_that_keeps_forward_is_translated():
     (nn.Sequential(nn.Linear(3, 4), Residual(nn.Linear(4, 5)), nn.Linear(5, 1)), (3,),
      r"keep the shape of its input: shape \(4,\) in, shape \(5,\) out"),
     (nn.Sequential(nn.Conv2d(1, 2, 8), nn.Linear(2, 1)), (1, 8, 8), r"Linear\): a dense layer needs a flat input"),
+    (nn.Sequential(nn.Conv2d(1, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Linear(1, 1)), (1, 8, 8),
+     r"2 \(Linear\): a dense layer needs a flat input, got shape \(2, 1, 1\) after global average pooling"),
 ])
 def test_shapes_that_contradict_the_module_are_named(module, shape, match):
     with pytest.raises(ValueError, match=match):

@@ -63,6 +63,8 @@ class Geometry:
     channels: the channel count (features of a flat state) of the finite module, when known: the kernel does not
         depend on it, but a module whose layers disagree on it is not the network the user thinks it is.
     why: for MIXED values, what they are (for error messages).
+    pooled_axes: size-1 spatial axes that torch still has after a global average pooling (AdaptiveAvgPool2d(1)
+        gives (C, 1, 1)) until a flatten: a Linear there would act on the last of them, not on the channels.
     """
 
     spatial: Tuple[int, ...]
@@ -70,6 +72,7 @@ class Geometry:
     law: str = GAUSSIAN
     channels: Optional[int] = None
     why: str = ""
+    pooled_axes: int = 0
 
     @property
     def axes(self) -> int:
@@ -299,10 +302,14 @@ class Dense(Layer):
         if geometry.spatial and (strict or math.prod(geometry.spatial) != 1):
             raise ValueError(f"a dense layer needs a flat input, got {geometry.shape()}: flatten it "
                              "first (torch.nn.Flatten) or pool it (torch.nn.AdaptiveAvgPool2d(1))")
+        if strict and geometry.pooled_axes:
+            shape = (geometry.channels,) + (1,) * geometry.pooled_axes
+            raise ValueError(f"a dense layer needs a flat input, got shape {shape} after global average pooling (torch "
+                             "keeps the pooled axes): flatten it first (torch.nn.Flatten)")
         if strict and self.in_features != geometry.channels:
             raise ValueError(f"Linear with in_features={self.in_features} gets {geometry.channels} features here: "
                              "fix in_features (or input_shape)")
-        return replace(geometry, law=GAUSSIAN, channels=self.out_features, why="")
+        return replace(geometry, law=GAUSSIAN, channels=self.out_features, why="", pooled_axes=0)
 
     def apply(self, cov, theta, run):
         w = run.parameter(run.weight_var, self.index, self.input)
@@ -432,7 +439,8 @@ class GlobalAvgPool(Layer):
         return True
 
     def _output(self, geometry):
-        return replace(geometry.linear_image("averages of activations over all positions"), spatial=(), full=False)
+        return replace(geometry.linear_image("averages of activations over all positions"), spatial=(), full=False,
+                       pooled_axes=len(geometry.spatial))
 
     def transform(self, x):
         nd = len(self.input.spatial)
@@ -454,7 +462,7 @@ class Flatten(Layer):
 
     def _output(self, geometry):
         channels = None if geometry.channels is None else geometry.channels * math.prod(geometry.spatial)
-        return replace(geometry, spatial=(), full=False, channels=channels)
+        return replace(geometry, spatial=(), full=False, channels=channels, pooled_axes=0)
 
     def transform(self, x):
         return x.flatten(x.dim() - len(self.input.spatial) - 1)
@@ -580,7 +588,9 @@ class Residual(Layer):
         if geometry.law == GAUSSIAN:
             return geometry
         skip = "the input" if geometry.law == INPUT else "non-Gaussian values"
-        return replace(geometry, law=MIXED, why=f"the sum of {skip} and a Gaussian residual branch")
+        return replace(geometry, law=MIXED, why=f"the sum of {skip} and a Gaussian residual branch (residual networks "
+                       "have a kernel when each block's skip path carries Gaussian values: pre-activation blocks "
+                       "x + f(x) on a Linear/Conv output, f starting with the activation)")
 
     def apply(self, cov, theta, run):
         b_cov, b_theta = cov, theta
