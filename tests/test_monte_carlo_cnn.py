@@ -36,7 +36,7 @@ def networks():
         # One ReLU instance at every depth, as people write it: nn.Sequential runs it after each conv.
         "shared_activation": (nn.Sequential(nn.Conv2d(1, c, 3, padding=1), shared, nn.Conv2d(c, c, 3, padding=1),
                                             shared, nn.Conv2d(c, c, 3, padding=1), shared, nn.Flatten(),
-                                            nn.Linear(c * 16, 1)), (1, 4, 4)),
+                                            nn.Linear(c * 9, 1)), (1, 3, 3)),
         "conv1d": (nn.Sequential(nn.Conv1d(3, c, 3, stride=2), nn.ReLU(), nn.Conv1d(c, c, 3, padding="same"),
                                  nn.GELU(), nn.Flatten(), nn.Linear(c * 3, 1)), (3, 7)),
     }

@@ -85,8 +85,11 @@ def _angle_grads(grad_theta, k12, k11, k22, s):
 class _ShiftedRootDeterminant(torch.autograd.Function):
     @staticmethod
     def forward(ctx, k12, k11, k22, b: float):
-        s, _ = sqrt_gap(k12, k11, k22)
-        r = torch.hypot(s.mul_(b), (1 + b * (k11 + k22)).sqrt())
+        if products_overflow(k11, k22):
+            r = torch.hypot(rescaled_sqrt_gap(k12, k11, k22).mul_(b), (1 + b * (k11 + k22)).sqrt())
+        else:  # in place, one n x m buffer: b^2 max(k11 k22 - k12^2, 0) + b k11 + b k22 + 1
+            r = torch.mul(k11, k22).sub_(k12 * k12).clamp_min_(0).mul_(b * b)
+            r = r.add_(k11, alpha=b).add_(k22, alpha=b).add_(1).sqrt_()
         ctx.b = b
         ctx.save_for_backward(k12, k11, k22, r)
         return r
