@@ -15,7 +15,15 @@ WV, BV = 1.6, 0.2
 
 
 def kernel(cls, module, shape, **kwargs):
-    return cls.from_module(module, shape, weight_var=WV, bias_var=BV, **kwargs).double()
+    k = cls.from_module(module, shape, **kwargs).double()
+    k.weight_var, k.bias_var = WV, BV  # set in float64 (values given before .double() keep float32 rounding)
+    return k
+
+
+def fully(cls, depth, activation="relu"):
+    k = cls(depth, activation).double()
+    k.weight_var, k.bias_var = WV, BV
+    return k
 
 
 def matrix(k, x, y=None):
@@ -37,7 +45,7 @@ def test_a_reused_activation_instance_acts_at_every_use(cls):
     k = kernel(cls, net, (3,))
     assert k.depth == 2
     x = points()
-    torch.testing.assert_close(matrix(k, x), matrix(cls(2, "relu", weight_var=WV, bias_var=BV).double(), x))
+    torch.testing.assert_close(matrix(k, x), matrix(fully(cls, 2), x))
 
 
 def test_a_reused_activation_in_a_cnn_equals_fresh_ones():
@@ -58,6 +66,7 @@ def test_the_classify_command_builds_the_cnn_it_describes():
     args = type("Args", (), {"kernel": "nngp", "architecture": "cnn", "dataset": "digits", "depth": 3,
                              "readout": "flatten"})()
     k = network_kernel(args, WV, BV)
+    k.weight_var, k.bias_var = WV, BV  # in float64, as kernel() sets them
     assert k.network.describe().count("ReLU") == 3
     plain = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Conv2d(2, 2, 3, padding=1), nn.ReLU(),
                           nn.Conv2d(2, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(128, 10))
@@ -183,10 +192,10 @@ def test_pooling_an_activated_input_is_exact_on_images():
 def test_an_activation_of_an_activation_is_their_composition(cls):
     x = points()
     relu_relu = kernel(cls, nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.ReLU(), nn.Linear(5, 1)), (3,))
-    torch.testing.assert_close(matrix(relu_relu, x), matrix(cls(1, "relu", weight_var=WV, bias_var=BV).double(), x))
+    torch.testing.assert_close(matrix(relu_relu, x), matrix(fully(cls, 1), x))
     leaky = kernel(cls, nn.Sequential(nn.Linear(3, 5), nn.LeakyReLU(0.2), nn.LeakyReLU(0.5), nn.Linear(5, 1)), (3,))
     from gpytorch_nngp.activations import LeakyReLU
-    torch.testing.assert_close(matrix(leaky, x), matrix(cls(1, LeakyReLU(0.1), weight_var=WV, bias_var=BV).double(), x))
+    torch.testing.assert_close(matrix(leaky, x), matrix(fully(cls, 1, LeakyReLU(0.1)), x))
 
 
 def test_an_activation_after_tanh_matches_monte_carlo():
@@ -296,7 +305,7 @@ def test_forward_hooks_and_in_place_skip_activations_are_refused():
 def test_a_subclass_that_keeps_forward_is_translated():
     x = points()
     k = kernel(NNGPKernel, nn.Sequential(InitializedLinear(3, 4), nn.ReLU(), nn.Linear(4, 1)), (3,))
-    torch.testing.assert_close(matrix(k, x), matrix(NNGPKernel(1, weight_var=WV, bias_var=BV).double(), x))
+    torch.testing.assert_close(matrix(k, x), matrix(fully(NNGPKernel, 1), x))
 
 
 # -- 4. shapes that contradict the module --------------------------------------------------------------------------
