@@ -28,9 +28,10 @@ def _import_keops_quietly() -> None:
 
 _import_keops_quietly()
 
-from . import activations  # noqa: E402
+from . import activations, warnings  # noqa: E402
 from .kernels import ArchitectureKernel, NNGPKernel, NTKKernel  # noqa: E402
 from .modules import Elementwise, Residual  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["ArchitectureKernel", "Elementwise", "NNGPKernel", "NTKKernel", "Residual", "activations", "__version__"]
+__all__ = ["ArchitectureKernel", "Elementwise", "NNGPKernel", "NTKKernel", "Residual", "activations", "warnings",
+           "__version__"]
