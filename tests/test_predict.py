@@ -207,3 +207,43 @@ def test_an_ensemble_of_trained_wide_networks_matches_the_prediction():
     assert z_mean.abs().max() < 4 and z_var.abs().max() < 4, (z_mean, z_var)
     wrong = gradient_descent_mse_ensemble(kernel, x, y, learning_rate=2 * lr)(t=steps, x_test=x_test, get="ntk")
     assert ((adjusted.mean(0) - wrong[:, 0]) / mean_se).abs().max() > 8
+
+
+class _NTKDense(nn.Module):
+    """A dense layer in the NTK parametrization (weights and biases N(0, 1), scaled in forward)."""
+
+    def __init__(self, fan_in, fan_out, gen):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(fan_out, fan_in, generator=gen, dtype=torch.float64))
+        self.bias = nn.Parameter(torch.randn(fan_out, generator=gen, dtype=torch.float64))
+
+    def forward(self, x):
+        return x @ self.weight.T * (1.6 / self.weight.shape[1]) ** 0.5 + 0.1 ** 0.5 * self.bias
+
+
+def test_one_real_network_is_predicted_by_its_own_finite_ntk():
+    """gradient_descent_mse with a torch network's own finite NTK (FiniteNTKKernel) predicts that network after 50
+    real gradient-descent steps, without training it; closer as the width grows (35 %, 3.5 %, 0.5 % of the change in
+    its test outputs at widths 64, 512, 4096 when measured)."""
+    from gpytorch_nngp.dnn2gp import FiniteNTKKernel
+
+    gen = torch.Generator().manual_seed(0)
+    x, x_test, y = (torch.randn(n, d, generator=gen, dtype=torch.float64) for n, d in ((8, 3), (3, 3), (8, 1)))
+    errors = {}
+    for width in (64, 1024):
+        init = torch.Generator().manual_seed(width)
+        net = nn.Sequential(_NTKDense(3, width, init), nn.Tanh(), _NTKDense(width, 1, init))
+        kernel = FiniteNTKKernel(net)
+        with torch.no_grad():
+            k_dd, k_td, f0, f0_test = kernel(x).to_dense(), kernel(x_test, x).to_dense(), net(x), net(x_test)
+        lr = 0.5 * max_learning_rate(k_dd, y.numel())
+        _, predicted = gradient_descent_mse(k_dd, y, learning_rate=lr)(50, f0, f0_test, k_td)
+        optimizer = torch.optim.SGD(net.parameters(), lr=lr)
+        for _ in range(50):
+            optimizer.zero_grad()
+            (0.5 * ((net(x) - y) ** 2).sum() / y.numel()).backward()
+            optimizer.step()
+        with torch.no_grad():
+            trained = net(x_test)
+        errors[width] = ((trained - predicted).abs().max() / (trained - f0_test).abs().max()).item()
+    assert errors[1024] < 0.05 and errors[1024] < errors[64] / 4, errors
