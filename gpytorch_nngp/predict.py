@@ -323,13 +323,13 @@ def gradient_descent_mse_ensemble(kernel, x_train: torch.Tensor, y_train: torch.
         k_td = None if x_test is None else {g: _matrix(kernel, g, x_test, x_train) for g in need}
         k_tt = _matrix(kernel, "nngp", x_test) if compute_cov and x_test is not None else None
         if t is None:
-            if "gp" not in inference:
-                inference["gp"] = gp_inference({g: k_dd(g) for g in need | set(kinds)}, y_train, diag_reg,
-                                               diag_reg_absolute_scale)
-            kd = {g: k_dd(g) for g in need} if x_test is None else k_td
+            key = frozenset(need)  # the kernels this call needs (a later call may need the NNGP too)
+            if key not in inference:
+                inference[key] = gp_inference({g: k_dd(g) for g in need}, y_train, diag_reg, diag_reg_absolute_scale)
+            asked = kinds[0] if single else kinds
             if x_test is None:
-                return inference["gp"](kinds if not single else kinds[0], None, True if compute_cov else None)
-            return inference["gp"](kinds if not single else kinds[0], kd, k_tt)
+                return inference[key](asked, None, True if compute_cov else None)
+            return inference[key](asked, k_td, k_tt)
         times, shape = _times(t, learning_rate, y_train)
         out = {}
         for g in kinds:

@@ -105,6 +105,7 @@ def test_time_zero_is_the_prior_and_large_times_are_infinite_time():
     for g in ("nngp", "ntk"):
         assert torch.equal(getattr(prior, g).mean, torch.zeros(4, 2, dtype=torch.float64))
         torch.testing.assert_close(getattr(prior, g).covariance, k_tt)
+    fn(t=None, x_test=x_test, get="ntk")  # a first infinite-time call without covariances must not limit later ones
     late, inf = fn(t=1e7, x_test=x_test, compute_cov=True), fn(t=None, x_test=x_test, compute_cov=True)
     for g in ("nngp", "ntk"):
         torch.testing.assert_close(getattr(late, g).mean, getattr(inf, g).mean, rtol=1e-5, atol=1e-7)
