@@ -19,6 +19,7 @@ is still to come (issue 20).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import namedtuple
 from typing import Callable, Optional, Tuple
@@ -46,9 +47,11 @@ def _kinds_of(kernel) -> Tuple[str, ...]:
                     f"{type(kernel).__name__}; for any other kernel matrix use gradient_descent_mse or gp_inference")
 
 
-def _matrix(kernel, kind: str, x1, x2=None) -> torch.Tensor:
-    """The dense `kind` ("nngp" or "ntk") matrix of a network kernel. The NNGP of an NTK kernel is evaluated by
-    switching its NTK flag off for the call (a copy of a GPyTorch module would share its attribute dictionary)."""
+@contextlib.contextmanager
+def _as_kind(kernel, kind: str):
+    """The network kernel computing `kind` ("nngp" or "ntk") inside the block, without autograd. The NNGP of an NTK
+    kernel is its NTK flag switched off (a copy of a GPyTorch module would share its attribute dictionary); operators
+    made inside keep the flag they were made with."""
     from .kernels.architecture import ArchitectureKernel
 
     attribute = "ntk" if isinstance(kernel, ArchitectureKernel) else "_ntk"
@@ -57,12 +60,26 @@ def _matrix(kernel, kind: str, x1, x2=None) -> torch.Tensor:
     try:
         setattr(kernel, attribute, kind == "ntk")
         with torch.no_grad():
-            return kernel(x1, x2).to_dense()
+            yield kernel
     finally:
         if had:
             setattr(kernel, attribute, saved)
         else:
             delattr(kernel, attribute)
+
+
+def _matrix(kernel, kind: str, x1, x2=None) -> torch.Tensor:
+    """The dense `kind` matrix of a network kernel, (n, m)."""
+    with _as_kind(kernel, kind) as k:
+        return k(x1, x2).to_dense()
+
+
+def _operator(kernel, kind: str, x1, x2=None):
+    """The `kind` kernel of x1 and x2 as whatever the kernel's backend makes (a tensor or a linear operator), for
+    products."""
+    with _as_kind(kernel, kind) as k:
+        out = k(x1, x2)
+        return out.evaluate_kernel() if hasattr(out, "evaluate_kernel") else out
 
 
 def _canonical_get(get) -> Tuple[Tuple[str, ...], bool]:
@@ -147,6 +164,90 @@ class _Eigen:
     def apply(self, weights, v):
         """(T, n, ...): V diag(w_t) V^T v for each row w_t of weights (T, n); v (n, ...)."""
         return torch.einsum("ji,ti,ki,k...->tj...", self.evecs, weights, self.evecs, v)
+
+
+class _Krylov:
+    """Matrix functions of a symmetric positive semidefinite operator applied to vectors, by Lanczos (Krylov), through
+    its products alone: no n x n matrix, no eigendecomposition.
+
+    For each column v, k Lanczos steps (full reorthogonalization) give Q_k (n x k) and the tridiagonal T_k, and
+    phi(A) v ~ |v| Q_k phi(T_k) e_1 for every phi at once (here every requested time). The error is watched by
+    comparing the coefficients after k and after k - STEP steps (their difference is the change of the result, Q_k
+    being orthonormal): steps are added until it falls below `tol` relative to the result, for every time and column,
+    or the Krylov space is exhausted. Columns run together (one operator product per step for a block of columns),
+    in blocks whose basis fits in `memory_bytes`.
+    """
+
+    STEP = 10
+
+    def __init__(self, matmul: Callable[[torch.Tensor], torch.Tensor], n: int, normalization: int, tol: float = 1e-10,
+                 max_steps: Optional[int] = None, memory_bytes: int = 2 ** 29):
+        self.matmul, self.n, self.normalization, self.tol = matmul, n, normalization, tol
+        self.max_steps = min(n, 2000) if max_steps is None else max_steps
+        self.memory_bytes = memory_bytes
+        self.steps_used = 0  # the most steps a column needed, for reports
+
+    def _weights(self, evals, times):
+        """(T, ..., k): phi_t(theta) = (1 - exp(-theta t / N)) / theta per Ritz value theta (t / N at 0, 1 / theta at
+        t = inf)."""
+        positive = evals.clamp_min(0)
+        t = times.reshape(times.shape[0], *([1] * evals.dim()))
+        grown = -torch.expm1(-positive * t / self.normalization)
+        nonzero = evals.abs() > 0
+        safe = torch.where(nonzero, evals.abs(), torch.ones_like(evals))
+        limit = (t / self.normalization).expand_as(grown)
+        return torch.where(nonzero, grown / safe, torch.where(torch.isinf(limit), torch.zeros_like(limit), limit))
+
+    def phi(self, times, v):
+        """(T, n, c): phi_t(A) v for times (T, 1) and v (n, c)."""
+        per_column = 8 * self.n * min(self.max_steps + 2, 202)  # the basis of a typical run (it grows if needed)
+        block = max(1, min(v.shape[-1], self.memory_bytes // per_column))
+        return torch.cat([self._block(times, v[:, s:s + block]) for s in range(0, v.shape[-1], block)], dim=-1)
+
+    def _block(self, times, v):
+        norms = v.norm(dim=0)
+        scale = torch.where(norms > 0, norms, torch.ones_like(norms))
+        basis = [v / scale]
+        alphas, betas = [], []
+        previous = None
+        tiny = torch.finfo(v.dtype).eps
+        for step in range(self.max_steps):
+            w = self.matmul(basis[-1])
+            alphas.append((basis[-1] * w).sum(0))
+            stacked = torch.stack(basis)  # (k, n, c)
+            for _ in range(2):  # full reorthogonalization, twice ("twice is enough")
+                w = w - torch.einsum("knc,kc->nc", stacked, torch.einsum("knc,nc->kc", stacked, w))
+            beta = w.norm(dim=0)
+            done = step + 1 == self.max_steps or bool((beta <= tiny * (alphas[0].abs() + 1)).all())
+            if (step + 1) % self.STEP == 0 or done:
+                coefficients = self._coefficients(times, alphas, betas)  # (T, c, k)
+                if previous is not None:
+                    padded = torch.nn.functional.pad(previous, (0, coefficients.shape[-1] - previous.shape[-1]))
+                    change = (coefficients - padded).norm(dim=-1) / coefficients.norm(dim=-1).clamp_min(tiny)
+                    if bool((change <= self.tol).all()):
+                        done = True
+                previous = coefficients
+            if done:
+                break
+            betas.append(beta)
+            alive = beta > tiny * (alphas[0].abs() + 1)  # else the column's Krylov space is exhausted: exact
+            basis.append(torch.where(alive, w / beta.clamp_min(tiny), torch.zeros_like(w)))
+        self.steps_used = max(self.steps_used, len(alphas))
+        coefficients = previous[..., : len(basis)]
+        return torch.einsum("knc,tck->tnc", torch.stack(basis), coefficients) * norms
+
+    def _coefficients(self, times, alphas, betas):
+        """(T, c, k): phi_t(T_k) e_1 for the tridiagonal of each column."""
+        k = len(alphas)
+        diagonal = torch.stack(alphas, dim=-1)  # (c, k)
+        tri = torch.diag_embed(diagonal)
+        if k > 1:
+            off = torch.stack(betas[: k - 1], dim=-1)
+            tri = tri + torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
+        evals, evecs = torch.linalg.eigh(tri)  # (c, k), (c, k, k)
+        first = evecs[:, 0, :]  # (c, k): e_1 in the eigenbasis
+        weights = self._weights(evals, times)  # (T, c, k)
+        return torch.einsum("cij,tcj->tci", evecs, weights * first)
 
 
 # -- one linearized network ----------------------------------------------------------------------------------------
@@ -268,8 +369,14 @@ def gp_inference(k_train_train, y_train: torch.Tensor, diag_reg: float = 0.0,
 
 
 # -- the infinite ensemble of infinitely wide networks ---------------------------------------------------------------
+SOLVERS = ("auto", "eigh", "krylov")
+EIGH_MAX_POINTS = 4096  # "auto" eigendecomposes up to this many training points with a dense kernel
+
+
 def gradient_descent_mse_ensemble(kernel, x_train: torch.Tensor, y_train: torch.Tensor, learning_rate: float = 1.0,
-                                  diag_reg: float = 0.0, diag_reg_absolute_scale: bool = False) -> Callable:
+                                  diag_reg: float = 0.0, diag_reg_absolute_scale: bool = False, *,
+                                  solver: str = "auto", krylov_tol: float = 1e-10,
+                                  test_block: int = 4096) -> Callable:
     """Mean and covariance of the infinite ensemble of infinitely wide networks trained by gradient descent on the MSE
     loss for time t, the initialization marginalized (neural-tangents' `gradient_descent_mse_ensemble`).
 
@@ -278,6 +385,12 @@ def gradient_descent_mse_ensemble(kernel, x_train: torch.Tensor, y_train: torch.
             architecture; an NNGPKernel serves get="nngp" only.
         x_train: (n, d) training inputs; y_train: (n, k) targets (the k outputs share the kernel).
         learning_rate, diag_reg, diag_reg_absolute_scale: as in the module docstring.
+        solver: "eigh" (one eigendecomposition of each n x n training kernel, as neural-tangents), "krylov"
+            (Lanczos through the kernel's products: lazy, KeOps and distributed backends, no n x n matrix of its
+            own; every time of a call from one run; infinite time is phi = 1 / lambda, the same run), or "auto"
+            (eigh for a dense kernel of at most EIGH_MAX_POINTS points, else krylov). Keyword only, as the two below.
+        krylov_tol: Lanczos stops when the result changes by less than this (relative) over its last 10 steps.
+        test_block: test points per block for the mean (the covariance needs all test points at once).
 
     Returns:
         `predict_fn(t=None, x_test=None, get=None, compute_cov=False)`: for get "nngp" (readout trained) or "ntk" (all
@@ -292,6 +405,15 @@ def gradient_descent_mse_ensemble(kernel, x_train: torch.Tensor, y_train: torch.
     _check_training(x_train, y_train, learning_rate, diag_reg)
     available = _kinds_of(kernel)
     x_train = x_train.to(y_train)
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {', '.join(map(repr, SOLVERS))}, got {solver!r}")
+    if solver == "auto":
+        backend = getattr(kernel, "backend", "dense")
+        dense = isinstance(backend, str) and backend in ("dense", "auto")
+        solver = "eigh" if dense and x_train.shape[0] <= EIGH_MAX_POINTS else "krylov"
+    if solver == "krylov":
+        return _krylov_ensemble(kernel, available, x_train, y_train, learning_rate, diag_reg, diag_reg_absolute_scale,
+                                krylov_tol, test_block)
     train = {}  # kind -> (n, n) training kernel, unregularized
     eigen = {}
 
@@ -362,6 +484,85 @@ def gradient_descent_mse_ensemble(kernel, x_train: torch.Tensor, y_train: torch.
             out[g] = Gaussian(mean, cov.reshape(*shape, *cov.shape[-2:]))
         return _pack(out, kinds, single)
 
+    return predict_fn
+
+
+def _krylov_ensemble(kernel, available, x_train, y_train, learning_rate, diag_reg, absolute, tol, test_block):
+    """gradient_descent_mse_ensemble's predict_fn through operator products and Lanczos (see _Krylov)."""
+    n = x_train.shape[0]
+    operators, solvers = {}, {}
+
+    def train_operator(g):
+        if g not in operators:
+            operators[g] = _operator(kernel, g, x_train)
+        return operators[g]
+
+    def phi(g, times, v):
+        if g not in solvers:
+            op = train_operator(g)
+            with _as_kind(kernel, g) as k:
+                scale = diag_reg if absolute else diag_reg * k(x_train, diag=True).mean().item()
+            solvers[g] = _Krylov(lambda u, op=op, scale=scale: op @ u + scale * u, n, y_train.numel(), tol=tol)
+        with torch.no_grad():
+            return solvers[g].phi(times, v)
+
+    def cross(g, x_test):
+        """(m, n) test-train kernel as a dense matrix, block by block."""
+        blocks = [_operator(kernel, g, x_test[s:s + test_block], x_train) for s in range(0, len(x_test), test_block)]
+        return torch.cat([b.to_dense() if hasattr(b, "to_dense") else b for b in blocks])
+
+    def predict_fn(t=None, x_test=None, get=None, compute_cov=False):
+        kinds, single = _canonical_get(get)
+        if "ntkgp" in kinds:
+            raise ValueError("get='ntkgp' is a gp_inference mode, not a gradient-descent one")
+        if "ntk" in kinds and "ntk" not in available:
+            raise ValueError("the NTK ensemble needs an NTKKernel (it gives both the NNGP and the NTK); this kernel is "
+                             "an NNGP kernel: use get='nngp', or build NTKKernel with the same arguments")
+        if x_test is not None:
+            if not isinstance(x_test, torch.Tensor) or x_test.dim() != 2 or x_test.shape[-1] != x_train.shape[-1]:
+                raise ValueError(f"x_test must have shape (m, {x_train.shape[-1]}), got "
+                                 f"{tuple(x_test.shape) if isinstance(x_test, torch.Tensor) else x_test!r}")
+            x_test = x_test.to(y_train)
+        if t is None:
+            times, shape = torch.full((1, 1), math.inf, dtype=y_train.dtype, device=y_train.device), torch.Size()
+            if x_test is None:  # infinite time on the training inputs: the targets, without variance
+                cov = torch.zeros(n, n, dtype=y_train.dtype, device=y_train.device)
+                out = {g: (Gaussian(y_train.clone(), cov) if compute_cov else y_train.clone()) for g in kinds}
+                return _pack(out, kinds, single)
+        else:
+            times, shape = _times(t, learning_rate, y_train)
+        if x_test is None and compute_cov:
+            raise ValueError("the covariance on the training inputs is an n x n matrix that solver='krylov' does not "
+                             "form: pass x_test (x_train itself for the regularized one), or use solver='eigh'")
+        out = {}
+        for g in kinds:
+            moved = phi(g, times, y_train)  # (T, n, k)
+            if x_test is None:  # (I - exp(-K t / N)) y = K phi_t(K) y, K regularized (as neural-tangents)
+                solver = solvers[g]
+                mean = torch.stack([solver.matmul(m) for m in moved])
+            else:
+                rows = [_operator(kernel, g, x_test[s:s + test_block], x_train) for s in
+                        range(0, len(x_test), test_block)]
+                flat = moved.permute(1, 0, 2).reshape(n, -1)  # (n, T k)
+                mean = torch.cat([r @ flat for r in rows]).reshape(len(x_test), times.shape[0], -1).permute(1, 0, 2)
+            mean = mean.reshape(*shape, *mean.shape[-2:])
+            if not compute_cov:
+                out[g] = mean
+                continue
+            k_tt = _matrix(kernel, "nngp", x_test)
+            nngp_xt = cross("nngp", x_test).mT  # (n, m)
+            if g == "nngp":
+                cov = k_tt - nngp_xt.mT @ phi(g, 2 * times, nngp_xt)
+            else:
+                term_1 = phi(g, times, cross("ntk", x_test).mT)  # (T, n, m): phi_t(Theta) Theta_X*
+                nngp_op = train_operator("nngp")
+                spread = torch.stack([nngp_op @ term for term in term_1])  # K_XX phi_t(Theta) Theta_X*
+                term_2 = term_1.mT @ nngp_xt  # Theta_*X phi_t(Theta) K_X*
+                cov = term_1.mT @ spread - term_2 - term_2.mT + k_tt
+            out[g] = Gaussian(mean, cov.reshape(*shape, *cov.shape[-2:]))
+        return _pack(out, kinds, single)
+
+    predict_fn.solvers = solvers  # the Lanczos runs (steps_used), for reports and benchmarks
     return predict_fn
 
 
