@@ -162,8 +162,10 @@ class _Eigen:
         return torch.where(self.evals.abs() > 0, grown / safe, (t / self.n).expand_as(grown))
 
     def apply(self, weights, v):
-        """(T, n, ...): V diag(w_t) V^T v for each row w_t of weights (T, n); v (n, ...)."""
-        return torch.einsum("ji,ti,ki,k...->tj...", self.evecs, weights, self.evecs, v)
+        """(T, n, c): V diag(w_t) V^T v for each row w_t of weights (T, n); v (n, c). Contracted right to left
+        (O(T n^2 c)), never through a (T, n, n) intermediate."""
+        projected = self.evecs.mT @ v  # (n, c)
+        return self.evecs @ (weights.unsqueeze(-1) * projected)
 
 
 class _Krylov:
@@ -207,18 +209,25 @@ class _Krylov:
     def _block(self, times, v):
         norms = v.norm(dim=0)
         scale = torch.where(norms > 0, norms, torch.ones_like(norms))
-        basis = [v / scale]
+        c, n = v.shape[-1], v.shape[0]
+        # The basis as (columns, steps, n), grown by doubling: reorthogonalization is then two batched products.
+        basis = v.new_empty(c, min(32, self.max_steps + 1), n)
+        basis[:, 0] = (v / scale).T
         alphas, betas = [], []
         previous = None
         tiny = torch.finfo(v.dtype).eps
         for step in range(self.max_steps):
-            w = self.matmul(basis[-1])
-            alphas.append((basis[-1] * w).sum(0))
-            stacked = torch.stack(basis)  # (k, n, c)
+            q = basis[:, step].T  # (n, c)
+            w = self.matmul(q)
+            alphas.append((q * w).sum(0))
+            kept = basis[:, : step + 1]  # (c, k, n)
+            w = w.T.unsqueeze(-1)  # (c, n, 1)
             for _ in range(2):  # full reorthogonalization, twice ("twice is enough")
-                w = w - torch.einsum("knc,kc->nc", stacked, torch.einsum("knc,nc->kc", stacked, w))
+                w = w - kept.transpose(1, 2) @ (kept @ w)
+            w = w.squeeze(-1).T  # (n, c)
             beta = w.norm(dim=0)
-            done = step + 1 == self.max_steps or bool((beta <= tiny * (alphas[0].abs() + 1)).all())
+            alive = beta > tiny * (alphas[0].abs() + 1)  # else the column's Krylov space is exhausted: exact
+            done = step + 1 == self.max_steps or not bool(alive.any())
             if (step + 1) % self.STEP == 0 or done:
                 coefficients = self._coefficients(times, alphas, betas)  # (T, c, k)
                 if previous is not None:
@@ -230,11 +239,14 @@ class _Krylov:
             if done:
                 break
             betas.append(beta)
-            alive = beta > tiny * (alphas[0].abs() + 1)  # else the column's Krylov space is exhausted: exact
-            basis.append(torch.where(alive, w / beta.clamp_min(tiny), torch.zeros_like(w)))
-        self.steps_used = max(self.steps_used, len(alphas))
-        coefficients = previous[..., : len(basis)]
-        return torch.einsum("knc,tck->tnc", torch.stack(basis), coefficients) * norms
+            if step + 1 == basis.shape[1]:
+                grown = v.new_empty(c, min(2 * basis.shape[1], self.max_steps + 1), n)
+                grown[:, : basis.shape[1]] = basis
+                basis = grown
+            basis[:, step + 1] = torch.where(alive, w / beta.clamp_min(tiny), torch.zeros_like(w)).T
+        k = len(alphas)
+        self.steps_used = max(self.steps_used, k)
+        return torch.einsum("ckn,tck->tnc", basis[:, :k], previous[..., :k]) * norms
 
     def _coefficients(self, times, alphas, betas):
         """(T, c, k): phi_t(T_k) e_1 for the tridiagonal of each column."""
