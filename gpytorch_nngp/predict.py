@@ -100,6 +100,23 @@ def _pack(out: dict, kinds, single: bool):
     return namedtuple("Predictions", kinds)(*(out[g] for g in kinds))
 
 
+def _ensemble_request(get, available, x_test, x_train, y_train):
+    """(kinds, single, x_test in y_train's dtype) for an ensemble's predict_fn; ValueError for an unknown or
+    unavailable get, or test inputs of the wrong shape."""
+    kinds, single = _canonical_get(get)
+    if "ntkgp" in kinds:
+        raise ValueError("get='ntkgp' is a gp_inference mode, not a gradient-descent one")
+    if "ntk" in kinds and "ntk" not in available:
+        raise ValueError("the NTK ensemble needs an NTKKernel (it gives both the NNGP and the NTK); this kernel is an "
+                         "NNGP kernel: use get='nngp', or build NTKKernel with the same arguments")
+    if x_test is not None:
+        if not isinstance(x_test, torch.Tensor) or x_test.dim() != 2 or x_test.shape[-1] != x_train.shape[-1]:
+            raise ValueError(f"x_test must have shape (m, {x_train.shape[-1]}), got "
+                             f"{tuple(x_test.shape) if isinstance(x_test, torch.Tensor) else x_test!r}")
+        x_test = x_test.to(y_train)
+    return kinds, single, x_test
+
+
 def _regularized(k: torch.Tensor, diag_reg: float, absolute: bool) -> torch.Tensor:
     """k + diag_reg * I, diag_reg relative to the mean diagonal unless absolute (neural-tangents' convention)."""
     scale = diag_reg if absolute else diag_reg * k.diagonal().mean()
@@ -442,17 +459,7 @@ def gradient_descent_mse_ensemble(kernel, x_train: torch.Tensor, y_train: torch.
     inference = {}
 
     def predict_fn(t=None, x_test=None, get=None, compute_cov=False):
-        kinds, single = _canonical_get(get)
-        if "ntkgp" in kinds:
-            raise ValueError("get='ntkgp' is a gp_inference mode, not a gradient-descent one")
-        if "ntk" in kinds and "ntk" not in available:
-            raise ValueError("the NTK ensemble needs an NTKKernel (it gives both the NNGP and the NTK); this kernel is "
-                             "an NNGP kernel: use get='nngp', or build NTKKernel with the same arguments")
-        if x_test is not None:
-            if not isinstance(x_test, torch.Tensor) or x_test.dim() != 2 or x_test.shape[-1] != x_train.shape[-1]:
-                raise ValueError(f"x_test must have shape (m, {x_train.shape[-1]}), got "
-                                 f"{tuple(x_test.shape) if isinstance(x_test, torch.Tensor) else x_test!r}")
-            x_test = x_test.to(y_train)
+        kinds, single, x_test = _ensemble_request(get, available, x_test, x_train, y_train)
         need = set(kinds) | ({"nngp"} if compute_cov else set())
         k_td = None if x_test is None else {g: _matrix(kernel, g, x_test, x_train) for g in need}
         k_tt = _matrix(kernel, "nngp", x_test) if compute_cov and x_test is not None else None
@@ -524,17 +531,7 @@ def _krylov_ensemble(kernel, available, x_train, y_train, learning_rate, diag_re
         return torch.cat([b.to_dense() if hasattr(b, "to_dense") else b for b in blocks])
 
     def predict_fn(t=None, x_test=None, get=None, compute_cov=False):
-        kinds, single = _canonical_get(get)
-        if "ntkgp" in kinds:
-            raise ValueError("get='ntkgp' is a gp_inference mode, not a gradient-descent one")
-        if "ntk" in kinds and "ntk" not in available:
-            raise ValueError("the NTK ensemble needs an NTKKernel (it gives both the NNGP and the NTK); this kernel is "
-                             "an NNGP kernel: use get='nngp', or build NTKKernel with the same arguments")
-        if x_test is not None:
-            if not isinstance(x_test, torch.Tensor) or x_test.dim() != 2 or x_test.shape[-1] != x_train.shape[-1]:
-                raise ValueError(f"x_test must have shape (m, {x_train.shape[-1]}), got "
-                                 f"{tuple(x_test.shape) if isinstance(x_test, torch.Tensor) else x_test!r}")
-            x_test = x_test.to(y_train)
+        kinds, single, x_test = _ensemble_request(get, available, x_test, x_train, y_train)
         if t is None:
             times, shape = torch.full((1, 1), math.inf, dtype=y_train.dtype, device=y_train.device), torch.Size()
             if x_test is None:  # infinite time on the training inputs: the targets, without variance
