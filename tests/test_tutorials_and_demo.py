@@ -32,6 +32,21 @@ def test_tutorial_exact_gp_large_n(tmp_path):
     assert_drawn(tmp_path / "exact_nngp_large_n.png")
 
 
+def test_tutorial_training_dynamics(tmp_path):
+    """Tutorial 8 at reduced size: trained finite networks follow the infinite ensemble, the training loss falls,
+    and on digits the readout-trained ensemble reaches the NNGP posterior's accuracy as t grows."""
+    module = _load(os.path.join(ROOT, "tutorials", "08_training_dynamics.py"))
+    report = module.main(["--quick", "--out", str(tmp_path)])
+    regression, classification = report["regression"], report["classification"]
+    assert regression["train_loss_last"] < 0.1 * regression["train_loss_first"]
+    assert all(gap < 0.25 for gap in regression["mean_gap"].values())  # 8 networks of width 64, mean vs ensemble
+    accuracy = classification["accuracy"]
+    assert accuracy["nngp"][0] < 0.5 < 0.9 < accuracy["ntk"][-1]
+    assert abs(accuracy["nngp"][-1] - classification["bayes"]) < 0.02
+    for name in ("dynamics_ensemble.png", "dynamics_losses.png", "dynamics_accuracy.png"):
+        assert_drawn(tmp_path / name)
+
+
 def test_demo_digits_accuracy():
     from gpytorch_nngp import demo
 
