@@ -4,7 +4,7 @@
 
 1. The figure of the seeds (Lee et al. 2019): on a 1-D regression with 128 training points, the NNGP posterior
    (Bayesian inference), the infinite ensemble of tanh networks of depth 3 trained by gradient descent on all layers
-   (the NTK ensemble) at several times and at infinity, and an ensemble of finite tanh networks (width 512, NTK
+   (the NTK ensemble) at several times and at infinity, and an ensemble of finite tanh networks (width 256, NTK
    parametrization) actually trained by full-batch gradient descent: their mean and spread follow the NTK ensemble.
 2. Train and test loss against time: the infinite ensemble's expected losses (mean and variance) against the
    trained networks' average losses.
@@ -72,7 +72,7 @@ def train_finite_ensemble(x, y, x_test, members, width, lr, checkpoints):
 
 def regression_figure(args):
     torch.manual_seed(0)
-    n, members, width = (32, 8, 64) if args.quick else (128, 100, 512)
+    n, members, width = (32, 8, 64) if args.quick else (128, 64, 256)
     x = torch.rand(n, 1, dtype=torch.float64) * 4 - 2
     y = torch.sin(2.5 * x) + 0.1 * torch.randn(n, 1, dtype=torch.float64)
     x_test = torch.linspace(-3, 3, 150, dtype=torch.float64).unsqueeze(-1)
