@@ -36,9 +36,9 @@ x = torch.from_numpy(np.load(sys.argv[1])); side = int(sys.argv[2]); readout = s
 wv, bv = float(sys.argv[4]), float(sys.argv[5])
 layers = []
 for i in range(3):
-    layers += [nn.Conv2d(1, 8, 3, padding=1), nn.ReLU()]
+    layers += [nn.Conv2d(1 if i == 0 else 8, 8, 3, padding=1), nn.ReLU()]
 layers += [nn.Flatten()] if readout == "flatten" else [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-module = nn.Sequential(*layers, nn.Linear(8, 1))
+module = nn.Sequential(*layers, nn.Linear(8 * side * side if readout == "flatten" else 8, 1))
 out = {"threads": torch.get_num_threads(), "torch": torch.__version__}
 for kind, cls in (("nngp", NNGPKernel), ("ntk", NTKKernel)):
     kernel = cls.from_module(module, (1, side, side), weight_var=wv, bias_var=bv)
