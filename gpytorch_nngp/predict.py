@@ -498,7 +498,7 @@ def gradient_descent_mse_ensemble(kernel, x_train: torch.Tensor, y_train: torch.
                     cov = k_tt - k_g @ e.apply(e.phi(2 * times), k_g.mT)
                 else:
                     term_1 = e.apply(e.phi(times), k_g.mT)  # (T, n, m): phi_t(Theta) Theta_X*
-                    term_2 = k_g @ e.apply(e.phi(times), k_td["nngp"].mT)  # (T, m, m)
+                    term_2 = term_1.mT @ k_td["nngp"].mT  # (T, m, m): Theta_*X phi_t(Theta) K_X*, phi symmetric
                     cov = term_1.mT @ nngp_dd @ term_1 - term_2 - term_2.mT + k_tt
             out[g] = Gaussian(mean, cov.reshape(*shape, *cov.shape[-2:]))
         return _pack(out, kinds, single)
