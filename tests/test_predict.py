@@ -8,10 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from gpytorch_nngp import NNGPKernel, NTKKernel
+from gpytorch_nngp import NNGPKernel, NTKKernel, predict
 from gpytorch_nngp.predict import (
     Gaussian,
     gp_inference,
+    gradient_descent,
     gradient_descent_mse,
     gradient_descent_mse_ensemble,
     max_learning_rate,
@@ -51,7 +52,10 @@ def close(actual, expected):
 
 @pytest.mark.parametrize("name", ["relu", "erf", "cnn"])
 @pytest.mark.parametrize("reg", [0.0, 1e-3])
-def test_ensemble_equals_neural_tangents(name, reg):
+@pytest.mark.parametrize("spectral", ["eigh", "tridiagonal"])
+def test_ensemble_equals_neural_tangents(name, reg, spectral, monkeypatch):
+    # The CPU spectral path tridiagonalizes from predict.TRIDIAGONAL_MIN_POINTS up; both paths are checked here.
+    monkeypatch.setattr(predict, "TRIDIAGONAL_MIN_POINTS", 1 if spectral == "tridiagonal" else 10 ** 9)
     x_train, x_test, y_train = data(name)
     fn = gradient_descent_mse_ensemble(ntk_kernel(name), x_train, y_train, learning_rate=LR, diag_reg=reg)
     for t_name, t in (("t", TIMES), ("inf", None)):
@@ -91,6 +95,15 @@ def test_gp_inference_and_one_network_equal_neural_tangents(name):
         close(f_test, ref(f"{name}/single/{t_name}/test"))
     assert max_learning_rate(ntk["dd"], y_train.numel()) == pytest.approx(ref(f"{name}/max_learning_rate").item(),
                                                                            rel=1e-9)
+    # Any loss, by the ODE solver: cross-entropy on softmax targets, plain and with momentum (continuous time).
+    # One network is enough (a few seconds each: the momentum flow oscillates for a long time).
+    targets = torch.softmax(y_train, dim=-1)
+    for momentum in (None, 0.9) if name == "relu" else ():
+        ode = gradient_descent(lambda f, y: -(torch.log_softmax(f, -1) * y).mean(), ntk["dd"], targets,
+                               learning_rate=LR, momentum=momentum)
+        f_train, f_test = ode(TIMES, f0_train, f0_test, ntk["td"])
+        close(f_train, ref(f"{name}/ode/{momentum}/train"))
+        close(f_test, ref(f"{name}/ode/{momentum}/test"))
 
 
 def test_time_zero_is_the_prior_and_large_times_are_infinite_time():
@@ -160,6 +173,23 @@ def test_bad_input_is_named():
         gradient_descent_mse_ensemble(kernel, bad, y_train)(t=1.0, x_test=x_test)
     with pytest.raises(TypeError, match="NNGPKernel or NTKKernel"):
         gradient_descent_mse_ensemble(torch.nn.Linear(2, 2), x_train, y_train)
+    k = torch.eye(len(y_train), dtype=y_train.dtype)
+    mse = lambda f, y: 0.5 * ((f - y) ** 2).mean()  # noqa: E731
+    with pytest.raises(ValueError, match="momentum must be None or a number in"):
+        gradient_descent(mse, k, y_train, momentum=1.5)
+    with pytest.raises(ValueError, match=r"k_train_train must be \(12, 12\)"):
+        gradient_descent(mse, k[:3, :3], y_train)
+    ode = gradient_descent(mse, k, y_train)
+    with pytest.raises(ValueError, match="t=None .* cannot be reached by an ODE solver"):
+        ode(None, 0.0)
+    with pytest.raises(ValueError, match="loss.* must return a scalar"):
+        gradient_descent(lambda f, y: f - y, k, y_train)(1.0, 0.0)
+    # t = 0 is the initial outputs; times in any order come back in that order.
+    f0 = torch.randn_like(y_train)
+    torch.testing.assert_close(ode(0.0, f0), f0)
+    both = ode([2.0, 0.0, 1.0], f0)
+    torch.testing.assert_close(both[1], f0)
+    torch.testing.assert_close(both[0], ode(2.0, f0), rtol=1e-6, atol=1e-7)
 
 
 def test_an_ensemble_of_trained_wide_networks_matches_the_prediction():

@@ -4,7 +4,8 @@ Run with an environment holding `neural-tangents==0.6.5` and `jax[cpu]==0.4.30` 
 dependencies):  python tests/reference/make_predict_reference.py
 The training set has a duplicated point and the test set holds a training point. For each network: the ensemble's
 means and covariances at times 0, 1, 30, 1000 and infinity (t=None), "nngp" and "ntk", on the test and on the training
-inputs, with and without diag_reg; gp_inference's "ntkgp"; one linearized network (gradient_descent_mse).
+inputs, with and without diag_reg; gp_inference's "ntkgp"; one linearized network (gradient_descent_mse, and
+gradient_descent's ODE for cross-entropy with and without momentum).
 """
 import math
 import os
@@ -12,6 +13,7 @@ import os
 import jax
 
 jax.config.update("jax_enable_x64", True)
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from neural_tangents import predict, stax  # noqa: E402
 
@@ -77,6 +79,14 @@ def main():
             f_train, f_test = single(t, fx_train_0, fx_test_0, np.asarray(k_td.ntk))
             out[f"{name}/single/{t_name}/train"], out[f"{name}/single/{t_name}/test"] = f_train, f_test
         out[f"{name}/single/fx_train_0"], out[f"{name}/single/fx_test_0"] = fx_train_0, fx_test_0
+        # One network under any loss, by the ODE solver: cross-entropy on softmax targets, with and without momentum.
+        targets = jax.nn.softmax(y_train, axis=-1)
+        cross_entropy = lambda fx, y: -jnp.mean(jax.nn.log_softmax(fx) * y)  # noqa: E731
+        for momentum in (None, 0.9):
+            ode = predict.gradient_descent(cross_entropy, np.asarray(k_dd.ntk), targets, learning_rate=LR,
+                                           momentum=momentum)
+            f_train, f_test = ode(TIMES, fx_train_0, fx_test_0, np.asarray(k_td.ntk))
+            out[f"{name}/ode/{momentum}/train"], out[f"{name}/ode/{momentum}/test"] = f_train, f_test
         # predict.max_learning_rate calls scipy's removed eigvalsh(eigvals=...): its formula, 2 N / lambda_max, here.
         out[f"{name}/max_learning_rate"] = np.asarray(2 * y_train.size / (np.linalg.eigvalsh(k_dd.ntk)[-1] + 1e-12))
     np.savez_compressed(os.path.join(HERE, "neural_tangents_predict_reference.npz"), **out)
