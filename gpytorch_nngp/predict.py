@@ -734,4 +734,5 @@ def max_learning_rate(ntk_train_train: torch.Tensor, y_train_size: Optional[int]
     return 2 * (1 + momentum) * factor / (top + eps)
 
 
-__all__ = ["Gaussian", "gp_inference", "gradient_descent", "gradient_descent_mse", "gradient_descent_mse_ensemble", "max_learning_rate"]
+__all__ = ["Gaussian", "gp_inference", "gradient_descent", "gradient_descent_mse", "gradient_descent_mse_ensemble",
+           "max_learning_rate"]
