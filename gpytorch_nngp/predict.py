@@ -152,11 +152,13 @@ def _cholesky(k: torch.Tensor) -> torch.Tensor:
     return factor
 
 
-def _times(t, learning_rate: float, like: torch.Tensor) -> Tuple[torch.Tensor, torch.Size]:
-    """Absolute times learning_rate * t as a column (T, 1), and t's shape."""
+def _times(t, learning_rate: float, like: torch.Tensor, infinite: bool = True) -> Tuple[torch.Tensor, torch.Size]:
+    """Absolute times learning_rate * t as a column (T, 1), and t's shape. math.inf is infinite time where allowed."""
     t = torch.as_tensor(t, dtype=like.dtype, device=like.device)
-    if not torch.isfinite(t).all() or (t < 0).any():
-        raise ValueError(f"t must be finite and >= 0 (training steps; t=None is infinite time), got {t.tolist()}")
+    bad = torch.isnan(t) | (t < 0) | (torch.zeros_like(t, dtype=torch.bool) if infinite else torch.isinf(t))
+    if bad.any():
+        allowed = "not NaN (training steps; math.inf or t=None is infinite time)" if infinite else "finite"
+        raise ValueError(f"t must be >= 0 and {allowed}, got {t.tolist()}")
     return (t * learning_rate).reshape(-1, 1), t.shape
 
 
@@ -209,6 +211,14 @@ class _Eigen:
         out = v.clone()
         out[1:] = torch.ormqr(self.reflectors, self.tau, v[1:].contiguous(), left=True, transpose=transpose)
         return out
+
+    def check_times(self, times):
+        """ValueError when infinite time is asked of a kernel singular to working precision (as _cholesky)."""
+        if torch.isinf(times).any():
+            top = self.evals.abs().max()
+            if not bool(self.evals.min() > 100 * len(self.evals) * torch.finfo(self.evals.dtype).eps * top):
+                raise ValueError("the training kernel is not positive definite, so infinite time has no unique "
+                                 "solution (duplicated training points make it singular): pass diag_reg > 0")
 
     def decay(self, t):
         """(T, n): exp(-l t / N) per eigenvalue."""
@@ -367,6 +377,7 @@ def gradient_descent_mse(k_train_train: torch.Tensor, y_train: torch.Tensor, lea
             if "eigen" not in cache:
                 cache["eigen"] = _Eigen(k_reg, y_train.numel())
             eigen = cache["eigen"]
+            eigen.check_times(times)
             fx_train = fx_test = None
             if f0 is not None:  # f0 + (exp(-k t / N) - 1)(f0 - y)
                 fx_train = f0 + eigen.apply(-torch.expm1(-eigen.positive * times / eigen.n), residual)
@@ -440,7 +451,7 @@ def gradient_descent(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
             raise ValueError("fx_test_0 is given but k_test_train is None: pass the (m, n) test-train kernel")
         if fx_train_0 is None and fx_test_0 is None:
             raise ValueError("fx_train_0 and fx_test_0 are both None: nothing to predict")
-        times, shape = _times(t, rate, y_train)
+        times, shape = _times(t, rate, y_train, infinite=False)
         times = times.reshape(-1)
         order, inverse = torch.unique(times, sorted=True, return_inverse=True)
         # The solver starts where the initial outputs are given: time 0, prepended unless asked for.
@@ -621,6 +632,7 @@ def gradient_descent_mse_ensemble(kernel, x_train: torch.Tensor, y_train: torch.
         out = {}
         for g in kinds:
             e = eigenspace(g)
+            e.check_times(times)
             if x_test is None:
                 mean = e.apply(-torch.expm1(-e.positive * times / e.n), y_train)
             else:
@@ -680,38 +692,47 @@ def _krylov_ensemble(kernel, available, x_train, y_train, learning_rate, diag_re
         kinds, single, x_test = _ensemble_request(get, available, x_test, x_train, y_train)
         if t is None:
             times, shape = torch.full((1, 1), math.inf, dtype=y_train.dtype, device=y_train.device), torch.Size()
-            if x_test is None:  # infinite time on the training inputs: the targets, without variance
-                cov = torch.zeros(n, n, dtype=y_train.dtype, device=y_train.device)
-                out = {g: (Gaussian(y_train.clone(), cov) if compute_cov else y_train.clone()) for g in kinds}
-                return _pack(out, kinds, single)
         else:
             times, shape = _times(t, learning_rate, y_train)
         if x_test is None and compute_cov:
+            if t is None:  # infinite time on the training inputs: the targets, without variance
+                cov = torch.zeros(n, n, dtype=y_train.dtype, device=y_train.device)
+                return _pack({g: Gaussian(y_train.clone(), cov) for g in kinds}, kinds, single)
             raise ValueError("the covariance on the training inputs is an n x n matrix that solver='krylov' does not "
                              "form: pass x_test (x_train itself for the regularized one), or use solver='eigh'")
+        count, k = times.shape[0], y_train.shape[-1]
+        # With the covariance, the cross kernels join y_train as columns of ONE Lanczos run per kind (every time,
+        # and 2t for the NNGP, from the same tridiagonals): one pass over the training kernel per step.
+        crosses = {g: cross(g, x_test).mT for g in (set(kinds) | {"nngp"})} if compute_cov else {}  # (n, m)
         out = {}
         for g in kinds:
-            moved = phi(g, times, y_train)  # (T, n, k)
-            if x_test is None:  # (I - exp(-K t / N)) y = K phi_t(K) y, K regularized (as neural-tangents)
-                solver = solvers[g]
-                mean = torch.stack([solver.matmul(m) for m in moved])
+            if compute_cov:
+                run_times = torch.cat([times, 2 * times]) if g == "nngp" else times
+                result = phi(g, run_times, torch.cat([y_train, crosses[g]], dim=-1))  # (T', n, k + m)
+                moved, spread_by = result[:count, :, :k], result[-count:, :, k:]
             else:
-                rows = [_operator(kernel, g, x_test[s:s + test_block], x_train) for s in
-                        range(0, len(x_test), test_block)]
+                moved = phi(g, times, y_train)  # (T, n, k)
+            if x_test is None:  # (I - exp(-K t / N)) y = K phi_t(K) y, K regularized (as neural-tangents)
+                mean = torch.stack([solvers[g].matmul(m) for m in moved])
+            elif compute_cov:
+                mean = crosses[g].mT @ moved
+            else:  # test points in blocks: any number of them fits in memory
                 flat = moved.permute(1, 0, 2).reshape(n, -1)  # (n, T k)
-                mean = torch.cat([r @ flat for r in rows]).reshape(len(x_test), times.shape[0], -1).permute(1, 0, 2)
+                rows = [_operator(kernel, g, x_test[s:s + test_block], x_train) @ flat
+                        for s in range(0, len(x_test), test_block)]
+                mean = torch.cat(rows).reshape(len(x_test), count, -1).permute(1, 0, 2)
             mean = mean.reshape(*shape, *mean.shape[-2:])
             if not compute_cov:
                 out[g] = mean
                 continue
             k_tt = _matrix(kernel, "nngp", x_test)
-            nngp_xt = cross("nngp", x_test).mT  # (n, m)
-            if g == "nngp":
-                cov = k_tt - nngp_xt.mT @ phi(g, 2 * times, nngp_xt)
+            nngp_xt = crosses["nngp"]
+            if g == "nngp":  # K_** - K_*X phi_2t(K) K_X*
+                cov = k_tt - nngp_xt.mT @ spread_by
             else:
-                term_1 = phi(g, times, cross("ntk", x_test).mT)  # (T, n, m): phi_t(Theta) Theta_X*
+                term_1 = spread_by  # (T, n, m): phi_t(Theta) Theta_X*
                 nngp_op = train_operator("nngp")
-                spread = torch.stack([nngp_op @ term for term in term_1])  # K_XX phi_t(Theta) Theta_X*
+                spread = (nngp_op @ term_1.permute(1, 0, 2).reshape(n, -1)).reshape(n, count, -1).permute(1, 0, 2)
                 term_2 = term_1.mT @ nngp_xt  # Theta_*X phi_t(Theta) K_X*
                 cov = term_1.mT @ spread - term_2 - term_2.mT + k_tt
             out[g] = Gaussian(mean, cov.reshape(*shape, *cov.shape[-2:]))

@@ -155,10 +155,18 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match="learning_rate"):
         gradient_descent_mse_ensemble(kernel, x_train, y_train, learning_rate=0.0)
     fn = gradient_descent_mse_ensemble(kernel, x_train, y_train)
-    with pytest.raises(ValueError, match="t must be finite and >= 0"):
+    with pytest.raises(ValueError, match="t must be >= 0 and not NaN"):
         fn(t=-1.0, x_test=x_test)
-    with pytest.raises(ValueError, match="t must be finite and >= 0"):
+    with pytest.raises(ValueError, match="t must be >= 0 and not NaN"):
+        fn(t=[1.0, float("nan")], x_test=x_test)
+    # math.inf is infinite time, as t=None; the duplicated training point makes it singular without diag_reg.
+    with pytest.raises(ValueError, match="not positive definite.*diag_reg > 0"):
         fn(t=[1.0, float("inf")], x_test=x_test)
+    regularized = gradient_descent_mse_ensemble(kernel, x_train, y_train, diag_reg=1e-3)
+    both = regularized(t=[1.0, float("inf")], x_test=x_test, get="ntk", compute_cov=True)
+    infinite = regularized(t=None, x_test=x_test, get="ntk", compute_cov=True)
+    close(both.mean[1], infinite.mean)
+    close(both.covariance[1], infinite.covariance)
     with pytest.raises(ValueError, match="get must be"):
         fn(t=1.0, x_test=x_test, get="nngpp")
     with pytest.raises(ValueError, match=r"x_test must have shape \(m, 5\)"):
@@ -182,6 +190,8 @@ def test_bad_input_is_named():
     ode = gradient_descent(mse, k, y_train)
     with pytest.raises(ValueError, match="t=None .* cannot be reached by an ODE solver"):
         ode(None, 0.0)
+    with pytest.raises(ValueError, match="t must be >= 0 and finite"):
+        ode([1.0, float("inf")], 0.0)
     with pytest.raises(ValueError, match="loss.* must return a scalar"):
         gradient_descent(lambda f, y: f - y, k, y_train)(1.0, 0.0)
     # t = 0 is the initial outputs; times in any order come back in that order.
@@ -295,13 +305,16 @@ def test_the_krylov_path_agrees_with_the_eigendecomposition(cls):
         kernels[backend].weight_var, kernels[backend].bias_var = WV, BV
     eigh = gradient_descent_mse_ensemble(kernels["dense"], x, y, diag_reg=1e-3, solver="eigh")
     krylov = gradient_descent_mse_ensemble(kernels["lazy"], x, y, diag_reg=1e-3)  # "auto" picks krylov for lazy
-    for t in ([1.0, 100.0, 1e4], None):
+    for t in ([1.0, 100.0, 1e4, float("inf")], None):
         a, b = eigh(t=t, x_test=x_test, compute_cov=True), krylov(t=t, x_test=x_test, compute_cov=True)
         for g in ("nngp", "ntk"):
             for field in ("mean", "covariance"):
                 ours, ref_ = getattr(getattr(b, g), field), getattr(getattr(a, g), field)
                 assert ((ours - ref_).abs().max() / ref_.abs().max()).item() < 1e-7, (t, g, field)
     torch.testing.assert_close(krylov(t=[5.0], get="ntk"), eigh(t=[5.0], get="ntk"), rtol=1e-7, atol=1e-9)
+    blocks = gradient_descent_mse_ensemble(kernels["lazy"], x, y, diag_reg=1e-3, test_block=3)  # means in blocks
+    torch.testing.assert_close(blocks(t=[5.0, 50.0], x_test=x_test, get="ntk"), eigh(t=[5.0, 50.0], x_test=x_test).ntk,
+                               rtol=1e-7, atol=1e-9)
     assert max(s.steps_used for s in krylov.solvers.values()) < 200  # converged before exhausting the space
     with pytest.raises(ValueError, match="covariance on the training inputs"):
         krylov(t=1.0, compute_cov=True)
