@@ -8,8 +8,10 @@ bias_var 0.1, d = 32 inputs, k = 2 outputs, 200 test points, diag_reg 1e-4, floa
 the NNGP-trained and the NTK-trained ensembles at 4 times (10, 100, 1000, 10000 steps) and at infinity (t=None).
 Rows: neural-tangents 0.6.5 (JAX on CPU; needs an environment with neural-tangents==0.6.5 and jax[cpu]==0.4.30,
 e.g. `python -m venv .venv-nt && .venv-nt/bin/pip install neural-tangents==0.6.5 "jax[cpu]==0.4.30"`), ours with
-solver="eigh" (dense kernel) and ours with solver="krylov" (lazy kernel, Lanczos). The table gives seconds, peak
-memory and ours / neural-tangents time, and the largest difference of our means from neural-tangents'.
+solver="eigh" (dense kernel; neural-tangents' two calls, finite times then t=None) and ours with solver="krylov"
+(lazy kernel evaluated once into a dense matrix per kind, Lanczos; one call with t = [10, ..., 10000, inf]). The
+--ours-only rows are solver="krylov" means (no covariance) at 1,000 test points. The table gives seconds, peak memory
+and ours / neural-tangents time, and the largest difference of our means from neural-tangents'.
 """
 import argparse
 import json
@@ -23,12 +25,13 @@ import time
 import numpy as np
 
 WV, BV, DEPTH, D, OUTPUTS, TESTS, REG = 2.0, 0.1, 3, 32, 2, 200, 1e-4
+MEAN_ONLY_TESTS = 1000  # test points of the --ours-only rows (means only)
 TIMES = [10.0, 100.0, 1000.0, 10000.0]
 
 
-def data(n):
+def data(n, tests=TESTS):
     rng = np.random.RandomState(0)
-    x = rng.randn(n + TESTS, D)
+    x = rng.randn(n + tests, D)
     y = np.sin(x[:n, :OUTPUTS] * 2) + 0.1 * rng.randn(n, OUTPUTS)
     return x[:n], x[n:], y
 
@@ -54,22 +57,30 @@ def run_nt(n):
                      "infinite_ntk_mean": np.asarray(infinite.ntk.mean).tolist()}
 
 
-def run_ours(n, solver):
+def run_ours(n, kind):
     import torch
 
     from gpytorch_nngp import NTKKernel
     from gpytorch_nngp.predict import gradient_descent_mse_ensemble
 
-    x, x_test, y = (torch.from_numpy(a) for a in data(n))
+    solver = "eigh" if kind == "eigh" else "krylov"
+    tests = MEAN_ONLY_TESTS if kind == "krylov-mean" else TESTS
+    x, x_test, y = (torch.from_numpy(a) for a in data(n, tests))
     kernel = NTKKernel(DEPTH, "relu", backend="dense" if solver == "eigh" else "lazy").double()
     kernel.weight_var, kernel.bias_var = WV, BV
     start = time.perf_counter()
     fn = gradient_descent_mse_ensemble(kernel, x, y, diag_reg=REG, solver=solver)
-    finite = fn(t=TIMES, x_test=x_test, get=("nngp", "ntk"), compute_cov=True)
-    infinite = fn(t=None, x_test=x_test, get=("nngp", "ntk"), compute_cov=True)
+    if solver == "eigh":  # as neural-tangents: finite times, then t=None by Cholesky
+        finite = fn(t=TIMES, x_test=x_test, get=("nngp", "ntk"), compute_cov=True)
+        infinite = fn(t=None, x_test=x_test, get=("nngp", "ntk"), compute_cov=True)
+        means = finite.ntk.mean, infinite.ntk.mean
+    else:  # every time and infinity from one Lanczos run per kind
+        both = fn(t=TIMES + [math.inf], x_test=x_test, get=("nngp", "ntk"), compute_cov=kind == "krylov")
+        ntk = both.ntk.mean if kind == "krylov" else both.ntk
+        means = ntk[:-1], ntk[-1]
     seconds = time.perf_counter() - start
     steps = max((s.steps_used for s in getattr(fn, "solvers", {}).values()), default=None)
-    return seconds, {"finite_ntk_mean": finite.ntk.mean.tolist(), "infinite_ntk_mean": infinite.ntk.mean.tolist(),
+    return seconds, {"finite_ntk_mean": means[0].tolist(), "infinite_ntk_mean": means[1].tolist(),
                      "lanczos_steps": steps}
 
 
@@ -91,26 +102,27 @@ def spawn(python, kind, n):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="*", default=[2000, 5000], help="rows with neural-tangents too")
-    parser.add_argument("--ours-only", type=int, nargs="*", default=[], help="sizes for our Krylov row alone")
+    parser.add_argument("--ours-only", type=int, nargs="*", default=[],
+                        help=f"sizes for our Krylov row alone: means only, at {MEAN_ONLY_TESTS} test points")
     parser.add_argument("--no-krylov", action="store_true", help="leave our Krylov row out of the --sizes rows")
     parser.add_argument("--nt-python", default=os.path.join(os.path.dirname(os.path.dirname(
         os.path.abspath(__file__))), ".venv-nt", "bin", "python"), help="a Python with neural-tangents 0.6.5")
-    parser.add_argument("--row", choices=("nt", "eigh", "krylov"), help=argparse.SUPPRESS)
+    parser.add_argument("--row", choices=("nt", "eigh", "krylov", "krylov-mean"), help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.row:
         return row(args.row, args.n)
     print(f"depth-{DEPTH} ReLU NTK and NNGP ensembles, d={D}, {TESTS} test points, times {TIMES} and infinity, "
           f"covariances included, float64; {os.cpu_count()} CPUs")
-    print(f"{'n':>6s} {'row':>16s} {'seconds':>9s} {'peak GB':>8s} {'x nt time':>9s} {'mean diff':>10s} {'steps':>6s}")
+    print(f"{'n':>6s} {'row':>20s} {'seconds':>9s} {'peak GB':>8s} {'x nt time':>9s} {'mean diff':>10s} {'steps':>6s}")
     for n in args.sizes + args.ours_only:
         rows = [] if n in args.ours_only else [spawn(args.nt_python, "nt", n)]
-        ours = ("krylov",) if n in args.ours_only else ("eigh",) if args.no_krylov else ("eigh", "krylov")
+        ours = ("krylov-mean",) if n in args.ours_only else ("eigh",) if args.no_krylov else ("eigh", "krylov")
         rows += [spawn(sys.executable, kind, n) for kind in ours]
         reference = rows[0] if rows and rows[0]["kind"] == "nt" and "error" not in rows[0] else None
         for r in rows:
             if "error" in r:
-                print(f"{n:6d} {r['kind']:>16s} failed: {r['error']}")
+                print(f"{n:6d} {r['kind']:>20s} failed: {r['error']}")
                 continue
             ratio = f"{r['seconds'] / reference['seconds']:9.2f}" if reference else f"{'':>9s}"
             diff = ""
@@ -118,9 +130,10 @@ def main():
                 diff = max(float(np.abs(np.array(r[key]) - np.array(reference[key])).max())
                            for key in ("finite_ntk_mean", "infinite_ntk_mean"))
                 diff = f"{diff:10.1e}"
-            label = {"nt": "neural-tangents", "eigh": "ours, eigh", "krylov": "ours, krylov"}[r["kind"]]
+            label = {"nt": "neural-tangents", "eigh": "ours, eigh", "krylov": "ours, krylov",
+                     "krylov-mean": "ours, krylov, means"}[r["kind"]]
             steps = r.get("lanczos_steps") or ""
-            print(f"{n:6d} {label:>16s} {r['seconds']:9.2f} {r['peak_gb']:8.2f} {ratio} {diff:>10s} {steps:>6}")
+            print(f"{n:6d} {label:>20s} {r['seconds']:9.2f} {r['peak_gb']:8.2f} {ratio} {diff:>10s} {steps:>6}")
 
 
 if __name__ == "__main__":

@@ -13,9 +13,10 @@ Theta the NTK and K the NNGP on the training set and phi_t(l) = (1 - exp(-l t / 
 - the infinite ensemble trained on all layers ("ntk"): mean Theta_*X phi_t(Theta) y, covariance
   K_** + T K_XX T^T - (T K_X* + K_*X T^T) with T = Theta_*X phi_t(Theta) (the prior of the outputs is the NNGP);
 - trained readout only ("nngp"): mean K_*X phi_t(K) y, covariance K_** - K_*X phi_{2t}(K) K_X*.
-t = None is infinite time: kernel regression by a Cholesky solve (`gp_inference`). This first version
-eigendecomposes the n x n training kernel once per kernel (as neural-tangents does); the Krylov path for large n
-is still to come (issue 20).
+t = None (or math.inf among the times) is infinite time: kernel regression (`gp_inference`, by Cholesky). Two ways
+to apply the matrix functions: one exact spectral decomposition per training kernel (`_Eigen`: tridiagonal on the
+CPU, eigh on a GPU) or Lanczos through the kernel's products (`_Krylov`). One network under any loss:
+`gradient_descent`, an ODE (torchdiffeq).
 """
 from __future__ import annotations
 
@@ -294,9 +295,16 @@ class _Krylov:
             q = basis[:, step].T  # (n, c)
             w = self.matmul(q)
             alphas.append((q * w).sum(0))
+            w = w - alphas[-1] * q  # the three-term recurrence takes the large components out cheaply
+            if step > 0:
+                w = w - betas[-1] * basis[:, step - 1].T
             kept = basis[:, : step + 1]  # (c, k, n)
             w = w.T.unsqueeze(-1)  # (c, n, 1)
-            for _ in range(2):  # full reorthogonalization, twice ("twice is enough")
+            # Full reorthogonalization (one pass reads the whole basis: it is the cost of a step), a second pass only
+            # where the first removed much of the vector (Kahan-Parlett: "twice is enough").
+            before = w.norm(dim=1)
+            w = w - kept.transpose(1, 2) @ (kept @ w)
+            if bool((w.norm(dim=1) < 0.7 * before).any()):
                 w = w - kept.transpose(1, 2) @ (kept @ w)
             w = w.squeeze(-1).T  # (n, c)
             beta = w.norm(dim=0)
@@ -561,8 +569,8 @@ EIGH_MAX_POINTS = 4096  # "auto" eigendecomposes up to this many training points
 
 def gradient_descent_mse_ensemble(kernel, x_train: torch.Tensor, y_train: torch.Tensor, learning_rate: float = 1.0,
                                   diag_reg: float = 0.0, diag_reg_absolute_scale: bool = False, *,
-                                  solver: str = "auto", krylov_tol: float = 1e-10,
-                                  test_block: int = 4096) -> Callable:
+                                  solver: str = "auto", krylov_tol: float = 1e-10, test_block: int = 4096,
+                                  krylov_dense_bytes: int = 2 ** 32) -> Callable:
     """Mean and covariance of the infinite ensemble of infinitely wide networks trained by gradient descent on the MSE
     loss for time t, the initialization marginalized (neural-tangents' `gradient_descent_mse_ensemble`).
 
@@ -577,12 +585,16 @@ def gradient_descent_mse_ensemble(kernel, x_train: torch.Tensor, y_train: torch.
             (eigh for a dense kernel of at most EIGH_MAX_POINTS points, else krylov). Keyword only, as the two below.
         krylov_tol: Lanczos stops when the result changes by less than this (relative) over its last 10 steps.
         test_block: test points per block for the mean (the covariance needs all test points at once).
+        krylov_dense_bytes: the Krylov path evaluates a training kernel of at most this many bytes into one dense
+            matrix (one kind at a time), so that a Lanczos step is a matrix product instead of a re-evaluation of the
+            lazy or KeOps kernel; 0 keeps every product on the backend. Distributed kernels always stay sharded.
 
     Returns:
         `predict_fn(t=None, x_test=None, get=None, compute_cov=False)`: for get "nngp" (readout trained) or "ntk" (all
         layers), the mean (*t_shape, m, k), or Gaussian(mean, covariance (*t_shape, m, m)) with compute_cov=True;
         get=None or a tuple gives a namedtuple with one field per kind. t: None (infinite time), a number or a 1-D
-        sequence of steps. x_test=None predicts on the training inputs (without diag_reg).
+        sequence of steps, math.inf among them for infinite time (with solver="krylov", one call for every time
+        runs one Lanczos per kind). x_test=None predicts on the training inputs (without diag_reg).
 
     Raises:
         TypeError: a kernel that is not a network kernel. ValueError: shapes, t < 0, learning_rate <= 0, an unknown
@@ -599,7 +611,7 @@ def gradient_descent_mse_ensemble(kernel, x_train: torch.Tensor, y_train: torch.
         solver = "eigh" if dense and x_train.shape[0] <= EIGH_MAX_POINTS else "krylov"
     if solver == "krylov":
         return _krylov_ensemble(kernel, available, x_train, y_train, learning_rate, diag_reg, diag_reg_absolute_scale,
-                                krylov_tol, test_block)
+                                krylov_tol, test_block, krylov_dense_bytes)
     train = {}  # kind -> (n, n) training kernel, unregularized
     eigen = {}
 
@@ -664,22 +676,44 @@ def gradient_descent_mse_ensemble(kernel, x_train: torch.Tensor, y_train: torch.
     return predict_fn
 
 
-def _krylov_ensemble(kernel, available, x_train, y_train, learning_rate, diag_reg, absolute, tol, test_block):
+def _materialized(kernel, kind: str, x: torch.Tensor, block_bytes: int = 2 ** 28) -> torch.Tensor:
+    """The (n, n) `kind` kernel of x as one dense matrix, evaluated in row blocks (the backend's temporaries stay
+    within a few block_bytes)."""
+    n = x.shape[0]
+    out = torch.empty(n, n, dtype=x.dtype, device=x.device)
+    rows = max(1, block_bytes // (8 * n * x.element_size()))
+    for s in range(0, n, rows):
+        out[s:s + rows] = _matrix(kernel, kind, x[s:s + rows], x)
+    return out
+
+
+def _krylov_ensemble(kernel, available, x_train, y_train, learning_rate, diag_reg, absolute, tol, test_block,
+                     dense_bytes):
     """gradient_descent_mse_ensemble's predict_fn through operator products and Lanczos (see _Krylov)."""
     n = x_train.shape[0]
     operators, solvers = {}, {}
+    # A training kernel small enough is evaluated once into a dense matrix (one kind at a time): each Lanczos step is
+    # then a matrix product, not a re-evaluation of the kernel. A sharded (distributed) kernel stays sharded.
+    sharded = not isinstance(getattr(kernel, "backend", "dense"), str)
+    materialize = not sharded and n * n * y_train.element_size() <= dense_bytes
+    dense = {}
 
     def train_operator(g):
+        if materialize:
+            if g not in dense:
+                dense.clear()  # one n x n matrix at a time
+                dense[g] = _materialized(kernel, g, x_train)
+            return dense[g]
         if g not in operators:
             operators[g] = _operator(kernel, g, x_train)
         return operators[g]
 
     def phi(g, times, v):
         if g not in solvers:
-            op = train_operator(g)
             with _as_kind(kernel, g) as k:
                 scale = diag_reg if absolute else diag_reg * k(x_train, diag=True).mean().item()
-            solvers[g] = _Krylov(lambda u, op=op, scale=scale: op @ u + scale * u, n, y_train.numel(), tol=tol)
+            solvers[g] = _Krylov(lambda u, g=g, scale=scale: train_operator(g) @ u + scale * u, n, y_train.numel(),
+                                 tol=tol)
         with torch.no_grad():
             return solvers[g].phi(times, v)
 
@@ -731,7 +765,8 @@ def _krylov_ensemble(kernel, available, x_train, y_train, learning_rate, diag_re
                 cov = k_tt - nngp_xt.mT @ spread_by
             else:
                 term_1 = spread_by  # (T, n, m): phi_t(Theta) Theta_X*
-                nngp_op = train_operator("nngp")
+                # One product with K_XX: through the matrix if it is the one held, else the backend's operator.
+                nngp_op = dense.get("nngp") if "nngp" in dense else _operator(kernel, "nngp", x_train)
                 spread = (nngp_op @ term_1.permute(1, 0, 2).reshape(n, -1)).reshape(n, count, -1).permute(1, 0, 2)
                 term_2 = term_1.mT @ nngp_xt  # Theta_*X phi_t(Theta) K_X*
                 cov = term_1.mT @ spread - term_2 - term_2.mT + k_tt

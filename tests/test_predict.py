@@ -290,8 +290,8 @@ def test_one_real_network_is_predicted_by_its_own_finite_ntk():
     assert errors[1024] < 0.05 and errors[1024] < errors[64] / 4, errors
 
 
-@pytest.mark.parametrize("cls", [NTKKernel])
-def test_the_krylov_path_agrees_with_the_eigendecomposition(cls):
+@pytest.mark.parametrize("dense_bytes", [0, 2 ** 32])
+def test_the_krylov_path_agrees_with_the_eigendecomposition(dense_bytes):
     """solver='krylov' (Lanczos through a lazy operator's products) against solver='eigh' at n = 200, before the
     Krylov space is exhausted: means and covariances at several times and at infinity, to 1e-7 (relative to the
     largest entry; the Lanczos tolerance is 1e-10)."""
@@ -301,10 +301,12 @@ def test_the_krylov_path_agrees_with_the_eigendecomposition(cls):
     y = torch.randn(200, 2, generator=gen, dtype=torch.float64)
     kernels = {}
     for backend in ("dense", "lazy"):
-        kernels[backend] = cls(2, "relu", backend=backend).double()
+        kernels[backend] = NTKKernel(2, "relu", backend=backend).double()
         kernels[backend].weight_var, kernels[backend].bias_var = WV, BV
     eigh = gradient_descent_mse_ensemble(kernels["dense"], x, y, diag_reg=1e-3, solver="eigh")
-    krylov = gradient_descent_mse_ensemble(kernels["lazy"], x, y, diag_reg=1e-3)  # "auto" picks krylov for lazy
+    # "auto" picks krylov for a lazy kernel; dense_bytes=0 keeps every product on the lazy operator, else the
+    # training kernels are evaluated once into dense matrices.
+    krylov = gradient_descent_mse_ensemble(kernels["lazy"], x, y, diag_reg=1e-3, krylov_dense_bytes=dense_bytes)
     for t in ([1.0, 100.0, 1e4, float("inf")], None):
         a, b = eigh(t=t, x_test=x_test, compute_cov=True), krylov(t=t, x_test=x_test, compute_cov=True)
         for g in ("nngp", "ntk"):
@@ -312,7 +314,8 @@ def test_the_krylov_path_agrees_with_the_eigendecomposition(cls):
                 ours, ref_ = getattr(getattr(b, g), field), getattr(getattr(a, g), field)
                 assert ((ours - ref_).abs().max() / ref_.abs().max()).item() < 1e-7, (t, g, field)
     torch.testing.assert_close(krylov(t=[5.0], get="ntk"), eigh(t=[5.0], get="ntk"), rtol=1e-7, atol=1e-9)
-    blocks = gradient_descent_mse_ensemble(kernels["lazy"], x, y, diag_reg=1e-3, test_block=3)  # means in blocks
+    blocks = gradient_descent_mse_ensemble(kernels["lazy"], x, y, diag_reg=1e-3, test_block=3,
+                                           krylov_dense_bytes=dense_bytes)  # means in blocks of test points
     torch.testing.assert_close(blocks(t=[5.0, 50.0], x_test=x_test, get="ntk"), eigh(t=[5.0, 50.0], x_test=x_test).ntk,
                                rtol=1e-7, atol=1e-9)
     assert max(s.steps_used for s in krylov.solvers.values()) < 200  # converged before exhausting the space
