@@ -10,7 +10,8 @@ Rows: neural-tangents 0.6.5 (JAX on CPU; needs an environment with neural-tangen
 e.g. `python -m venv .venv-nt && .venv-nt/bin/pip install neural-tangents==0.6.5 "jax[cpu]==0.4.30"`), ours with
 solver="eigh" (dense kernel; neural-tangents' two calls, finite times then t=None) and ours with solver="krylov"
 (lazy kernel evaluated once into a dense matrix per kind, Lanczos; one call with t = [10, ..., 10000, inf]). The
---ours-only rows are solver="krylov" means (no covariance) at 1,000 test points. The table gives seconds, peak memory
+--ours-only sizes get two rows of ours alone: solver="krylov" as above, and its means (no covariance) at 1,000 test
+points. The table gives seconds, peak memory
 and ours / neural-tangents time, and the largest difference of our means from neural-tangents'.
 """
 import argparse
@@ -103,7 +104,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="*", default=[2000, 5000], help="rows with neural-tangents too")
     parser.add_argument("--ours-only", type=int, nargs="*", default=[],
-                        help=f"sizes for our Krylov row alone: means only, at {MEAN_ONLY_TESTS} test points")
+                        help=f"sizes for our Krylov rows alone (with covariances, and means only at {MEAN_ONLY_TESTS} "
+                             "test points)")
     parser.add_argument("--no-krylov", action="store_true", help="leave our Krylov row out of the --sizes rows")
     parser.add_argument("--nt-python", default=os.path.join(os.path.dirname(os.path.dirname(
         os.path.abspath(__file__))), ".venv-nt", "bin", "python"), help="a Python with neural-tangents 0.6.5")
@@ -117,7 +119,7 @@ def main():
     print(f"{'n':>6s} {'row':>20s} {'seconds':>9s} {'peak GB':>8s} {'x nt time':>9s} {'mean diff':>10s} {'steps':>6s}")
     for n in args.sizes + args.ours_only:
         rows = [] if n in args.ours_only else [spawn(args.nt_python, "nt", n)]
-        ours = ("krylov-mean",) if n in args.ours_only else ("eigh",) if args.no_krylov else ("eigh", "krylov")
+        ours = ("krylov", "krylov-mean") if n in args.ours_only else ("eigh",) if args.no_krylov else ("eigh", "krylov")
         rows += [spawn(sys.executable, kind, n) for kind in ours]
         reference = rows[0] if rows and rows[0]["kind"] == "nt" and "error" not in rows[0] else None
         for r in rows:

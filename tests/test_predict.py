@@ -321,3 +321,25 @@ def test_the_krylov_path_agrees_with_the_eigendecomposition(dense_bytes):
     assert max(s.steps_used for s in krylov.solvers.values()) < 200  # converged before exhausting the space
     with pytest.raises(ValueError, match="covariance on the training inputs"):
         krylov(t=1.0, compute_cov=True)
+
+
+def test_block_lanczos_is_exact_on_duplicated_columns_and_invariant_subspaces():
+    """The Krylov block drops directions that vanish (a duplicated, a scaled and a zero column; a training kernel
+    with few distinct eigenvalues, whose Krylov space closes after a few steps): the result is then exact."""
+    from gpytorch_nngp.predict import _Eigen, _Krylov
+
+    gen = torch.Generator().manual_seed(5)
+    n = 60
+    low = torch.randn(n, 8, generator=gen, dtype=torch.float64)
+    a = low @ low.T / 8 + 0.1 * torch.eye(n, dtype=torch.float64)  # 8 eigenvalues and a cluster at 0.1
+    v = torch.randn(n, 3, generator=gen, dtype=torch.float64)
+    v = torch.cat([v, v[:, :1], 2 * v[:, 1:2], torch.zeros(n, 1, dtype=torch.float64)], dim=1)
+    times = torch.tensor([[0.5], [5.0], [float("inf")]], dtype=torch.float64)
+    eigen = _Eigen(a, 10, tridiagonal=False)
+    exact = eigen.apply(_Krylov(None, n, 10)._weights(eigen.evals, times), v)
+    for forms in (False, True):
+        krylov = _Krylov(lambda u: a @ u, n, 10, tol=1e-12)
+        out = krylov.phi(times, v, forms)
+        torch.testing.assert_close(out, exact, rtol=1e-9, atol=1e-11)
+        assert krylov.steps_used <= 10  # the space closed: 9 directions per column at most
+    assert krylov.phi(times, torch.zeros(n, 2, dtype=torch.float64)).abs().max() == 0
