@@ -308,27 +308,25 @@ class _Krylov:
         q, r = self._orthonormal(v / scale, 100 * n * eps)  # r (p, c): V = scale Q_1 r
         if q.shape[1] == 0:
             return v.new_zeros(times.shape[0], n, c)
-        basis = v.new_empty(n, min(n, max(4 * q.shape[1], 64)))  # grown by doubling
-        dim, p = q.shape[1], q.shape[1]
-        basis[:, :dim] = q
+        # The basis as a list of blocks (no n x dim buffer to grow and copy: the memory is the basis itself).
+        blocks, dim = [q], q.shape[1]
         starts, diagonal, below = [0], [], []  # block offsets, Q_j^T A Q_j, Q_(j+1)^T A Q_j
         previous, coefficients, norm_a = None, None, 0.0
         step, last_check = 0, (0.0, 1)  # (seconds the last check took, its dimension)
         since_check = time.perf_counter()
         while True:
-            q = basis[:, starts[-1]:dim]
+            q = blocks[-1]
             w = self.matmul(q)  # (n, p)
             a = q.mT @ w
             diagonal.append((a + a.mT) / 2)
             norm_a = max(norm_a, float(torch.linalg.matrix_norm(a, 2)))
             w = w - q @ diagonal[-1]  # the block three-term recurrence takes the large components out cheaply
             if below:
-                w = w - basis[:, starts[-2]:starts[-1]] @ below[-1].mT
-            kept = basis[:, :dim]
+                w = w - blocks[-2] @ below[-1].mT
             before = w.norm(dim=0)
-            w = w - kept @ (kept.mT @ w)  # full reorthogonalization
+            w = self._reorthogonalize(w, blocks)
             if bool((w.norm(dim=0) < 0.7 * before).any()):
-                w = w - kept @ (kept.mT @ w)
+                w = self._reorthogonalize(w, blocks)
             step += 1
             q_next, b = self._orthonormal(w, 100 * n * eps * max(norm_a, 1e-300))
             q_next, b = q_next[:, : n - dim], b[: n - dim]
@@ -357,17 +355,22 @@ class _Krylov:
                 previous = watched
             if last:
                 break
-            p = q_next.shape[1]
-            if dim + p > basis.shape[1]:
-                grown = v.new_empty(n, min(n, max(2 * basis.shape[1], dim + p)))
-                grown[:, :dim] = basis[:, :dim]
-                basis = grown
-            basis[:, dim:dim + p] = q_next
+            blocks.append(q_next)
             below.append(b)
             starts.append(dim)
-            dim += p
+            dim += q_next.shape[1]
         self.steps_used = max(self.steps_used, step)
-        return torch.einsum("nd,tdc->tnc", basis[:, :coefficients.shape[1]], coefficients) * scale
+        out = 0
+        for start, block in zip(starts, blocks):
+            out = out + torch.einsum("np,tpc->tnc", block, coefficients[:, start:start + block.shape[1]])
+        return out * scale
+
+    @staticmethod
+    def _reorthogonalize(w, blocks):
+        """w minus its components in every block of the basis, block after block (block modified Gram-Schmidt)."""
+        for block in blocks:
+            w = w - block @ (block.mT @ w)
+        return w
 
     def _coefficients(self, times, diagonal, below, starts, dim, r):
         """(T, dim, c): phi_t(T) E_1 r, T the block tridiagonal of the blocks so far."""
