@@ -360,10 +360,12 @@ class _Krylov:
             starts.append(dim)
             dim += q_next.shape[1]
         self.steps_used = max(self.steps_used, step)
-        out = 0
-        for start, block in zip(starts, blocks):
-            out = out + torch.einsum("np,tpc->tnc", block, coefficients[:, start:start + block.shape[1]])
-        return out * scale
+        coefficients = coefficients * scale
+        out = v.new_zeros(coefficients.shape[0], n, c)
+        for start, block in zip(starts, blocks):  # in place: no (T, n, c) temporaries
+            for t in range(out.shape[0]):
+                out[t].addmm_(block, coefficients[t, start:start + block.shape[1]])
+        return out
 
     @staticmethod
     def _reorthogonalize(w, blocks):
@@ -384,7 +386,8 @@ class _Krylov:
                 tri[s0:s0 + b.shape[1], starts[j + 1]:starts[j + 1] + b.shape[0]] = b.mT
         first = r.new_zeros(dim, r.shape[1])
         first[: r.shape[0]] = r
-        eigen = _Eigen(tri, self.normalization, overwrite=True)
+        eigen = _Eigen(tri, self.normalization, overwrite=True)  # tri becomes the reflectors' storage
+        del tri
         return eigen.apply(self._weights(eigen.evals, times), first)
 
 
