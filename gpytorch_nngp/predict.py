@@ -331,10 +331,10 @@ class _Krylov:
             last = q_next.shape[1] == 0 or (self.max_steps is not None and step >= self.max_steps)
             # A check diagonalizes T (measured on 2 CPU cores: about dim^3 / 8e9 s, against 2 n^2 p / 5e10 s for
             # a step's product), so checks come once the steps since the last one cost about as much as the next
-            # check, or once the space has grown by a quarter. The rule counts work, not seconds, so the
-            # result does not depend on the machine's load.
+            # check (with room to spare: overshooting costs steps, and basis memory), or once the space has grown
+            # by a tenth. The rule counts work, not seconds, so the result does not depend on the machine's load.
             steps_since += 1
-            due = steps_since * n * n * q.shape[1] >= 3 * dim ** 3 or dim >= 1.25 * last_dim
+            due = steps_since * n * n * q.shape[1] >= dim ** 3 or dim >= 1.1 * last_dim
             if last or previous is None or due:
                 coefficients = self._coefficients(times, diagonal, below, starts, dim, r)  # (T, dim, c)
                 steps_since, last_dim = 0, dim
