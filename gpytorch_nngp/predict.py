@@ -255,8 +255,9 @@ class _Krylov:
     phi(A) V ~ Q phi(T) Q^T V for every phi at once (here every requested time). Sharing the space is what makes
     covariances affordable: the cross kernels of the test points share the training kernel's leading eigenvectors,
     which one block run finds once (with 202 columns: 17-19 block steps at n = 5,000 and 25 at n = 20,000, against
-    140-200 steps of a Lanczos run per column). Each step is one product of A with a block (p, at most c, columns) plus one reorthogonalization
-    against the whole basis (matrix products; a second pass only where the first removed much of a column).
+    140-200 steps of a Lanczos run per column). Each step is one product of A with a block (p, at most c, columns)
+    plus one reorthogonalization against the whole basis (matrix products; a second pass only where the first
+    removed much of a column).
     Directions that vanish (rank-deficient columns, an exhausted space) are dropped from the block (SVD of the new
     block), so duplicated columns and small n are exact rather than unstable.
 
