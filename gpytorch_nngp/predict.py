@@ -165,6 +165,19 @@ def _times(t, learning_rate: float, like: torch.Tensor, infinite: bool = True) -
     return (t * learning_rate).reshape(-1, 1), t.shape
 
 
+def _phi(evals: torch.Tensor, times: torch.Tensor, normalization: int) -> torch.Tensor:
+    """(T, ...): phi_t(l) = (1 - exp(-l t / N)) / l per eigenvalue or Ritz value l (evals (...,)), for times (T, 1).
+    Its limit t / N where l = 0 (rounding may make a zero value slightly negative), and 0 there at t = inf (the
+    spectral paths refuse infinite time on a singular kernel before they get here)."""
+    positive = evals.clamp_min(0)
+    t = times.reshape(times.shape[0], *([1] * evals.dim()))
+    grown = -torch.expm1(-positive * t / normalization)
+    nonzero = positive > 0
+    safe = torch.where(nonzero, positive, torch.ones_like(positive))
+    limit = (t / normalization).expand_as(grown)
+    return torch.where(nonzero, grown / safe, torch.where(torch.isinf(limit), torch.zeros_like(limit), limit))
+
+
 TRIDIAGONAL_MIN_POINTS = 512  # on the CPU, _Eigen tridiagonalizes from this size up (see _Eigen)
 
 
@@ -231,12 +244,13 @@ class _Eigen:
         """(T, n): exp(-l t / N) per eigenvalue."""
         return torch.exp(-self.positive * t / self.n)
 
+    def grown(self, t):
+        """(T, n): 1 - exp(-l t / N) per eigenvalue."""
+        return -torch.expm1(-self.positive * t / self.n)
+
     def phi(self, t):
-        """(T, n): (1 - exp(-l t / N)) / l, t / N where l = 0 (its limit)."""
-        grown = -torch.expm1(-self.positive * t / self.n)
-        nonzero = self.positive > 0  # rounding may make a zero eigenvalue slightly negative: the limit is t / N
-        safe = torch.where(nonzero, self.positive, torch.ones_like(self.positive))
-        return torch.where(nonzero, grown / safe, (t / self.n).expand_as(grown))
+        """(T, n): (1 - exp(-l t / N)) / l per eigenvalue (see _phi)."""
+        return _phi(self.evals, t, self.n)
 
     def apply(self, weights, v):
         """(T, n, c): V diag(w_t) V^T v for each row w_t of weights (T, n); v (n, c). Contracted right to left
@@ -276,17 +290,6 @@ class _Krylov:
         self.max_steps = max_steps
         self.memory_bytes = memory_bytes
         self.steps_used = 0  # the most block steps a run needed, for reports
-
-    def _weights(self, evals, times):
-        """(T, ...): phi_t(theta) = (1 - exp(-theta t / N)) / theta per Ritz value theta (t / N at 0, 1 / theta at
-        t = inf)."""
-        positive = evals.clamp_min(0)
-        t = times.reshape(times.shape[0], *([1] * evals.dim()))
-        grown = -torch.expm1(-positive * t / self.normalization)
-        nonzero = positive > 0  # a slightly negative Ritz value is a zero one, up to rounding
-        safe = torch.where(nonzero, positive, torch.ones_like(positive))
-        limit = (t / self.normalization).expand_as(grown)
-        return torch.where(nonzero, grown / safe, torch.where(torch.isinf(limit), torch.zeros_like(limit), limit))
 
     def phi(self, times, v, forms: bool = False):
         """(T, n, c): phi_t(A) v for times (T, 1) and v (n, c); columns in groups whose basis fits memory_bytes
@@ -392,7 +395,7 @@ class _Krylov:
         first[: r.shape[0]] = r
         eigen = _Eigen(tri, self.normalization, overwrite=True)  # tri becomes the reflectors' storage
         del tri
-        return eigen.apply(self._weights(eigen.evals, times), first)
+        return eigen.apply(_phi(eigen.evals, times, self.normalization), first)
 
 
 # -- one linearized network ----------------------------------------------------------------------------------------
@@ -439,7 +442,7 @@ def gradient_descent_mse(k_train_train: torch.Tensor, y_train: torch.Tensor, lea
             eigen.check_times(times)
             fx_train = fx_test = None
             if f0 is not None:  # f0 + (exp(-k t / N) - 1)(f0 - y)
-                fx_train = f0 + eigen.apply(-torch.expm1(-eigen.positive * times / eigen.n), residual)
+                fx_train = f0 + eigen.apply(eigen.grown(times), residual)
                 fx_train = fx_train.reshape(*shape, *y_train.shape)
             if fx_test_0 is not None:
                 moved = eigen.apply(eigen.phi(times), residual)  # (T, n, k)
@@ -697,7 +700,7 @@ def gradient_descent_mse_ensemble(kernel, x_train: torch.Tensor, y_train: torch.
             e = eigenspace(g)
             e.check_times(times)
             if x_test is None:
-                mean = e.apply(-torch.expm1(-e.positive * times / e.n), y_train)
+                mean = e.apply(e.grown(times), y_train)
             else:
                 mean = torch.einsum("mn,tnk->tmk", k_td[g], e.apply(e.phi(times), y_train))
             mean = mean.reshape(*shape, *mean.shape[-2:])

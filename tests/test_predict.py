@@ -326,7 +326,7 @@ def test_the_krylov_path_agrees_with_the_eigendecomposition(dense_bytes):
 def test_block_lanczos_is_exact_on_duplicated_columns_and_invariant_subspaces():
     """The Krylov block drops directions that vanish (a duplicated, a scaled and a zero column; a training kernel
     with few distinct eigenvalues, whose Krylov space closes after a few steps): the result is then exact."""
-    from gpytorch_nngp.predict import _Eigen, _Krylov
+    from gpytorch_nngp.predict import _Eigen, _Krylov, _phi
 
     gen = torch.Generator().manual_seed(5)
     n = 60
@@ -336,7 +336,7 @@ def test_block_lanczos_is_exact_on_duplicated_columns_and_invariant_subspaces():
     v = torch.cat([v, v[:, :1], 2 * v[:, 1:2], torch.zeros(n, 1, dtype=torch.float64)], dim=1)
     times = torch.tensor([[0.5], [5.0], [float("inf")]], dtype=torch.float64)
     eigen = _Eigen(a, 10, tridiagonal=False)
-    exact = eigen.apply(_Krylov(None, n, 10)._weights(eigen.evals, times), v)
+    exact = eigen.apply(_phi(eigen.evals, times, 10), v)
     for forms in (False, True):
         krylov = _Krylov(lambda u: a @ u, n, 10, tol=1e-12)
         out = krylov.phi(times, v, forms)
