@@ -778,10 +778,7 @@ def _krylov_ensemble(kernel, available, x_train, y_train, learning_rate, diag_re
 
     def predict_fn(t=None, x_test=None, get=None, compute_cov=False):
         kinds, single, x_test = _ensemble_request(get, available, x_test, x_train, y_train)
-        if t is None:
-            times, shape = torch.full((1, 1), math.inf, dtype=y_train.dtype, device=y_train.device), torch.Size()
-        else:
-            times, shape = _times(t, learning_rate, y_train)
+        times, shape = _times(math.inf if t is None else t, learning_rate, y_train)
         if x_test is None and compute_cov:
             if t is None:  # infinite time on the training inputs: the targets, without variance
                 cov = torch.zeros(n, n, dtype=y_train.dtype, device=y_train.device)
@@ -792,6 +789,7 @@ def _krylov_ensemble(kernel, available, x_train, y_train, learning_rate, diag_re
         # With the covariance, the cross kernels join y_train as columns of ONE Lanczos run per kind (every time,
         # and 2t for the NNGP, from the same tridiagonals): one pass over the training kernel per step.
         crosses = {g: cross(g, x_test).mT for g in (set(kinds) | {"nngp"})} if compute_cov else {}  # (n, m)
+        k_tt = _matrix(kernel, "nngp", x_test) if compute_cov else None  # the prior at the test points, (m, m)
         out = {}
         # The NTK first: its covariance needs one product with K_XX, which then evaluates the NNGP's matrix that the
         # NNGP's own run reuses (one n x n matrix held at a time, each evaluated once).
@@ -815,7 +813,6 @@ def _krylov_ensemble(kernel, available, x_train, y_train, learning_rate, diag_re
             if not compute_cov:
                 out[g] = mean
                 continue
-            k_tt = _matrix(kernel, "nngp", x_test)
             nngp_xt = crosses["nngp"]
             if g == "nngp":  # K_** - K_*X phi_2t(K) K_X*
                 cov = k_tt - nngp_xt.mT @ spread_by
