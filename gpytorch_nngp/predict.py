@@ -659,6 +659,11 @@ def gradient_descent_mse_ensemble(kernel, x_train: torch.Tensor, y_train: torch.
     x_train = x_train.to(y_train)
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {', '.join(map(repr, SOLVERS))}, got {solver!r}")
+    if not isinstance(krylov_tol, (int, float)) or isinstance(krylov_tol, bool) or not 0 < krylov_tol < math.inf:
+        raise ValueError(f"krylov_tol must be a number > 0, got {krylov_tol!r}")
+    for name, value, low in (("test_block", test_block, 1), ("krylov_dense_bytes", krylov_dense_bytes, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     if solver == "auto":
         backend = getattr(kernel, "backend", "dense")
         dense = isinstance(backend, str) and backend in ("dense", "auto")

@@ -181,6 +181,9 @@ def test_bad_input_is_named():
         gradient_descent_mse_ensemble(kernel, bad, y_train)(t=1.0, x_test=x_test)
     with pytest.raises(TypeError, match="NNGPKernel or NTKKernel"):
         gradient_descent_mse_ensemble(torch.nn.Linear(2, 2), x_train, y_train)
+    for keyword, value in (("krylov_tol", 0.0), ("test_block", 0), ("krylov_dense_bytes", -1), ("test_block", 2.5)):
+        with pytest.raises(ValueError, match=f"{keyword} must be"):
+            gradient_descent_mse_ensemble(kernel, x_train, y_train, **{keyword: value})
     k = torch.eye(len(y_train), dtype=y_train.dtype)
     mse = lambda f, y: 0.5 * ((f - y) ** 2).mean()  # noqa: E731
     with pytest.raises(ValueError, match="momentum must be None or a number in"):
