@@ -202,3 +202,12 @@ def check_call(active_dims, batch_shape: torch.Size, x1, x2) -> None:
         raise ValueError(f"the kernel has batch_shape {tuple(batch_shape)} but the inputs have batch shape "
                          f"{tuple(batch)}: inputs (*batch_shape, n, d) are expected (or build the kernel with the "
                          "inputs' batch_shape)") from None
+
+
+def one_point_set(x1: torch.Tensor, x2: torch.Tensor) -> bool:
+    """Whether x1 and x2 may be treated as one set of points: variances read off the Gram's diagonal (|c| = 1
+    exactly there), one tensor in the lazy operator, one variance per pair on a diagonal. That is the right
+    function only for one tensor, or for equal tensors that need no gradient: for equal but separate tensors that
+    do, d<a, b>/da = b / d is half of d|a|^2/da = 2 a / d."""
+    return x1 is x2 or (not x1.requires_grad and not x2.requires_grad and x1.shape == x2.shape
+                        and torch.equal(x1, x2))

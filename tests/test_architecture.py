@@ -209,7 +209,7 @@ def test_bad_inputs_are_named():
         Residual(lambda x: x)
     with pytest.raises(ValueError, match="unknown activation 'erff'"):
         Elementwise("erff")
-    with pytest.raises(TypeError, match="network must be a gpytorch_nngp.functional.layers.Network.*from_module"):
+    with pytest.raises(TypeError, match="network must be a gpytorch_nngp.algebra.Network.*from_module"):
         ArchitectureKernel(flattened())
 
 

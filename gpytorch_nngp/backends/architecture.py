@@ -1,4 +1,4 @@
-"""Evaluation of architecture kernels (functional/layers.py) in tiles under a memory budget.
+"""Evaluation of architecture kernels (algebra/) in tiles under a memory budget.
 
 A pair of 28 x 28 images carries 784 state entries below a flatten readout and 614,656 below a pooling layer; a
 kernel matrix never holds n x m of them at once. Both sides' per-position variances are computed once per point set
@@ -15,7 +15,8 @@ from typing import Dict, Optional, Tuple
 import torch
 from linear_operator.operators import LinearOperator
 
-from ..functional.layers import Network
+from ..algebra import Network
+from ..functional.workspace import Workspace
 from .distributed import RowSharding
 from .lazy import BLOCK_BYTES, DEFAULT_CACHE_BYTES, NetworkKernelOperator, chunked_pairs
 
@@ -37,7 +38,7 @@ def tile_pairs(network: Network, itemsize: int, with_grad: bool, budget: Optiona
 
 def architecture_matrix(network: Network, x1: torch.Tensor, x2: torch.Tensor, weight_var: torch.Tensor,
                         bias_var: torch.Tensor, ntk: bool, symmetric: bool = False, row_offset: int = 0,
-                        variances: Optional[Tuple[Dict, Dict]] = None, budget: Optional[int] = None) -> torch.Tensor:
+                        records: Optional[Tuple[Dict, Dict]] = None, budget: Optional[int] = None) -> torch.Tensor:
     """The kernel matrix k(x1, x2), (..., n, m), evaluated in tiles.
 
     Args:
@@ -47,31 +48,31 @@ def architecture_matrix(network: Network, x1: torch.Tensor, x2: torch.Tensor, we
         ntk: the NTK, else the NNGP.
         symmetric: x1 are rows row_offset.. of x2 (the same point set): the entries of a point with itself get
             correlation exactly 1.
-        variances: both sides' variances (Network.variances), if already computed.
+        records: both sides' records (Network.records), if already computed.
         budget: bytes of state per tile (default: see tile_pairs).
     """
     with_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x1, x2, weight_var, bias_var))
-    if variances is None:
-        v2 = network.variances(x2, weight_var, bias_var)
+    if records is None:
+        v2 = network.records(x2, weight_var, bias_var)
         v1 = (network.take(v2, slice(row_offset, row_offset + x1.shape[-2])) if symmetric
-              else network.variances(x1, weight_var, bias_var))
-        variances = (v1, v2)
+              else network.records(x1, weight_var, bias_var))
+        records = (v1, v2)
     n, m = x1.shape[-2], x2.shape[-2]
     pairs = tile_pairs(network, x1.element_size(), with_grad, budget)
     cols = min(m, pairs)
     rows = max(1, min(n, pairs // cols))
     tiles = []
     out = None
-    workspace = None if with_grad else []  # buffers shared by all tiles
+    workspace = None if with_grad else Workspace()  # buffers shared by all tiles
     for r in range(0, n, rows):
         r_end = min(n, r + rows)
         row_tiles = []
-        v1 = network.take(variances[0], slice(r, r_end))
+        v1 = network.take(records[0], slice(r, r_end))
         for c in range(0, m, cols):
             c_end = min(m, c + cols)
             same = (row_offset + r, c) if symmetric else None
             tile = network.matrix(x1[..., r:r_end, :], x2[..., c:c_end, :], weight_var, bias_var, ntk,
-                                  (v1, network.take(variances[1], slice(c, c_end))), same_points=same,
+                                  (v1, network.take(records[1], slice(c, c_end))), same_points=same,
                                   workspace=workspace)
             if with_grad:
                 row_tiles.append(tile)
@@ -112,7 +113,7 @@ class ArchitectureKernelOperator(NetworkKernelOperator):
         self.cache_bytes = cache_bytes
         self.sharding = sharding
         self._dense_cache = None
-        self._variances: Dict[torch.device, Tuple[Dict, Dict]] = {}  # both sides' variances, per device
+        self._records: Dict[torch.device, Tuple[Dict, Dict]] = {}  # both sides' records, per device
 
     def _like(self, x1, x2, sharding=None):
         sharding = self.sharding if sharding is None else (None if sharding == "none" else sharding)
@@ -129,17 +130,17 @@ class ArchitectureKernelOperator(NetworkKernelOperator):
         return max(1, pairs // max(self.x2.shape[-2], 1))
 
     def _rows(self, start, stop, x1, x2, weight_var, bias_var, workspace=None, col_start=0):
-        variances = None
+        records = None
         if not torch.is_grad_enabled() or not any(t.requires_grad for t in (x1, x2, weight_var, bias_var)):
-            if x1.device not in self._variances:  # inference: both sides' variances once for all blocks
-                v2 = self.network.variances(x2, weight_var, bias_var)
-                v1 = v2 if self.symmetric else self.network.variances(x1, weight_var, bias_var)
-                self._variances[x1.device] = (v1, v2)
-            v1, v2 = self._variances[x1.device]
-            variances = (self.network.take(v1, slice(start, stop)), self.network.take(v2, slice(col_start, None)))
+            if x1.device not in self._records:  # inference: both sides' records once for all blocks
+                v2 = self.network.records(x2, weight_var, bias_var)
+                v1 = v2 if self.symmetric else self.network.records(x1, weight_var, bias_var)
+                self._records[x1.device] = (v1, v2)
+            v1, v2 = self._records[x1.device]
+            records = (self.network.take(v1, slice(start, stop)), self.network.take(v2, slice(col_start, None)))
         return architecture_matrix(self.network, x1[..., start:stop, :], x2[..., col_start:, :], weight_var, bias_var,
                                    self.ntk, symmetric=self.symmetric, row_offset=start - col_start,
-                                   variances=variances)
+                                   records=records)
 
     def _forward_mode_applies(self, wanted) -> bool:
         """Architecture kernels have no forward-mode variance derivative: their gradients go through autograd."""

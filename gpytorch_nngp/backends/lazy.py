@@ -31,8 +31,8 @@ from ..functional.recursion import (
     fully_connected_recursion,
     input_grams,
     paired_kernel,
-    take_buffer,
 )
+from ..functional.workspace import Workspace
 from .distributed import RowSharding
 
 # Bytes of autograd intermediates allowed per block in the backward pass (about a dozen block x m tensors per
@@ -55,13 +55,13 @@ def kernel_rows(x1_rows, x2, weight_var, bias_var, depth, activation, ntk, diago
     """
     no_grad = not torch.is_grad_enabled() or not any(t.requires_grad for t in (x1_rows, x2, weight_var, bias_var))
     # Inference: the Gram goes into a recycled buffer, which the recursion then overwrites.
-    out = (take_buffer(workspace, x1_rows, (x1_rows.shape[0], x2.shape[0]))
+    out = (workspace.take(x1_rows, (x1_rows.shape[0], x2.shape[0]))
            if no_grad and workspace is not None and x1_rows.dim() == 2 and x2.dim() == 2 else None)
     gram, var1, var2 = input_grams(x1_rows, x2, out=out, diagonal_offset=diagonal_offset)
     k, theta = fully_connected_recursion(gram, var1, var2, depth, activation, weight_var, bias_var, ntk=ntk,
                                          workspace=workspace, consume_gram=workspace is not None)
     if ntk and workspace is not None and k is not theta and k.shape == theta.shape:
-        workspace.append(k)
+        workspace.give(k)
     return theta if ntk else k
 
 
@@ -229,14 +229,14 @@ class NetworkKernelOperator(LinearOperator):
         arithmetic), so each is valid until the next is asked for; keep: copies that may be stored."""
         parts = self._parts()
         with torch.no_grad():
-            workspace, device = [], "none yet"
+            workspace, device = Workspace(), "none yet"
             for start, stop, col, i in self._local_block_ranges():
                 if parts[i][2] != device:
-                    workspace, device = [], parts[i][2]
+                    workspace, device = Workspace(), parts[i][2]
                     x1, x2, weight_var, bias_var = self._on(device, (self.x1, self.x2, self.weight_var, self.bias_var))
                 block = self._rows(start, stop, x1, x2, weight_var, bias_var, workspace, col)
                 yield start, stop, col, i, (block.clone() if keep else block)
-                workspace.append(block)
+                workspace.give(block)
 
     def _sharded_matmul(self, rhs: torch.Tensor) -> torch.Tensor:
         """This process's blocks times rhs, then the sharding's collective. A symmetric operator's blocks are its

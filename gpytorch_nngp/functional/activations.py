@@ -30,6 +30,7 @@ from .hermite import (
     relative_tail,
 )
 from .safe_math import abrelu_dual, abrelu_dual_into, safe_angle, shifted_root_determinant
+from .workspace import Workspace
 
 Dual = Tuple[torch.Tensor, Optional[torch.Tensor]]  # (F, Fdot or None)
 Layer = Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor, Optional[torch.Tensor]]  # (F, Fdot, F11, F22)
@@ -46,13 +47,19 @@ class Activation:
     def dual(self, k12: torch.Tensor, k11: torch.Tensor, k22: torch.Tensor, ntk: bool = False) -> Dual:
         raise NotImplementedError
 
+    def dual_into(self, k12: torch.Tensor, k11: torch.Tensor, k22: torch.Tensor, ntk: bool,
+                  workspace: Workspace) -> Dual:
+        """dual() without autograd, with buffers from `workspace` where the activation can write into them (the
+        caller gives back what it no longer needs). The default allocates, as dual() does."""
+        return self.dual(k12, k11, k22, ntk)
+
     def layer(self, k12: torch.Tensor, k11: torch.Tensor, k22: torch.Tensor, ntk: bool = False,
-              symmetric: bool = False, workspace: Optional[list] = None) -> Layer:
+              symmetric: bool = False, workspace: Optional[Workspace] = None) -> Layer:
         """One layer's maps: (F(k12), Fdot(k12) or None, F(k11) on the variances, F(k22) or None).
 
         F(k22) is None when k22 is k11 or, with symmetric=True, when k22 is k11 transposed (the caller reuses
         F(k11)). Activations whose dual has a per-point setup cost (Numerical) share it across the three maps.
-        workspace: a list of free tensors shaped like k12 that may be used (popped) for the outputs, given only
+        workspace: where buffers for the outputs may come from (functional/workspace.py), given only
         when no autograd is needed; activations may ignore it.
         """
         f, fdot = self.dual(k12, k11, k22, ntk)
@@ -94,18 +101,19 @@ class ABReLU(Activation):
         f, fdot = abrelu_dual(k12, k11, k22, self.a, self.b)
         return f, (fdot if ntk else None)
 
+    def dual_into(self, k12, k11, k22, ntk, workspace):
+        f, fdot = abrelu_dual_into(k12, k11, k22, self.a, self.b, [workspace.take(k12), workspace.take(k12)])
+        if not ntk:
+            workspace.give(fdot)
+            fdot = None
+        return f, fdot
+
     def layer(self, k12: torch.Tensor, k11: torch.Tensor, k22: torch.Tensor, ntk: bool = False,
-              symmetric: bool = False, workspace: Optional[list] = None) -> Layer:
+              symmetric: bool = False, workspace: Optional[Workspace] = None) -> Layer:
         if workspace is None:
             return super().layer(k12, k11, k22, ntk, symmetric)
         # Inference path: F and Fdot are written into recycled buffers (see recursion.fully_connected_recursion).
-        from .recursion import take_buffer
-
-        buffers = [take_buffer(workspace, k12) for _ in range(2)]
-        f, fdot = abrelu_dual_into(k12, k11, k22, self.a, self.b, buffers)
-        if not ntk:
-            workspace.append(fdot)
-            fdot = None
+        f, fdot = self.dual_into(k12, k11, k22, ntk, workspace)
         f11, _ = self.dual(k11, k11, k11, False)
         f22 = None if k22 is k11 or symmetric else self.dual(k22, k22, k22, False)[0]
         return f, fdot, f11, f22
@@ -488,7 +496,7 @@ class Numerical(Activation):
         return f, fdot
 
     def layer(self, k12: torch.Tensor, k11: torch.Tensor, k22: torch.Tensor, ntk: bool = False,
-              symmetric: bool = False, workspace: Optional[list] = None) -> Layer:
+              symmetric: bool = False, workspace: Optional[Workspace] = None) -> Layer:
         # One set of samples and coefficients per point serves the matrix, its NTK term and the variances.
         # Variances go through the same series at c = 1 as the matrix diagonal, so that identical inputs keep
         # k12 == k11 == k22 bitwise in the next layer (|c| = 1 exactly, safe gradients).

@@ -13,11 +13,12 @@ so the recursion is written on broadcastable tensors: (..., n, m) for the cross 
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import torch
 
 from .activations import Activation
+from .workspace import Workspace
 
 
 def input_variances(x: torch.Tensor) -> torch.Tensor:
@@ -94,30 +95,6 @@ def paired_kernel(
     return theta if ntk else k
 
 
-def take_buffer(workspace: Optional[list], like: torch.Tensor, shape: Optional[Sequence[int]] = None) -> torch.Tensor:
-    """A free tensor for the inference path.
-
-    Args:
-        workspace: free tensors (one that fits is removed from the list), or None.
-        like: gives the dtype and device, and the shape when `shape` is None.
-        shape: the shape wanted.
-
-    Returns:
-        A tensor from the workspace (one of that shape, else a view of the front of a larger one: the shrinking
-        blocks of a triangle reuse the first block's buffers), or a new contiguous one; its contents are undefined.
-    """
-    shape = torch.Size(like.shape if shape is None else shape)
-    if workspace:
-        fits = [i for i, t in enumerate(workspace) if t.dtype == like.dtype and t.device == like.device
-                and t.is_contiguous() and t.numel() >= shape.numel()]
-        for i in fits:
-            if workspace[i].shape == shape:
-                return workspace.pop(i)
-        if fits:
-            return workspace.pop(fits[0]).view(-1)[:shape.numel()].view(shape)
-    return torch.empty(shape, dtype=like.dtype, device=like.device)
-
-
 def fully_connected_recursion(
     gram: torch.Tensor,
     var1: torch.Tensor,
@@ -128,7 +105,7 @@ def fully_connected_recursion(
     bias_var: torch.Tensor,
     ntk: bool = False,
     symmetric: bool = False,
-    workspace: Optional[list] = None,
+    workspace: Optional[Workspace] = None,
     consume_gram: bool = False,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Run `depth` hidden layers and the readout on the layer-0 state (Lee et al. 2018; Jacot et al. 2018).
@@ -168,10 +145,11 @@ def fully_connected_recursion(
     if not inplace or k12.dim() < 2:
         workspace = None
     elif workspace is None:
-        workspace = []
+        workspace = Workspace()
     # The NTK accumulator starts as a copy of K^0 (a recycled buffer on the inference path, where K^0 then
     # changes in place).
-    theta = (take_buffer(workspace, k12).copy_(k12) if inplace else k12) if ntk else None
+    theta = ((workspace.take(k12) if workspace is not None else torch.empty_like(k12)).copy_(k12) if inplace
+             else k12) if ntk else None
     for _ in range(depth):
         f, fdot, f11, f22 = activation.layer(k12, k11, k22, ntk, symmetric, workspace=workspace)
         new_k11 = affine(f11)
@@ -185,7 +163,7 @@ def fully_connected_recursion(
         if ntk:
             theta = theta.mul_(fdot).mul_(weight_var).add_(new_k12) if inplace else new_k12 + weight_var * fdot * theta
         if workspace is not None:
-            workspace.extend(t for t in (k12, fdot) if t is not None and t.shape == new_k12.shape and t is not theta)
+            workspace.give(*(t for t in (k12, fdot) if t is not None and t.shape == new_k12.shape and t is not theta))
         k12, k11, k22 = new_k12, new_k11, new_k22
     return k12, theta
 

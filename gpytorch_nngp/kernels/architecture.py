@@ -7,12 +7,11 @@ import torch
 from gpytorch.constraints import Interval
 from gpytorch.priors import Prior
 
-from .._validation import check_call, check_finite_kernel, check_inputs
+from .._validation import check_call, check_finite_kernel, check_inputs, one_point_set
+from ..algebra import Network
 from ..backends import check_backend, make_sharding, resolve_backend
 from ..backends.architecture import ArchitectureKernelOperator, architecture_matrix
-from ..functional.layers import Network
 from .from_module import network_from_module
-from .fully_connected import _one_point_set
 from .variances import NetworkVariances
 
 BACKENDS = ("auto", "dense", "lazy", "distributed")
@@ -29,7 +28,7 @@ class ArchitectureKernel(NetworkVariances):
     (..., n, C*L) for sequences, (..., n, d) for vectors; the output is (..., n, m), or the diagonal (..., n).
 
     Args:
-        network: the built architecture (gpytorch_nngp.functional.layers.Network).
+        network: the built architecture (gpytorch_nngp.algebra.Network).
         ntk: the neural tangent kernel instead of the NNGP.
         weight_var, bias_var: initial variances (> 0, learnable): one value, or one per Linear/Conv layer when the
             network was built with per_layer=True.
@@ -46,7 +45,7 @@ class ArchitectureKernel(NetworkVariances):
                  backend: str = "auto", **kwargs):
         super().__init__(**kwargs)
         if not isinstance(network, Network):
-            raise TypeError(f"network must be a gpytorch_nngp.functional.layers.Network, got {type(network).__name__}"
+            raise TypeError(f"network must be a gpytorch_nngp.algebra.Network, got {type(network).__name__}"
                             "; build kernels from torch modules with NNGPKernel.from_module")
         if isinstance(backend, str) and backend.lower() == "keops":
             raise ValueError("backend='keops' is not available for architecture kernels (KeOps formulas exist for "
@@ -94,7 +93,7 @@ class ArchitectureKernel(NetworkVariances):
             out = self.forward(base1, base2, diag=diag)
             return out.expand(*batch, *out.shape[-1 if diag else -2:])
         weight_var, bias_var = self.weight_var, self.bias_var
-        same = _one_point_set(x1, x2)
+        same = one_point_set(x1, x2)
         if diag:
             if x1.shape[-2] != x2.shape[-2]:
                 raise ValueError(f"diag=True needs x1 and x2 with the same number of points, got {x1.shape[-2]} "

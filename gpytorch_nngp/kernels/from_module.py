@@ -1,4 +1,4 @@
-"""Translation of an ordinary torch module into the layer algebra (functional/layers.py).
+"""Translation of an ordinary torch module into the layer algebra (algebra/).
 
 Widths are ignored (they go to infinity); every weight is N(0, weight_var / fan_in) and every bias N(0, bias_var),
 the NTK parametrization. Modules without an infinite-width Gaussian limit raise an error that names them and the
@@ -11,7 +11,7 @@ from typing import List, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..functional import layers as L
+from .. import algebra as L
 from ..functional.activations import LeakyReLU, Numerical, get_activation
 from ..modules import Elementwise, Residual
 

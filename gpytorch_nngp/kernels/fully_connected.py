@@ -7,7 +7,7 @@ import torch
 from gpytorch.constraints import Interval
 from gpytorch.priors import Prior
 
-from .._validation import check_call, check_depth, check_finite_kernel, check_inputs
+from .._validation import check_call, check_depth, check_finite_kernel, check_inputs, one_point_set
 from ..backends import (
     KeOpsNetworkKernelOperator,
     NetworkKernelOperator,
@@ -18,6 +18,8 @@ from ..backends import (
 )
 from ..functional.activations import Activation, Numerical, get_activation
 from ..functional.recursion import fully_connected_recursion, input_grams, paired_kernel
+from .architecture import ArchitectureKernel
+from .from_module import fully_connected_form, network_from_module
 from .variances import NetworkVariances
 
 
@@ -46,15 +48,6 @@ class _GramCache:
         self.entries.insert(0, (x1.detach().clone(), None if symmetric else x2.detach().clone(), symmetric, grams))
         del self.entries[self.size:]
         return grams
-
-
-def _one_point_set(x1: torch.Tensor, x2: torch.Tensor) -> bool:
-    """Whether x1 and x2 may be treated as one set of points: variances read off the Gram's diagonal (|c| = 1
-    exactly there), one tensor in the lazy operator, one variance per pair on a diagonal. That is the right
-    function only for one tensor, or for equal tensors that need no gradient: for equal but separate tensors that
-    do, d<a, b>/da = b / d is half of d|a|^2/da = 2 a / d."""
-    return x1 is x2 or (not x1.requires_grad and not x2.requires_grad and x1.shape == x2.shape
-                        and torch.equal(x1, x2))
 
 
 def _same(x: torch.Tensor, cached: torch.Tensor) -> bool:
@@ -122,8 +115,8 @@ class _FullyConnectedKernel(NetworkVariances):
             if x1.shape[-2] != x2.shape[-2]:
                 raise ValueError(f"diag=True needs x1 and x2 with the same number of points, got {x1.shape[-2]} "
                                  f"and {x2.shape[-2]}")
-            return check_finite_kernel(self._diagonal(x1, x2, _one_point_set(x1, x2)), x1, x2)
-        symmetric = _one_point_set(x1, x2)
+            return check_finite_kernel(self._diagonal(x1, x2, one_point_set(x1, x2)), x1, x2)
+        symmetric = one_point_set(x1, x2)
         backend = resolve_backend(self.backend, x1, x2, self.activation, batched=len(self.batch_shape) > 0)
         if backend != "dense" and not isinstance(self.activation, Numerical):
             # The operators are evaluated later, block by block: check what bounds them now, |k12| <= sqrt(k11 k22).
@@ -191,9 +184,6 @@ class _FullyConnectedKernel(NetworkVariances):
             ValueError: a module without an infinite-width limit (named, with the nearest supported one), or an
                 input_shape the layers do not fit.
         """
-        from .architecture import ArchitectureKernel
-        from .from_module import fully_connected_form, network_from_module
-
         network = network_from_module(module, input_shape, per_layer)
         form = fully_connected_form(network)
         if form is not None:

@@ -1,0 +1,28 @@
+"""The layer algebra: infinite-width limits of network layers as maps of a pair state (state.py).
+
+Every layer maps the kernel state of a pair of inputs to the state after the layer (Novak et al. 2019, "Bayesian deep
+convolutional networks with many channels are Gaussian processes"; Arora et al. 2019 for the NTK; Hron et al. 2020
+for attention; the layer set of neural-tangents' `stax`). One layer per module:
+
+    state.py          PairState, Context, Geometry: what flows between layers
+    linear.py         Dense, Conv (weighted layers)
+    pooling.py        AvgPool, GlobalAvgPool, Flatten, ToDiagonal
+    elementwise.py    Nonlinearity (activations; their dual maps live in functional/activations.py)
+    normalization.py  LayerNorm
+    branches.py       Parallel (sum, concat, prod), Residual
+    network.py        Network: a built architecture and its propagation
+
+Memory management (row/column tiles, buffers) belongs to the evaluation code (backends/architecture.py, the
+Workspace of functional/workspace.py), not to these maps. docs/design.md says how to add a layer.
+"""
+from .branches import Parallel, Residual
+from .elementwise import Nonlinearity
+from .layer import Layer
+from .linear import Conv, Dense
+from .network import Network
+from .normalization import LayerNorm
+from .pooling import AvgPool, Flatten, GlobalAvgPool, ToDiagonal
+from .state import Context, Geometry, PairState
+
+__all__ = ["AvgPool", "Context", "Conv", "Dense", "Flatten", "Geometry", "GlobalAvgPool", "Layer", "LayerNorm",
+           "Network", "Nonlinearity", "PairState", "Parallel", "Residual", "ToDiagonal"]

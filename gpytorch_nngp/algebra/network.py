@@ -1,0 +1,225 @@
+"""A built architecture: the layers of the algebra in order, checked against the input shape, and the two halves of
+every kernel evaluation (the input state, the propagation through the layers)."""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+from ..functional.activations import Numerical, compose
+from ..functional.workspace import Workspace
+from .branches import Parallel
+from .elementwise import Nonlinearity
+from .layer import Layer, build_one, needs_full, walk
+from .pooling import Flatten, ToDiagonal
+from .state import INPUT, Context, Geometry, PairState, Records
+
+
+def _simplify(layers: List[Layer]) -> List[Layer]:
+    """The layers with consecutive activations composed into one and activations moved before a flatten (also in
+    residual branches); see Network."""
+    out: List[Layer] = []
+    for layer in layers:
+        if isinstance(layer, Parallel):
+            layer.branches = [_simplify(branch) for branch in layer.branches]
+        if not isinstance(layer, Nonlinearity):
+            out.append(layer)
+            continue
+        moved = []
+        while out and isinstance(out[-1], Flatten):  # flatten(phi(x)) = phi(flatten(x)), position by position
+            moved.insert(0, out.pop())
+        if out and isinstance(out[-1], Nonlinearity):
+            inner = out.pop()
+            merged = Nonlinearity(compose(layer.activation, inner.activation))
+            merged.origin = ", ".join(o for o in (inner.origin, layer.origin) if o) or None
+            layer = merged
+        out += [layer] + moved
+    return out
+
+
+
+_LETTERS = ("pqr", "PQR")
+
+
+class Network:
+    """A built architecture: its layers (with the diagonal-only stretches decided), input shape and parameter count.
+
+    The layers are first put in a form the algebra computes exactly: consecutive activations become one (phi2 of
+    phi1 of a Gaussian is an elementwise function of that Gaussian), and an activation after a flatten moves before
+    it (flatten only renames positions). The layers before the first Linear/Conv/residual block (the prefix) act on
+    values that are a fixed function of the input, so they are applied to the input points themselves (an
+    activation there is phi(x) exactly, not a Gaussian expectation); the algebra starts after them.
+
+    Args:
+        layers: the layers in order (algebra/: Dense, Conv, AvgPool, GlobalAvgPool, Flatten, Nonlinearity,
+            LayerNorm, Parallel, Residual, ...); weighted layers carry the index of their variances.
+        input_shape: (C, *spatial) of one input, channel first as torch flattens it; (d,) for flat inputs.
+        num_parameters: number of distinct (weight_var, bias_var) pairs the layers index.
+
+    Tied weights. A Linear/Conv module used at several depths (layers whose `tied` names its first use) has the NNGP
+    and the NTK of independent weights at each use: a forward pass without transposes has the kernel of
+    independent weights (Yang 2019, Tensor Programs I), and with an independent zero-mean readout the gradients of
+    the uses are uncorrelated in the limit, so the cross terms of the NTK vanish (Yang 2020, Tensor Programs II;
+    tests/test_from_module_fidelity.py measures them by Monte Carlo). That needs both widths of the tied layer to go
+    to infinity: a tied layer on the input itself (its fan-in is the data dimension) or the readout (its width is the
+    output) is refused.
+
+    Raises:
+        ValueError: layers that do not fit the input shape, an activation on values that are not Gaussian, or an
+            output that is not flat.
+    """
+
+    def __init__(self, layers: Sequence[Layer], input_shape: Sequence[int], num_parameters: int = 1):
+        self.input_shape = tuple(int(s) for s in input_shape)
+        if not self.input_shape or min(self.input_shape) < 1 or len(self.input_shape) > 3:
+            raise ValueError(f"input_shape must be (d,), (C, L) or (C, H, W) with positive sizes, got {input_shape!r}")
+        self.num_parameters = num_parameters
+        layers = _simplify(list(layers))
+        starts = [i for i, layer in enumerate(layers) if layer.weighted or isinstance(layer, Parallel)]
+        split = starts[0] if starts else len(layers)
+        if split == len(layers):
+            raise ValueError("the network has no Linear, Conv or residual layer: its output is a fixed function of "
+                             "the input, with no weights to vary")
+        self.prefix = layers[:split]
+        geometry = Geometry(self.input_shape[1:], False, INPUT, self.input_shape[0])
+        for layer in self.prefix:
+            layer.on_input = True
+            geometry = build_one(layer, geometry)
+        # The state the algebra starts from: the Gram of the (transformed) input points.
+        self.state_shape = (geometry.channels, *geometry.spatial)
+        self.channels, spatial = geometry.channels, geometry.spatial
+        geometry = replace(geometry, full=bool(spatial) and needs_full(layers[split:]))
+        self.layers, self.output = _build(layers[split:], geometry)
+        if self.output.spatial:
+            raise ValueError(f"the network's output still has spatial shape {self.output.describe()}: end it with a "
+                             "readout (torch.nn.Flatten() then torch.nn.Linear, or torch.nn.AdaptiveAvgPool2d(1))")
+        weighted = [layer for layer in walk(self.layers) if layer.weighted]
+        for layer in weighted:
+            if layer.tied is None:
+                continue
+            if layer.input.law == INPUT or layer is weighted[-1]:
+                where = "the input" if layer.input.law == INPUT else "the readout"
+                raise ValueError(f"{layer.tied} is used more than once (tied weights), and {layer.origin} is "
+                                 f"{where}: one of its widths is "
+                                 "then the data dimension or the output size, which the infinite-width limit cannot "
+                                 "send to infinity. Reuse only hidden-to-hidden layers, or give each use a module")
+        self._keys = 0
+        for layer in walk(self.layers):
+            layer.key = self._keys
+            self._keys += 1
+        self._record_axes = {layer.key: layer.record_axes() for layer in walk(self.layers)}
+        # Whether an activation goes through the numerical (Hermite series) dual: its per-point setup is costly.
+        self.numerical = any(isinstance(layer, Nonlinearity) and isinstance(layer.activation, Numerical)
+                             for layer in walk(self.layers))
+        self.entries_per_pair = max([_entries(geometry)] + [_entries(layer.output) for layer in walk(self.layers)])
+
+    @property
+    def features(self) -> int:
+        return math.prod(self.input_shape)
+
+    def describe(self) -> str:
+        prefix = [f"{layer.describe()} on the input" for layer in self.prefix if not isinstance(layer, Flatten)]
+        return ", ".join(prefix + [layer.describe() for layer in self.layers if not isinstance(layer, ToDiagonal)])
+
+    def take(self, records: Records, index) -> Records:
+        """The records (from `records`) of a subset of the points: `index` (a slice or index tensor) applied to the
+        point axis of each entry."""
+        return {key: v[(Ellipsis, index) + (slice(None),) * self._record_axes[key]] for key, v in records.items()}
+
+    # -- the two halves of a propagation --------------------------------------------------------------------------
+    def input_state(self, x1: torch.Tensor, x2: torch.Tensor, lead: int) -> torch.Tensor:
+        """The covariance of the inputs, channel-averaged: <x1_i, x2_j> / C per position pair (i, j).
+
+        x1 (..., n, F), x2 (..., m, F) with F = C * prod(spatial); lead 2 gives (..., n, m, *pair axes), lead 1
+        pairs row k of x1 with row k of x2 (n == m): (..., n, *pair axes).
+        """
+        spatial = self.state_shape[1:]
+        nd = len(spatial)
+        geometry = Geometry(spatial, full=bool(spatial) and self.layers[0].input.full)
+        a, b = self.transform_input(x1), (None if x2 is x1 else self.transform_input(x2))
+        b = a if b is None else b
+        s1, s2 = _LETTERS[0][:nd], (_LETTERS[1][:nd] if geometry.full else _LETTERS[0][:nd])
+        out = "".join(p + q for p, q in zip(s1, s2)) if geometry.full else s1
+        if lead == 2:
+            spec = f"...nc{s1},...mc{s2}->...nm{out}"
+        else:
+            spec = f"...nc{s1},...nc{s2}->...n{out}"
+        # Contiguous: layers then see the same memory layout for a kernel matrix and for a diagonal, so that
+        # reductions (flatten, pooling) add in the same order and diag=True is the matrix diagonal to the bit.
+        return (torch.einsum(spec, a, b) / self.channels).contiguous()
+
+    def transform_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Input points (..., n, F) as per-point tensors (..., n, *state_shape), after the prefix layers."""
+        x = x.reshape(*x.shape[:-1], *self.input_shape)
+        for layer in self.prefix:
+            x = layer.transform(x)
+        return x
+
+    def propagate(self, state: PairState, ctx: Context) -> PairState:
+        """Runs every layer on an input state; the output is flat: (..., n, m) or (..., n)."""
+        for layer in self.layers:
+            state = layer.apply(state, ctx)
+        return state
+
+    # -- what the kernels call -------------------------------------------------------------------------------------
+    def records(self, x: torch.Tensor, weight_var: torch.Tensor, bias_var: torch.Tensor) -> Records:
+        """Each point's own records (its per-position variances at every activation and normalization, its P x P
+        covariance where a layer needs it): layer key -> (..., n, *record axes). What a kernel matrix needs of each
+        side, computed once per point set."""
+        state = PairState(self.input_state(x, x, lead=1), lead=1)
+        self.propagate(state, Context(weight_var, bias_var, lead=1, ntk=False))
+        return state.recorded
+
+    def matrix(self, x1, x2, weight_var, bias_var, ntk: bool, records: Tuple[Records, Records],
+               same_points: Optional[Tuple[int, int]] = None, workspace: Optional[Workspace] = None):
+        """Kernel entries k(x1_i, x2_j), (..., n, m), given both sides' records (from `records`).
+
+        same_points: (r, c) when x1 are rows r.. and x2 rows c.. of one point set: entries of a point with itself
+        start from the same input state as the records did, so that their correlation is 1 to the last bit.
+        workspace: buffers for an evaluation without autograd (functional/workspace.py), or None.
+        """
+        cov = self.input_state(x1, x2, lead=2)
+        if same_points is not None:
+            r, c = same_points
+            first, last = max(r, c), min(r + x1.shape[-2], c + x2.shape[-2])
+            if first < last:
+                rows = torch.arange(first, last, device=cov.device)
+                nd = self.layers[0].input.axes
+                tail = (slice(None),) * nd
+                own = self.input_state(x1[..., rows - r, :], x1[..., rows - r, :], lead=1)
+                cov = cov.clone() if cov.requires_grad else cov
+                cov[(Ellipsis, rows - r, rows - c) + tail] = own
+        out = self.propagate(PairState(cov, lead=2, own=records), Context(weight_var, bias_var, 2, ntk, workspace))
+        return out.theta if ntk else out.cov
+
+    def paired(self, x1, x2, weight_var, bias_var, ntk: bool, same_points: bool = False) -> torch.Tensor:
+        """k(x1_i, x2_i) for paired rows, (..., n): a kernel diagonal (same_points) or scattered entries."""
+        ctx = Context(weight_var, bias_var, lead=1, ntk=ntk)
+        if same_points:
+            out = self.propagate(PairState(self.input_state(x1, x1, lead=1), lead=1), ctx)
+        else:
+            own = (self.records(x1, weight_var, bias_var), self.records(x2, weight_var, bias_var))
+            out = self.propagate(PairState(self.input_state(x1, x2, lead=1), lead=1, own=own), ctx)
+        return out.theta if ntk else out.cov
+
+
+def _entries(geometry: Geometry) -> int:
+    p = math.prod(geometry.spatial) if geometry.spatial else 1
+    return p * p if geometry.full else p
+
+
+def _build(layers: List[Layer], geometry: Geometry):
+    """Builds the layers in order, switching a full state to its diagonal where no layer above needs more."""
+    out = []
+    for i, layer in enumerate(layers):
+        if geometry.full and not needs_full(layers[i:]):
+            switch = ToDiagonal()
+            geometry = switch.build(geometry)
+            out.append(switch)
+        geometry = build_one(layer, geometry)
+        if not geometry.spatial and geometry.full:
+            geometry = replace(geometry, full=False)
+        out.append(layer)
+    return out, geometry
