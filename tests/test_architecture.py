@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from gpytorch_nngp import ArchitectureKernel, Elementwise, NNGPKernel, NTKKernel, Residual
+from gpytorch_nngp import ArchitectureKernel, Elementwise, NNGPKernel, NTKKernel, Parallel, Residual
 from gpytorch_nngp.backends.architecture import ArchitectureKernelOperator, architecture_matrix
 from gpytorch_nngp.kernels.from_module import network_from_module
 
@@ -24,6 +24,7 @@ def flattened():
 
 
 SHAPE = (1, 6, 6)
+SHARED_CONV = nn.Conv2d(4, 4, 1)
 
 
 def points(n=7, seed=0):
@@ -158,7 +159,17 @@ def test_exact_gp_training_step_and_batch_shape():
      r"1 \(MaxPool2d\) has no infinite-width Gaussian limit.*nn.AvgPool"),
     (nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 1)), SHAPE,
      "BatchNorm2d.*LayerNorm"),
-    (nn.Sequential(nn.Conv2d(1, 4, 3), nn.Dropout(0.1), nn.Flatten(), nn.Linear(4, 1)), SHAPE, "Dropout.*remove"),
+    (nn.Sequential(nn.Conv2d(1, 4, 3), Parallel(nn.Identity(), nn.ReLU()), nn.Flatten(), nn.Linear(4, 1)), SHAPE,
+     r"branches \[0, 1\] of a sum do not end in a Linear/Conv layer"),
+    (nn.Sequential(nn.Conv2d(1, 4, 3), Parallel(SHARED_CONV, nn.Sequential(nn.ReLU(), SHARED_CONV)), nn.Flatten(),
+                   nn.Linear(4, 1)), SHAPE, "branches 0 and 1 use the same Conv2d module"),
+    (nn.Sequential(nn.Conv2d(1, 4, 3), Parallel(nn.Conv2d(4, 4, 3), nn.Conv2d(4, 4, 1)), nn.Flatten(),
+                   nn.Linear(4, 1)), SHAPE, "branches of a sum end in different shapes"),
+    (nn.Sequential(nn.Conv2d(1, 4, 3), Parallel(nn.Sequential(nn.ReLU(inplace=True), nn.Conv2d(4, 4, 1)),
+                                                nn.Conv2d(4, 4, 1)), nn.Flatten(), nn.Linear(4, 1)), SHAPE,
+     r"ReLU\(inplace=True\) in branch 0 overwrites the input"),
+    (nn.Sequential(nn.Conv2d(1, 4, 3), Parallel(nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 1), merge="concat"), nn.ReLU(),
+                   nn.Flatten(), nn.Linear(4, 1)), SHAPE, "acts on a concatenation of branches"),
     (nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4, 1), nn.Softmax(-1)), SHAPE, "Softmax.*not supported"),
     (nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, padding_mode="reflect"), nn.Flatten(), nn.Linear(4, 1)), SHAPE,
      "padding_mode='reflect'.*'zeros' or 'circular'"),
@@ -207,6 +218,10 @@ def test_bad_inputs_are_named():
         NNGPKernel.from_module(lambda x: x, SHAPE)
     with pytest.raises(TypeError, match="Residual needs a torch.nn.Module as its branch"):
         Residual(lambda x: x)
+    with pytest.raises(ValueError, match="merge must be one of 'sum', 'concat', 'prod', got 'max'"):
+        Parallel(nn.Identity(), merge="max")
+    with pytest.raises(TypeError, match="Parallel needs torch.nn.Modules as branches"):
+        Parallel(nn.Identity(), lambda x: x)
     with pytest.raises(ValueError, match="unknown activation 'erff'"):
         Elementwise("erff")
     with pytest.raises(TypeError, match="network must be a gpytorch_nngp.algebra.Network.*from_module"):
@@ -266,3 +281,14 @@ def test_active_dims_copy_and_pickle():
             torch.testing.assert_close(other(points()).to_dense(), plain(points()).to_dense())
     with pytest.raises(ValueError, match="after active_dims selects 30 columns"):
         NNGPKernel.from_module(pooled(), SHAPE, active_dims=torch.arange(30))(torch.randn(3, 40))
+
+
+def test_dropout_is_the_identity_of_evaluation_mode():
+    """nn.Dropout (any variant) is the identity in evaluation mode, which is the network the kernel describes."""
+    plain = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(64, 1))
+    dropped = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Dropout2d(0.2), nn.ReLU(), nn.Dropout(0.5), nn.Flatten(),
+                            nn.Linear(64, 1))
+    x = points()
+    with torch.no_grad():
+        torch.testing.assert_close(NTKKernel.from_module(dropped, SHAPE).double()(x).to_dense(),
+                                   NTKKernel.from_module(plain, SHAPE).double()(x).to_dense(), rtol=0, atol=0)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jacrev
 
-from gpytorch_nngp import NNGPKernel, NTKKernel, Residual
+from gpytorch_nngp import NNGPKernel, NTKKernel, Parallel, Residual
 
 WIDTH = 256
 WV, BV = 1.6, 0.2
@@ -37,6 +37,15 @@ def networks():
         "shared_activation": (nn.Sequential(nn.Conv2d(1, c, 3, padding=1), shared, nn.Conv2d(c, c, 3, padding=1),
                                             shared, nn.Conv2d(c, c, 3, padding=1), shared, nn.Flatten(),
                                             nn.Linear(c * 9, 1)), (1, 3, 3)),
+        # Branches of unequal widths concatenated (weighted by their channel shares), then a product of branches.
+        "parallel": (nn.Sequential(
+            nn.Conv2d(1, c, 3, padding=1),
+            Parallel(nn.Sequential(nn.ReLU(), nn.Conv2d(c, c // 4, 3, padding=1)),
+                     nn.Conv2d(c, 3 * c // 4, 1), merge="concat"),
+            nn.Conv2d(c, c, 3, padding=1),
+            Parallel(nn.Sequential(nn.ReLU(), nn.Conv2d(c, c, 1)),
+                     nn.Sequential(nn.GELU(), nn.Conv2d(c, c, 3, padding=1)), merge="prod"),
+            nn.Flatten(), nn.Linear(c * 16, 1)), (1, 4, 4)),
         "conv1d": (nn.Sequential(nn.Conv1d(3, c, 3, stride=2), nn.ReLU(), nn.Conv1d(c, c, 3, padding="same"),
                                  nn.GELU(), nn.Flatten(), nn.Linear(c * 3, 1)), (3, 7)),
     }
@@ -97,7 +106,7 @@ def test_cnn_nngp_converges(name):
     _assert_converged(torch.stack(samples), NNGPKernel, module, shape, x)
 
 
-@pytest.mark.parametrize("name", ["flatten", "pool_residual_layernorm", "shared_activation"])
+@pytest.mark.parametrize("name", ["flatten", "parallel", "pool_residual_layernorm", "shared_activation"])
 def test_cnn_empirical_ntk_converges(name):
     module, shape, x, batch = _case(name)
     gen = torch.Generator().manual_seed(2)

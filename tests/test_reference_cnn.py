@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from gpytorch_nngp import ArchitectureKernel, Elementwise, NNGPKernel, NTKKernel, Residual
+from gpytorch_nngp import ArchitectureKernel, Elementwise, NNGPKernel, NTKKernel, Parallel, Residual
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "reference"))
 from cnn_architectures import ARCHITECTURES, LAYERNORM_EPS, inputs  # noqa: E402
@@ -29,13 +29,14 @@ def torch_layers(spec, shape):
     for layer in spec:
         kind = layer[0]
         if kind == "conv":
-            _, k, s, padding = layer
+            _, k, s, padding = layer[:4]
+            width = layer[4] if len(layer) > 4 else WIDTH
             if padding == "circular":
-                out.append(conv(shape[0], WIDTH, k, s, padding=k // 2, padding_mode="circular"))
+                out.append(conv(shape[0], width, k, s, padding=k // 2, padding_mode="circular"))
             else:
-                out.append(conv(shape[0], WIDTH, k, s, padding=padding))
+                out.append(conv(shape[0], width, k, s, padding=padding))
             spatial = [(n + (k - 1 if padding != "valid" else 0) - k) // s + 1 for n in shape[1:]]
-            shape = (WIDTH, *spatial)
+            shape = (width, *spatial)
         elif kind == "act":
             out.append({"relu": nn.ReLU(), "gelu": nn.GELU()}.get(layer[1]) or Elementwise(layer[1]))
         elif kind == "pool":
@@ -55,6 +56,14 @@ def torch_layers(spec, shape):
         elif kind == "residual":
             branch, _ = torch_layers(layer[1], shape)
             out.append(Residual(nn.Sequential(*branch)))
+        elif kind == "parallel":
+            _, merge, branches = layer
+            built = [torch_layers(b, shape) if b else ([nn.Identity()], shape) for b in branches]
+            out.append(Parallel(*(nn.Sequential(*m) for m, _ in built), merge=merge))
+            shapes = [s for _, s in built]
+            shape = (sum(s[0] for s in shapes), *shapes[0][1:]) if merge == "concat" else shapes[0]
+        elif kind == "dropout":
+            out.append(nn.Dropout(0.3))
     return out, shape
 
 

@@ -13,12 +13,13 @@ from torch import nn
 
 from .. import algebra as L
 from ..functional.activations import LeakyReLU, Numerical, get_activation
-from ..modules import Elementwise, Residual
+from ..modules import Elementwise, Parallel, Residual
 
 SUPPORTED = ("nn.Sequential", "nn.Linear", "nn.Conv1d", "nn.Conv2d", "nn.AvgPool1d", "nn.AvgPool2d",
              "nn.AdaptiveAvgPool1d(1)", "nn.AdaptiveAvgPool2d(1)", "nn.Flatten",
              "nn.LayerNorm(elementwise_affine=False)",
-             "nn.Identity", "gpytorch_nngp.Residual", "gpytorch_nngp.Elementwise",
+             "nn.Identity", "nn.Dropout (the identity: evaluation mode)", "gpytorch_nngp.Residual",
+             "gpytorch_nngp.Parallel", "gpytorch_nngp.Elementwise",
              "nn.ReLU", "nn.LeakyReLU", "nn.GELU", "nn.Tanh", "nn.Sigmoid",
              "nn.SiLU", "nn.ELU", "nn.Softplus", "nn.Hardtanh", "nn.ReLU6", "nn.Mish", "nn.SELU", "nn.CELU",
              "nn.Softsign", "nn.Hardswish", "nn.Hardsigmoid", "nn.LogSigmoid", "nn.Tanhshrink", "nn.Softshrink",
@@ -32,9 +33,6 @@ _NEAREST = {
     (nn.BatchNorm1d, nn.BatchNorm2d, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.GroupNorm):
         "it couples the points of a batch (or normalizes per channel), which has no kernel limit; use "
         "nn.LayerNorm over all features with elementwise_affine=False, or leave it out",
-    (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout):
-        "the kernel describes the network as a function of its weights; remove dropout from the module you pass "
-        "(it is the identity in eval mode)",
     (nn.MultiheadAttention, nn.RNNBase, nn.Embedding):
         "attention, recurrent and embedding layers are not implemented; use convolutions over the sequence axis",
 }
@@ -74,9 +72,10 @@ def _activation(module: nn.Module):
 
 # The torch classes the translator knows; a module is translated as one of them only if it runs that class's
 # own forward (a subclass that overrides forward computes something else).
-_KNOWN = (nn.Sequential, Residual, Elementwise, nn.ReLU, nn.LeakyReLU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.ELU,
-          nn.Softplus, *_NUMERICAL_MODULES, nn.Identity, nn.Linear, nn.Conv1d, nn.Conv2d, nn.AvgPool1d, nn.AvgPool2d,
-          nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.LayerNorm)
+_DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
+_KNOWN = (nn.Sequential, Residual, Parallel, Elementwise, nn.ReLU, nn.LeakyReLU, nn.GELU, nn.Tanh, nn.Sigmoid,
+          nn.SiLU, nn.ELU, nn.Softplus, *_NUMERICAL_MODULES, nn.Identity, *_DROPOUT, nn.Linear, nn.Conv1d, nn.Conv2d,
+          nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.LayerNorm)
 
 
 def _check_runs_known_forward(module: nn.Module, label: str) -> None:
@@ -198,11 +197,30 @@ class _Translator:
                                  "before the branch's first Linear/Conv, so torch adds the activated input, not the "
                                  "input, to the branch: use inplace=False")
             return self._origin([L.Residual(self.layers(module.branch, f"{name}.branch" if name else "branch"))], label)
+        if isinstance(module, Parallel):
+            branches = []
+            for i, branch in enumerate(module.branches):
+                inplace = _reaches_skip_input(branch) if len(module.branches) > 1 else []
+                if inplace:
+                    raise ValueError(f"{label}: {type(inplace[0]).__name__}(inplace=True) in branch {i} overwrites "
+                                     "the input the other branches read, so torch feeds them the activated input: "
+                                     "use inplace=False")
+                branches.append(self.layers(branch, f"{name}.branches.{i}" if name else f"branches.{i}"))
+            seen = {}
+            for i, branch in enumerate(module.branches):
+                weighted = {id(m): m for m in branch.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))}
+                for m in weighted.values():
+                    if id(m) in seen:
+                        raise ValueError(f"{label}: branches {seen[id(m)]} and {i} use the same "
+                                         f"{type(m).__name__} module, so their outputs are correlated (identical "
+                                         "for the same input): give each branch its own modules")
+                    seen[id(m)] = i
+            return self._origin([L.Parallel(branches, module.merge)], label)
         activation = _activation(module)
         if activation is not None:
             return self._origin([L.Nonlinearity(activation)], label)
-        if isinstance(module, nn.Identity):
-            return []
+        if isinstance(module, (nn.Identity, *_DROPOUT)):
+            return []  # dropout: the kernel is that of the network in evaluation mode, where dropout is the identity
         if isinstance(module, nn.Linear):
             dense = L.Dense(self.index(module, label), bias=module.bias is not None, in_features=module.in_features,
                             out_features=module.out_features)

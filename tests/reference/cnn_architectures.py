@@ -4,10 +4,13 @@ tests/reference/make_cnn_reference.py builds them with neural-tangents' stax (ch
 tests/test_reference_cnn.py with torch modules (channel first) through NNGPKernel.from_module. A layer is a tuple:
 
     ("conv", kernel_size, stride, padding)   padding "same", "valid" or "circular"
+    ("conv", kernel_size, stride, padding, width)   with that many output channels (else 1 in neural-tangents)
     ("act", name)                            relu, erf, gelu, abs
     ("pool", window)                         average pooling, stride = window
     ("gap",)  ("flatten",)  ("dense",)  ("layernorm",)
     ("residual", [layers])                   x + branch(x)
+    ("parallel", merge, [[layers], ...])     branches (an empty list is the identity) merged by sum, concat, prod
+    ("dropout",)                             torch.nn.Dropout: the identity in evaluation mode (nothing in stax)
 """
 
 CONV = ("conv", 3, 1, "same")
@@ -33,6 +36,16 @@ ARCHITECTURES = {
     "mlp_head": (IMAGE, [CONV, RELU, ("gap",), ("dense",), RELU, ("dense",)], 1.7, 0.2),
     "conv1d_pool": (SEQUENCE, [CONV, RELU, ("conv", 3, 2, "valid"), ("act", "erf"), ("gap",), ("dense",)], 1.7, 0.2),
     "conv1d_flatten": (SEQUENCE, [("conv", 5, 1, "same"), RELU, CONV, RELU, ("flatten",), ("dense",)], 1.7, 0.2),
+    "parallel_sum": (IMAGE, [CONV, RELU, ("dropout",),
+                             ("parallel", "sum", [[CONV], [("conv", 1, 1, "same"), RELU, CONV]]), RELU, ("flatten",),
+                             ("dense",)], 1.5, 0.2),
+    "parallel_concat": (IMAGE, [CONV, RELU, ("parallel", "concat", [[("conv", 3, 1, "same", 2)],
+                                                                   [CONV, RELU, ("conv", 3, 1, "same", 6)]]),
+                                ("gap",), ("dense",)], 1.7, 0.1),
+    "parallel_prod": (IMAGE, [CONV, ("parallel", "prod", [[RELU, CONV], [("act", "erf"), CONV]]), ("flatten",),
+                              ("dense",)], 1.3, 0.2),
+    "parallel_three": (SEQUENCE, [CONV, ("parallel", "sum", [[], [RELU, CONV], [("act", "erf"), CONV]]), RELU,
+                                  ("gap",), ("dense",)], 1.4, 0.1),
 }
 LAYERNORM_EPS = 1e-5
 

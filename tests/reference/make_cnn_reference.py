@@ -28,8 +28,9 @@ def layers(spec, nd, w_std, b_std):
     for layer in spec:
         kind = layer[0]
         if kind == "conv":
-            _, k, s, padding = layer
-            out.append(stax.Conv(1, (k,) * nd, (s,) * nd, PADDING[padding], W_std=w_std, b_std=b_std))
+            _, k, s, padding = layer[:4]
+            width = layer[4] if len(layer) > 4 else 1
+            out.append(stax.Conv(width, (k,) * nd, (s,) * nd, PADDING[padding], W_std=w_std, b_std=b_std))
         elif kind == "act":
             out.append(ACTIVATIONS[layer[1]]())
         elif kind == "pool":
@@ -45,6 +46,13 @@ def layers(spec, nd, w_std, b_std):
         elif kind == "residual":
             branch = stax.serial(*layers(layer[1], nd, w_std, b_std))
             out.append(stax.serial(stax.FanOut(2), stax.parallel(stax.Identity(), branch), stax.FanInSum()))
+        elif kind == "parallel":
+            _, merge, branches = layer
+            fan_in = {"sum": stax.FanInSum(), "concat": stax.FanInConcat(axis=-1), "prod": stax.FanInProd()}[merge]
+            parts = [stax.serial(*layers(b, nd, w_std, b_std)) if b else stax.Identity() for b in branches]
+            out.append(stax.serial(stax.FanOut(len(branches)), stax.parallel(*parts), fan_in))
+        elif kind == "dropout":
+            pass  # the identity in evaluation mode
         else:
             raise ValueError(kind)
     return out
