@@ -30,8 +30,8 @@ _import_keops_quietly()
 
 from . import activations, warnings  # noqa: E402
 from .kernels import ArchitectureKernel, NNGPKernel, NTKKernel  # noqa: E402
-from .modules import Elementwise, Parallel, Residual  # noqa: E402
+from .modules import Elementwise, Parallel, Residual, SelfAttention  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["ArchitectureKernel", "Elementwise", "NNGPKernel", "NTKKernel", "Parallel", "Residual", "activations",
-           "warnings", "__version__"]
+__all__ = ["ArchitectureKernel", "Elementwise", "NNGPKernel", "NTKKernel", "Parallel", "Residual", "SelfAttention",
+           "activations", "warnings", "__version__"]

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from .algebra.attention import MECHANISMS
+
 
 class Residual(torch.nn.Module):
     """A residual block: forward(x) = x + branch(x).
@@ -89,7 +91,7 @@ class Elementwise(torch.nn.Module):
         return repr(self.activation)
 
 
-ATTENTION_MECHANISMS = ("softmax", "identity", "abs", "relu")
+ATTENTION_MECHANISMS = tuple(MECHANISMS)
 POSITIONAL = (None, "sum", "concat")
 
 
@@ -231,7 +233,7 @@ class SelfAttention(torch.nn.Module):
             queries = torch.einsum("npc,hck->nhpk", keys_in, self.query_weight)
             norm = (keys_in.shape[-1] * self.key_channels) ** 0.5
         logits = queries @ keys.transpose(-1, -2) * ((self.query_var * self.key_var) ** 0.5 / norm)
-        weights = _ATTENTION[self.mechanism](logits)
+        weights = MECHANISMS[self.mechanism](logits)
         values = torch.einsum("npc,hcv->nhpv", values_in, self.value_weight)
         heads = (weights @ values).permute(0, 2, 1, 3).reshape(n, values_in.shape[1], -1)  # (N, P, H Cv)
         scale = (self.value_var * self.out_var / (self.value_channels * self.heads * c)) ** 0.5
@@ -243,11 +245,3 @@ class SelfAttention(torch.nn.Module):
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, heads={self.heads}, mechanism={self.mechanism!r}, "
                 f"positional={self.positional!r}, scaling={self.scaling!r}")
-
-
-_ATTENTION = {
-    "softmax": lambda g: torch.softmax(g, -1),
-    "identity": lambda g: g,
-    "abs": torch.abs,
-    "relu": torch.relu,
-}

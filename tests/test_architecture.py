@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from gpytorch_nngp import ArchitectureKernel, Elementwise, NNGPKernel, NTKKernel, Parallel, Residual
+from gpytorch_nngp import ArchitectureKernel, Elementwise, NNGPKernel, NTKKernel, Parallel, Residual, SelfAttention
 from gpytorch_nngp.backends.architecture import ArchitectureKernelOperator, architecture_matrix
 from gpytorch_nngp.kernels.from_module import network_from_module
 
@@ -25,6 +25,7 @@ def flattened():
 
 SHAPE = (1, 6, 6)
 SHARED_CONV = nn.Conv2d(4, 4, 1)
+SHARED_ATTENTION = SelfAttention(4, 4)
 
 
 def points(n=7, seed=0):
@@ -159,6 +160,16 @@ def test_exact_gp_training_step_and_batch_shape():
      r"1 \(MaxPool2d\) has no infinite-width Gaussian limit.*nn.AvgPool"),
     (nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 1)), SHAPE,
      "BatchNorm2d.*LayerNorm"),
+    (nn.Sequential(nn.Conv1d(1, 4, 3), SelfAttention(4, 4, scaling="standard"), nn.Flatten(), nn.Linear(4, 1)),
+     (1, 6), "scaling='standard'.*no closed form.*use scaling='linear'"),
+    (nn.Sequential(nn.Conv1d(1, 4, 3), SHARED_ATTENTION, SHARED_ATTENTION, nn.Flatten(), nn.Linear(4, 1)), (1, 6),
+     "is used more than once: give each attention layer its own module"),
+    (nn.Sequential(nn.Linear(6, 4), SelfAttention(4, 4), nn.Linear(4, 1)), (6,), "self-attention needs inputs with "
+     "positions"),
+    (nn.Sequential(nn.Conv1d(1, 4, 3), SelfAttention(5, 4), nn.Flatten(), nn.Linear(4, 1)), (1, 6),
+     "SelfAttention with in_channels=5 gets an input of shape"),
+    (nn.Sequential(nn.Conv1d(1, 4, 3), nn.MultiheadAttention(4, 1)), (1, 6),
+     "MultiheadAttention.*1 / sqrt\\(d\\).*gpytorch_nngp.SelfAttention"),
     (nn.Sequential(nn.Conv2d(1, 4, 3), Parallel(nn.Identity(), nn.ReLU()), nn.Flatten(), nn.Linear(4, 1)), SHAPE,
      r"branches \[0, 1\] of a sum do not end in a Linear/Conv layer"),
     (nn.Sequential(nn.Conv2d(1, 4, 3), Parallel(SHARED_CONV, nn.Sequential(nn.ReLU(), SHARED_CONV)), nn.Flatten(),
@@ -220,6 +231,13 @@ def test_bad_inputs_are_named():
         Residual(lambda x: x)
     with pytest.raises(ValueError, match="merge must be one of 'sum', 'concat', 'prod', got 'max'"):
         Parallel(nn.Identity(), merge="max")
+    for bad, match in ((dict(mechanism="sigmoid"), "mechanism must be one of 'softmax'"),
+                       (dict(positional="sum"), "positional embeddings need spatial_shape"),
+                       (dict(key_var=-1.0), "key_var must be a finite variance"),
+                       (dict(heads=0), "heads must be a positive int"),
+                       (dict(scaling="sqrt"), "scaling must be 'linear' or 'standard'")):
+        with pytest.raises(ValueError, match=match):
+            SelfAttention(4, 4, **bad)
     with pytest.raises(TypeError, match="Parallel needs torch.nn.Modules as branches"):
         Parallel(nn.Identity(), lambda x: x)
     with pytest.raises(ValueError, match="unknown activation 'erff'"):

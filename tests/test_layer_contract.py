@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from gpytorch_nngp import NNGPKernel, NTKKernel, Parallel, Residual, algebra
+from gpytorch_nngp import NNGPKernel, NTKKernel, Parallel, Residual, SelfAttention, algebra
 from gpytorch_nngp.backends.architecture import architecture_matrix
 
 
@@ -46,6 +46,10 @@ def _cases():
                                    conv(c, c), Parallel(nn.Sequential(nn.ReLU(), conv(c, c)),
                                                         nn.Sequential(nn.Tanh(), conv(c, c)), merge="prod"),
                                    nn.Flatten(), nn.Linear(c * 9, 1)), (2, 3, 3)),
+        "SelfAttention": (nn.Sequential(conv(2, c), SelfAttention(c, c, heads=2, bias_var=0.1), nn.ReLU(),
+                                        SelfAttention(c, c, mechanism="relu", positional="concat", spatial_shape=(3, 3),
+                                                      positional_decay=lambda d: torch.exp(-d)),
+                                        nn.Flatten(), nn.Linear(c * 9, 1)), (2, 3, 3)),
     }
 
 

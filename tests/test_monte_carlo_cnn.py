@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jacrev
 
-from gpytorch_nngp import NNGPKernel, NTKKernel, Parallel, Residual
+from gpytorch_nngp import NNGPKernel, NTKKernel, Parallel, Residual, SelfAttention
 
 WIDTH = 256
 WV, BV = 1.6, 0.2
@@ -46,6 +46,13 @@ def networks():
             Parallel(nn.Sequential(nn.ReLU(), nn.Conv2d(c, c, 1)),
                      nn.Sequential(nn.GELU(), nn.Conv2d(c, c, 3, padding=1)), merge="prod"),
             nn.Flatten(), nn.Linear(c * 16, 1)), (1, 4, 4)),
+        # Attention: the logits converge as key_channels grows (their noise biases a softmax by O(1 / key_channels));
+        # heads average the per-head noise of the weights, so a draw's kernel estimate varies less.
+        "attention": (nn.Sequential(
+            nn.Conv1d(2, c, 3, padding=1),
+            SelfAttention(c, c, heads=8, key_channels=512, value_channels=32, key_var=1.3, query_var=0.8,
+                          value_var=1.5, out_var=0.9, bias_var=0.1, positional="sum", spatial_shape=(6,)),
+            nn.ReLU(), nn.Flatten(), nn.Linear(c * 6, 1)), (2, 6)),
         "conv1d": (nn.Sequential(nn.Conv1d(3, c, 3, stride=2), nn.ReLU(), nn.Conv1d(c, c, 3, padding="same"),
                                  nn.GELU(), nn.Flatten(), nn.Linear(c * 3, 1)), (3, 7)),
     }
@@ -59,6 +66,8 @@ def prior_variances(module):
             fan_in = sub.weight[0].numel()
             out[f"{name}.weight" if name else "weight"] = WV / fan_in
             out[f"{name}.bias" if name else "bias"] = BV
+        if isinstance(sub, SelfAttention):  # N(0, 1) weights, scaled in its forward (NTK parametrization)
+            out.update({f"{name}.{p}": 1.0 for p, _ in sub.named_parameters()})
     return out
 
 
@@ -106,7 +115,7 @@ def test_cnn_nngp_converges(name):
     _assert_converged(torch.stack(samples), NNGPKernel, module, shape, x)
 
 
-@pytest.mark.parametrize("name", ["flatten", "parallel", "pool_residual_layernorm", "shared_activation"])
+@pytest.mark.parametrize("name", ["attention", "flatten", "parallel", "pool_residual_layernorm", "shared_activation"])
 def test_cnn_empirical_ntk_converges(name):
     module, shape, x, batch = _case(name)
     gen = torch.Generator().manual_seed(2)

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from gpytorch_nngp import ArchitectureKernel, Elementwise, NNGPKernel, NTKKernel, Parallel, Residual
+from gpytorch_nngp import ArchitectureKernel, Elementwise, NNGPKernel, NTKKernel, Parallel, Residual, SelfAttention
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "reference"))
-from cnn_architectures import ARCHITECTURES, LAYERNORM_EPS, inputs  # noqa: E402
+from cnn_architectures import ARCHITECTURES, ATTENTION, LAYERNORM_EPS, inputs  # noqa: E402
 
 FIXTURE = np.load(os.path.join(os.path.dirname(__file__), "reference", "neural_tangents_cnn_reference.npz"))
 
@@ -62,6 +62,13 @@ def torch_layers(spec, shape):
             out.append(Parallel(*(nn.Sequential(*m) for m, _ in built), merge=merge))
             shapes = [s for _, s in built]
             shape = (sum(s[0] for s in shapes), *shapes[0][1:]) if merge == "concat" else shapes[0]
+        elif kind == "attention":
+            _, mechanism, positional, decay = layer
+            kv, qv, vv, ov, bv = ATTENTION
+            out.append(SelfAttention(shape[0], shape[0], heads=2, mechanism=mechanism, key_var=kv, query_var=qv,
+                                     value_var=vv, out_var=ov, bias_var=bv, positional=positional,
+                                     spatial_shape=shape[1:],
+                                     positional_decay=None if decay is None else (lambda d: torch.exp(-d / 4))))
         elif kind == "dropout":
             out.append(nn.Dropout(0.3))
     return out, shape

@@ -10,11 +10,13 @@ for attention; the layer set of neural-tangents' `stax`). One layer per module:
     elementwise.py    Nonlinearity (activations; their dual maps live in functional/activations.py)
     normalization.py  LayerNorm
     branches.py       Parallel (sum, concat, prod), Residual
+    attention.py      SelfAttention
     network.py        Network: a built architecture and its propagation
 
 Memory management (row/column tiles, buffers) belongs to the evaluation code (backends/architecture.py, the
 Workspace of functional/workspace.py), not to these maps. docs/design.md says how to add a layer.
 """
+from .attention import SelfAttention
 from .branches import Parallel, Residual
 from .elementwise import Nonlinearity
 from .layer import Layer
@@ -25,4 +27,4 @@ from .pooling import AvgPool, Flatten, GlobalAvgPool, ToDiagonal
 from .state import Context, Geometry, PairState
 
 __all__ = ["AvgPool", "Context", "Conv", "Dense", "Flatten", "Geometry", "GlobalAvgPool", "Layer", "LayerNorm",
-           "Network", "Nonlinearity", "PairState", "Parallel", "Residual", "ToDiagonal"]
+           "Network", "Nonlinearity", "PairState", "Parallel", "Residual", "SelfAttention", "ToDiagonal"]

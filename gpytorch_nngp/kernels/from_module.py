@@ -13,13 +13,13 @@ from torch import nn
 
 from .. import algebra as L
 from ..functional.activations import LeakyReLU, Numerical, get_activation
-from ..modules import Elementwise, Parallel, Residual
+from ..modules import Elementwise, Parallel, Residual, SelfAttention
 
 SUPPORTED = ("nn.Sequential", "nn.Linear", "nn.Conv1d", "nn.Conv2d", "nn.AvgPool1d", "nn.AvgPool2d",
              "nn.AdaptiveAvgPool1d(1)", "nn.AdaptiveAvgPool2d(1)", "nn.Flatten",
              "nn.LayerNorm(elementwise_affine=False)",
              "nn.Identity", "nn.Dropout (the identity: evaluation mode)", "gpytorch_nngp.Residual",
-             "gpytorch_nngp.Parallel", "gpytorch_nngp.Elementwise",
+             "gpytorch_nngp.Parallel", "gpytorch_nngp.SelfAttention", "gpytorch_nngp.Elementwise",
              "nn.ReLU", "nn.LeakyReLU", "nn.GELU", "nn.Tanh", "nn.Sigmoid",
              "nn.SiLU", "nn.ELU", "nn.Softplus", "nn.Hardtanh", "nn.ReLU6", "nn.Mish", "nn.SELU", "nn.CELU",
              "nn.Softsign", "nn.Hardswish", "nn.Hardsigmoid", "nn.LogSigmoid", "nn.Tanhshrink", "nn.Softshrink",
@@ -33,8 +33,13 @@ _NEAREST = {
     (nn.BatchNorm1d, nn.BatchNorm2d, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.GroupNorm):
         "it couples the points of a batch (or normalizes per channel), which has no kernel limit; use "
         "nn.LayerNorm over all features with elementwise_affine=False, or leave it out",
-    (nn.MultiheadAttention, nn.RNNBase, nn.Embedding):
-        "attention, recurrent and embedding layers are not implemented; use convolutions over the sequence axis",
+    (nn.MultiheadAttention,):
+        "its logits scale as 1 / sqrt(d) and its query and key weights are separate, so they stay random in the "
+        "limit and the kernel has no closed form; use gpytorch_nngp.SelfAttention (tied keys and queries, logits over "
+        "d: Hron et al. 2020)",
+    (nn.RNNBase, nn.Embedding):
+        "recurrent and embedding layers are not implemented; use convolutions or gpytorch_nngp.SelfAttention over the "
+        "sequence axis",
 }
 
 
@@ -73,9 +78,9 @@ def _activation(module: nn.Module):
 # The torch classes the translator knows; a module is translated as one of them only if it runs that class's
 # own forward (a subclass that overrides forward computes something else).
 _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
-_KNOWN = (nn.Sequential, Residual, Parallel, Elementwise, nn.ReLU, nn.LeakyReLU, nn.GELU, nn.Tanh, nn.Sigmoid,
-          nn.SiLU, nn.ELU, nn.Softplus, *_NUMERICAL_MODULES, nn.Identity, *_DROPOUT, nn.Linear, nn.Conv1d, nn.Conv2d,
-          nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.LayerNorm)
+_KNOWN = (nn.Sequential, Residual, Parallel, SelfAttention, Elementwise, nn.ReLU, nn.LeakyReLU, nn.GELU, nn.Tanh,
+          nn.Sigmoid, nn.SiLU, nn.ELU, nn.Softplus, *_NUMERICAL_MODULES, nn.Identity, *_DROPOUT, nn.Linear, nn.Conv1d,
+          nn.Conv2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.LayerNorm)
 
 
 def _check_runs_known_forward(module: nn.Module, label: str) -> None:
@@ -216,6 +221,8 @@ class _Translator:
                                          "for the same input): give each branch its own modules")
                     seen[id(m)] = i
             return self._origin([L.Parallel(branches, module.merge)], label)
+        if isinstance(module, SelfAttention):
+            return self._origin([self._attention(module, label)], label)
         activation = _activation(module)
         if activation is not None:
             return self._origin([L.Nonlinearity(activation)], label)
@@ -249,6 +256,21 @@ class _Translator:
             if isinstance(module, kinds):
                 raise ValueError(f"{label} has no infinite-width Gaussian limit: {advice}")
         raise ValueError(f"{label} is not supported; supported modules: {', '.join(SUPPORTED)}")
+
+    def _attention(self, module: SelfAttention, label: str) -> L.SelfAttention:
+        if module.scaling != "linear":
+            raise ValueError(f"{label}: scaling='standard' (logits over sqrt(d), separate query and key weights) has "
+                             "logits that stay random as the widths grow, so its kernel has no closed form (Hron et "
+                             "al. 2020); use scaling='linear', whose tied keys and queries give deterministic logits")
+        if id(module) in self.layers_of:
+            raise ValueError(f"{label} is used more than once: give each attention layer its own module")
+        self.layers_of[id(module)] = []
+        share = module.positional_channels / (module.in_channels + module.positional_channels)
+        return L.SelfAttention(
+            module.mechanism, (module.query_var * module.key_var) ** 0.5, module.value_var * module.out_var,
+            module.bias_var, module.positional,
+            module.positional_covariance() if module.positional else None, module.positional_var, share,
+            module.in_channels, module.out_channels, module.spatial_shape)
 
     @staticmethod
     def _origin(layers: List[L.Layer], label: str) -> List[L.Layer]:

@@ -11,6 +11,8 @@ tests/test_reference_cnn.py with torch modules (channel first) through NNGPKerne
     ("residual", [layers])                   x + branch(x)
     ("parallel", merge, [[layers], ...])     branches (an empty list is the identity) merged by sum, concat, prod
     ("dropout",)                             torch.nn.Dropout: the identity in evaluation mode (nothing in stax)
+    ("attention", mechanism, positional, decay)   self-attention keeping the channel count, ATTENTION variances;
+                                             decay None or "exp4" (exp(-d / 4) of the squared position distance)
 """
 
 CONV = ("conv", 3, 1, "same")
@@ -44,10 +46,22 @@ ARCHITECTURES = {
                                 ("gap",), ("dense",)], 1.7, 0.1),
     "parallel_prod": (IMAGE, [CONV, ("parallel", "prod", [[RELU, CONV], [("act", "erf"), CONV]]), ("flatten",),
                               ("dense",)], 1.3, 0.2),
+    "attention_softmax": (SEQUENCE, [CONV, ("attention", "softmax", None, None), RELU, ("flatten",), ("dense",)],
+                          1.5, 0.1),
+    "attention_identity_2d": (IMAGE, [CONV, ("attention", "identity", None, None), ("gap",), ("dense",)], 1.7, 0.2),
+    "attention_relu_sum": (SEQUENCE, [CONV, RELU, ("attention", "relu", "sum", None), ("flatten",), ("dense",)],
+                           1.3, 0.1),
+    "attention_abs_concat_decay": (IMAGE, [CONV, ("attention", "abs", "concat", "exp4"), RELU, CONV, ("gap",),
+                                           ("dense",)], 1.5, 0.1),
+    "transformer": (SEQUENCE, [CONV, ("residual", [("layernorm",), ("attention", "softmax", "sum", "exp4")]),
+                               ("residual", [("layernorm",), ("conv", 1, 1, "same"), RELU, ("conv", 1, 1, "same")]),
+                               ("gap",), ("dense",)], 1.5, 0.1),
     "parallel_three": (SEQUENCE, [CONV, ("parallel", "sum", [[], [RELU, CONV], [("act", "erf"), CONV]]), RELU,
                                   ("gap",), ("dense",)], 1.4, 0.1),
 }
 LAYERNORM_EPS = 1e-5
+# key_var, query_var, value_var, out_var, bias_var of every attention layer
+ATTENTION = (1.3, 0.8, 1.5, 0.9, 0.2)
 
 
 def inputs(input_shape, seed=0):

@@ -12,12 +12,13 @@ import sys
 import jax
 
 jax.config.update("jax_enable_x64", True)
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from neural_tangents import stax  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from cnn_architectures import ARCHITECTURES, LAYERNORM_EPS, inputs  # noqa: E402
+from cnn_architectures import ARCHITECTURES, ATTENTION, LAYERNORM_EPS, inputs  # noqa: E402
 
 ACTIVATIONS = {"relu": stax.Relu, "erf": stax.Erf, "gelu": stax.Gelu, "abs": stax.Abs}
 PADDING = {"same": "SAME", "valid": "VALID", "circular": "CIRCULAR"}
@@ -51,6 +52,14 @@ def layers(spec, nd, w_std, b_std):
             fan_in = {"sum": stax.FanInSum(), "concat": stax.FanInConcat(axis=-1), "prod": stax.FanInProd()}[merge]
             parts = [stax.serial(*layers(b, nd, w_std, b_std)) if b else stax.Identity() for b in branches]
             out.append(stax.serial(stax.FanOut(len(branches)), stax.parallel(*parts), fan_in))
+        elif kind == "attention":
+            _, mechanism, positional, decay = layer
+            kv, qv, vv, ov, bv = ATTENTION
+            out.append(stax.GlobalSelfAttention(
+                1, 1, 1, 1, linear_scaling=True, W_key_std=math.sqrt(kv), W_query_std=math.sqrt(qv),
+                W_value_std=math.sqrt(vv), W_out_std=math.sqrt(ov), b_std=math.sqrt(bv),
+                attention_mechanism=mechanism.upper(), pos_emb_type=(positional or "none").upper(),
+                pos_emb_decay_fn=None if decay is None else (lambda d: jnp.exp(-d / 4))))
         elif kind == "dropout":
             pass  # the identity in evaluation mode
         else:
