@@ -53,6 +53,11 @@ def networks():
             SelfAttention(c, c, heads=8, key_channels=512, value_channels=32, key_var=1.3, query_var=0.8,
                           value_var=1.5, out_var=0.9, bias_var=0.1, positional="sum", spatial_shape=(6,)),
             nn.ReLU(), nn.Flatten(), nn.Linear(c * 6, 1)), (2, 6)),
+        # A U-Net's down and up halves: strided conv, then transposed convs with and without output padding.
+        "conv_transpose": (nn.Sequential(
+            nn.Conv2d(1, c, 2, stride=2), nn.ReLU(), nn.ConvTranspose2d(c, c, 3, stride=2, padding=1, output_padding=1),
+            nn.ReLU(), nn.ConvTranspose2d(c, c, 2), nn.Tanh(), nn.Flatten(),
+            nn.Linear(c * 25, 1)), (1, 4, 4)),
         "conv1d": (nn.Sequential(nn.Conv1d(3, c, 3, stride=2), nn.ReLU(), nn.Conv1d(c, c, 3, padding="same"),
                                  nn.GELU(), nn.Flatten(), nn.Linear(c * 3, 1)), (3, 7)),
     }
@@ -62,8 +67,10 @@ def prior_variances(module):
     """Each parameter's prior variance: weight_var / fan_in for weights, bias_var for biases."""
     out = {}
     for name, sub in module.named_modules():
-        if isinstance(sub, (nn.Conv1d, nn.Conv2d, nn.Linear)):
-            fan_in = sub.weight[0].numel()
+        if isinstance(sub, (nn.Conv1d, nn.Conv2d, nn.Linear, nn.ConvTranspose1d, nn.ConvTranspose2d)):
+            # weight (out, in, *k), transposed (in, out, *k): fan-in = in * taps, as the kernel normalizes
+            fan_in = sub.weight[0].numel() if not isinstance(sub, (nn.ConvTranspose1d, nn.ConvTranspose2d)) else \
+                sub.weight[:, 0].numel()
             out[f"{name}.weight" if name else "weight"] = WV / fan_in
             out[f"{name}.bias" if name else "bias"] = BV
         if isinstance(sub, SelfAttention):  # N(0, 1) weights, scaled in its forward (NTK parametrization)

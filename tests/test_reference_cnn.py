@@ -62,6 +62,13 @@ def torch_layers(spec, shape):
             out.append(Parallel(*(nn.Sequential(*m) for m, _ in built), merge=merge))
             shapes = [s for _, s in built]
             shape = (sum(s[0] for s in shapes), *shapes[0][1:]) if merge == "concat" else shapes[0]
+        elif kind == "conv_transpose":
+            _, k, s, padding = layer
+            # neural-tangents' VALID: no crop, and at least stride outputs per input; SAME: L * stride outputs
+            p, q = (0, max(s - k, 0)) if padding == "valid" else ((k - s) // 2, 0)
+            transpose = nn.ConvTranspose1d if nd == 1 else nn.ConvTranspose2d
+            out.append(transpose(shape[0], WIDTH, k, s, padding=p, output_padding=q))
+            shape = (WIDTH, *[(n - 1) * s - 2 * p + k + q for n in shape[1:]])
         elif kind == "attention":
             _, mechanism, positional, decay = layer
             kv, qv, vv, ov, bv = ATTENTION

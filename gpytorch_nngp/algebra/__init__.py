@@ -5,7 +5,7 @@ convolutional networks with many channels are Gaussian processes"; Arora et al. 
 for attention; the layer set of neural-tangents' `stax`). One layer per module:
 
     state.py          PairState, Context, Geometry: what flows between layers
-    linear.py         Dense, Conv (weighted layers)
+    linear.py         Dense, Conv, ConvTranspose (weighted layers)
     pooling.py        AvgPool, GlobalAvgPool, Flatten, ToDiagonal
     elementwise.py    Nonlinearity (activations; their dual maps live in functional/activations.py)
     normalization.py  LayerNorm
@@ -20,11 +20,11 @@ from .attention import SelfAttention
 from .branches import Parallel, Residual
 from .elementwise import Nonlinearity
 from .layer import Layer
-from .linear import Conv, Dense
+from .linear import Conv, ConvTranspose, Dense
 from .network import Network
 from .normalization import LayerNorm
 from .pooling import AvgPool, Flatten, GlobalAvgPool, ToDiagonal
 from .state import Context, Geometry, PairState
 
-__all__ = ["AvgPool", "Context", "Conv", "Dense", "Flatten", "Geometry", "GlobalAvgPool", "Layer", "LayerNorm",
-           "Network", "Nonlinearity", "PairState", "Parallel", "Residual", "SelfAttention", "ToDiagonal"]
+__all__ = ["AvgPool", "Context", "Conv", "ConvTranspose", "Dense", "Flatten", "Geometry", "GlobalAvgPool", "Layer",
+           "LayerNorm", "Network", "Nonlinearity", "PairState", "Parallel", "Residual", "SelfAttention", "ToDiagonal"]

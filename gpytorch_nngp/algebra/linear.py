@@ -3,6 +3,10 @@
 With weights N(0, w / fan_in) and biases N(0, b) (Novak et al. 2019; Arora et al. 2019 for the NTK):
 
 - dense (flat):  cov' = w cov + b,  theta' = cov' + w theta.
+- transposed conv (stride s, taps K, torch's padding p and output_padding q, per axis): output o receives input
+                 i through tap t where i s + t - p = o. With the inputs spread s apart (zeros between, on both axes of
+                 the pair) it is a stride-1 conv with padding (K - 1 - p, K - 1 - p + q), normalized by K as
+                 neural-tangents' ConvTranspose (fan-in C K, whatever the number of taps that land).
 - conv, taps S:  cov'_ij = w / |S| sum_{s in S} cov_{i+s, j+s} + b,  theta' = cov' + w / |S| sum_s theta_{i+s, j+s}.
                  Both indices move together, so a k x k filter is a k-tap stencil along (h, h') and then along
                  (w, w'): 2k shifted sums, not k^2. Zero padding drops taps that fall outside (still dividing by
@@ -133,3 +137,51 @@ class Conv(Layer):
 
     def describe(self):
         return f"Conv(kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding})"
+
+
+class ConvTranspose(Conv):
+    """A transposed convolution (torch.nn.ConvTranspose1d / 2d, dilation 1, one group, zero padding): per spatial
+    axis `kernel_size` taps, `stride`, and torch's (padding, output_padding) as the (lo, hi) pair of `padding`."""
+
+    def _output(self, geometry):
+        self._check_input(geometry)
+        sizes = []
+        for size, k, s, (p, q) in zip(geometry.spatial, self.kernel_size, self.stride, self.padding):
+            if p > k - 1:
+                raise ValueError(f"a transposed convolution with padding {p} >= kernel size {k} crops more than its "
+                                 "taps reach: use padding <= kernel_size - 1")
+            if q >= s:
+                raise ValueError(f"output_padding {q} must be smaller than the stride {s}")
+            sizes.append((size - 1) * s - 2 * p + k + q)
+        return Geometry(tuple(sizes), geometry.full, GAUSSIAN, self.out_channels)
+
+    def _spatial(self, x, geometry, ctx):
+        nd = len(geometry.spatial)
+        for a, (k, s, (p, q)) in enumerate(zip(self.kernel_size, self.stride, self.padding)):
+            dims = (-2 * (nd - a), -2 * (nd - a) + 1) if geometry.full else (-(nd - a),)
+            spread = _spread(x, dims, s)
+            out = stencil(spread, dims, k, 1, k - 1 - p, k - 1 - p + q, normalize=False, ctx=ctx)
+            if spread is not x:
+                ctx.release(spread)
+            if a:
+                ctx.release(x)  # an intermediate of this layer
+            x = out
+        return x
+
+    def describe(self):
+        return (f"ConvTranspose(kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={tuple(p for p, _ in self.padding)}, output_padding={tuple(q for _, q in self.padding)})")
+
+
+def _spread(x: torch.Tensor, dims, stride: int) -> torch.Tensor:
+    """x with its entries along `dims` spread `stride` apart, zeros between: size L becomes (L - 1) stride + 1."""
+    if stride == 1:
+        return x
+    shape = list(x.shape)
+    index = [slice(None)] * x.dim()
+    for d in dims:
+        shape[d] = (shape[d] - 1) * stride + 1
+        index[d] = slice(None, None, stride)
+    out = x.new_zeros(shape)
+    out[tuple(index)] = x
+    return out

@@ -15,8 +15,8 @@ from .. import algebra as L
 from ..functional.activations import LeakyReLU, Numerical, get_activation
 from ..modules import Elementwise, Parallel, Residual, SelfAttention
 
-SUPPORTED = ("nn.Sequential", "nn.Linear", "nn.Conv1d", "nn.Conv2d", "nn.AvgPool1d", "nn.AvgPool2d",
-             "nn.AdaptiveAvgPool1d(1)", "nn.AdaptiveAvgPool2d(1)", "nn.Flatten",
+SUPPORTED = ("nn.Sequential", "nn.Linear", "nn.Conv1d", "nn.Conv2d", "nn.ConvTranspose1d", "nn.ConvTranspose2d",
+             "nn.AvgPool1d", "nn.AvgPool2d", "nn.AdaptiveAvgPool1d(1)", "nn.AdaptiveAvgPool2d(1)", "nn.Flatten",
              "nn.LayerNorm(elementwise_affine=False)",
              "nn.Identity", "nn.Dropout (the identity: evaluation mode)", "gpytorch_nngp.Residual",
              "gpytorch_nngp.Parallel", "gpytorch_nngp.SelfAttention", "gpytorch_nngp.Elementwise",
@@ -77,10 +77,12 @@ def _activation(module: nn.Module):
 
 # The torch classes the translator knows; a module is translated as one of them only if it runs that class's
 # own forward (a subclass that overrides forward computes something else).
+_WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d, SelfAttention)
 _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
 _KNOWN = (nn.Sequential, Residual, Parallel, SelfAttention, Elementwise, nn.ReLU, nn.LeakyReLU, nn.GELU, nn.Tanh,
           nn.Sigmoid, nn.SiLU, nn.ELU, nn.Softplus, *_NUMERICAL_MODULES, nn.Identity, *_DROPOUT, nn.Linear, nn.Conv1d,
-          nn.Conv2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.LayerNorm)
+          nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
+          nn.AdaptiveAvgPool2d, nn.Flatten, nn.LayerNorm)
 
 
 def _check_runs_known_forward(module: nn.Module, label: str) -> None:
@@ -109,12 +111,12 @@ def _reaches_skip_input(module: nn.Module) -> List[nn.Module]:
     found = []
     children = [m for m in module._modules.values() if m is not None] if isinstance(module, nn.Sequential) else [module]
     for child in children:
-        if isinstance(child, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+        if isinstance(child, _WEIGHTED):
             break
         if isinstance(child, nn.Sequential):
             inner = _reaches_skip_input(child)
             found += inner
-            if any(isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)) for m in child.modules()):
+            if any(isinstance(m, _WEIGHTED) for m in child.modules()):
                 break
         elif getattr(child, "inplace", False):
             found.append(child)
@@ -143,6 +145,18 @@ def _conv(module, index: int, name: str) -> L.Conv:
     layer = L.Conv(kernel, stride, padding, circular=module.padding_mode == "circular", index=index,
                    bias=module.bias is not None, in_channels=module.in_channels, out_channels=module.out_channels)
     return layer
+
+
+def _conv_transpose(module, index: int, name: str) -> L.ConvTranspose:
+    nd = 1 if isinstance(module, nn.ConvTranspose1d) else 2
+    if any(d != 1 for d in _pair(module.dilation, nd)):
+        raise ValueError(f"{name}: dilation {module.dilation} is not implemented; use dilation=1")
+    if module.groups != 1:
+        raise ValueError(f"{name}: groups={module.groups} is not implemented; use groups=1")
+    padding = list(zip(_pair(module.padding, nd), _pair(module.output_padding, nd)))
+    return L.ConvTranspose(_pair(module.kernel_size, nd), _pair(module.stride, nd), padding, index=index,
+                           bias=module.bias is not None, in_channels=module.in_channels,
+                           out_channels=module.out_channels)
 
 
 def _avg_pool(module, name: str) -> L.AvgPool:
@@ -213,7 +227,7 @@ class _Translator:
                 branches.append(self.layers(branch, f"{name}.branches.{i}" if name else f"branches.{i}"))
             seen = {}
             for i, branch in enumerate(module.branches):
-                weighted = {id(m): m for m in branch.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))}
+                weighted = {id(m): m for m in branch.modules() if isinstance(m, _WEIGHTED)}
                 for m in weighted.values():
                     if id(m) in seen:
                         raise ValueError(f"{label}: branches {seen[id(m)]} and {i} use the same "
@@ -232,6 +246,9 @@ class _Translator:
             dense = L.Dense(self.index(module, label), bias=module.bias is not None, in_features=module.in_features,
                             out_features=module.out_features)
             return self._origin(self.weighted(module, dense), label)
+        if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d)):
+            layer = _conv_transpose(module, self.index(module, label), label)
+            return self._origin(self.weighted(module, layer), label)
         if isinstance(module, (nn.Conv1d, nn.Conv2d)):
             return self._origin(self.weighted(module, _conv(module, self.index(module, label), label)), label)
         if isinstance(module, (nn.AvgPool1d, nn.AvgPool2d)):

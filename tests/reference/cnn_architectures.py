@@ -10,6 +10,7 @@ tests/test_reference_cnn.py with torch modules (channel first) through NNGPKerne
     ("gap",)  ("flatten",)  ("dense",)  ("layernorm",)
     ("residual", [layers])                   x + branch(x)
     ("parallel", merge, [[layers], ...])     branches (an empty list is the identity) merged by sum, concat, prod
+    ("conv_transpose", kernel_size, stride, padding)   padding "valid" or "same" (kernel_size - stride even)
     ("dropout",)                             torch.nn.Dropout: the identity in evaluation mode (nothing in stax)
     ("attention", mechanism, positional, decay)   self-attention keeping the channel count, ATTENTION variances;
                                              decay None or "exp4" (exp(-d / 4) of the squared position distance)
@@ -56,6 +57,12 @@ ARCHITECTURES = {
     "transformer": (SEQUENCE, [CONV, ("residual", [("layernorm",), ("attention", "softmax", "sum", "exp4")]),
                                ("residual", [("layernorm",), ("conv", 1, 1, "same"), RELU, ("conv", 1, 1, "same")]),
                                ("gap",), ("dense",)], 1.5, 0.1),
+    "conv_transpose_valid": (SEQUENCE, [CONV, RELU, ("conv_transpose", 3, 2, "valid"), RELU, ("flatten",),
+                                        ("dense",)], 1.5, 0.1),
+    "conv_transpose_unet": (IMAGE, [("conv", 2, 2, "valid"), RELU, ("conv_transpose", 4, 2, "same"), RELU, CONV,
+                                    ("gap",), ("dense",)], 1.7, 0.2),
+    "conv_transpose_k1": (IMAGE, [CONV, ("conv_transpose", 1, 2, "valid"), ("act", "erf"), ("flatten",), ("dense",)],
+                          1.3, 0.2),
     "parallel_three": (SEQUENCE, [CONV, ("parallel", "sum", [[], [RELU, CONV], [("act", "erf"), CONV]]), RELU,
                                   ("gap",), ("dense",)], 1.4, 0.1),
 }

@@ -52,6 +52,9 @@ def layers(spec, nd, w_std, b_std):
             fan_in = {"sum": stax.FanInSum(), "concat": stax.FanInConcat(axis=-1), "prod": stax.FanInProd()}[merge]
             parts = [stax.serial(*layers(b, nd, w_std, b_std)) if b else stax.Identity() for b in branches]
             out.append(stax.serial(stax.FanOut(len(branches)), stax.parallel(*parts), fan_in))
+        elif kind == "conv_transpose":
+            _, k, s, padding = layer
+            out.append(stax.ConvTranspose(1, (k,) * nd, (s,) * nd, PADDING[padding], W_std=w_std, b_std=b_std))
         elif kind == "attention":
             _, mechanism, positional, decay = layer
             kv, qv, vv, ov, bv = ATTENTION
