@@ -14,12 +14,10 @@ its own summation order, so identical points can leave a gap of a few ulps: gaps
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from linear_operator.operators import LinearOperator
 
-from ..functional.activations import ABReLU, Activation, Erf, Identity, Sign
+from ..functional.activations import Activation
 from ..functional.recursion import input_variances
 from .lazy import NetworkKernelOperator
 
@@ -31,11 +29,9 @@ except Exception:  # pragma: no cover - exercised only without a working pykeops
     LazyTensor = None
     KEOPS_AVAILABLE = False
 
-SUPPORTED = (ABReLU, Identity, Erf, Sign)
-
-
 def keops_supported(activation: Activation) -> bool:
-    return isinstance(activation, SUPPORTED)
+    """Whether the activation has a KeOps formula (Activation.keops_dual)."""
+    return activation.has_keops
 
 
 def check_keops_activation(activation: Activation) -> None:
@@ -43,33 +39,6 @@ def check_keops_activation(activation: Activation) -> None:
     if not keops_supported(activation):
         raise ValueError(f"backend='keops' supports the closed-form activations (relu, leaky_relu/ABReLU, abs, "
                          f"identity, erf, sign), not {activation!r}; use backend='lazy' or 'auto'")
-
-
-def _gap_sqrt(k12, v1, v2, rel_eps):
-    gap = (v1 * v2 * (1.0 - rel_eps) - k12 * k12).relu()
-    return gap * gap.rsqrt()
-
-
-def _dual(activation, k12, v1, v2, ntk, rel_eps):
-    """(F, Fdot) on KeOps LazyTensors: k12 (i, j), v1 (i), v2 (j). Same formulas as functional.activations."""
-    if isinstance(activation, ABReLU):  # Cho & Saul 2009 arc-cosine kernel, degree 1
-        a, b = activation.a, activation.b
-        amp = (a - b) ** 2 / (2 * math.pi)
-        s = _gap_sqrt(k12, v1, v2, rel_eps)
-        fdot = (a * a + b * b) / 2 - amp * s.atan2(k12)
-        return amp * s + fdot * k12, fdot
-    if isinstance(activation, Identity):
-        return k12, 1.0
-    if isinstance(activation, Erf):  # Williams 1997
-        prod = (1 + 2 * v1) * (1 + 2 * v2)
-        f = (2 / math.pi) * (2 * k12 * prod.rsqrt()).asin()
-        fdot = (4 / math.pi) * (prod - 4 * k12 * k12).rsqrt() if ntk else None
-        return f, fdot
-    if isinstance(activation, Sign):
-        s = _gap_sqrt(k12, v1, v2, rel_eps)
-        return 1 - (2 / math.pi) * s.atan2(k12), 0.0
-    check_keops_activation(activation)
-    raise AssertionError(f"{activation!r} is in SUPPORTED but has no KeOps formula")
 
 
 def layer_variances(x, weight_var, bias_var, depth, activation):
@@ -104,7 +73,7 @@ def keops_kernel(x1, x2, weight_var, bias_var, depth, activation, ntk):
     for layer in range(depth):
         v1 = LazyTensor(var1[layer][..., :, None, None].contiguous())
         v2 = LazyTensor(var2[layer][..., None, :, None].contiguous())
-        f, fdot = _dual(activation, k12, v1, v2, ntk, rel_eps)
+        f, fdot = activation.keops_dual(k12, v1, v2, ntk, rel_eps)
         new_k12 = w * f + b
         if ntk:  # Theta^l = K^l + weight_var Fdot Theta^{l-1} (Fdot is a number for identity and sign)
             theta = new_k12 if isinstance(fdot, float) and fdot == 0.0 else new_k12 + w * fdot * theta

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
 from ..warnings import AccuracyWarning
+from .forward_mode import abrelu_variance_gradients
 from .hermite import (
     _nodes_and_projection,
     choose_degree,
@@ -36,10 +37,54 @@ Dual = Tuple[torch.Tensor, Optional[torch.Tensor]]  # (F, Fdot or None)
 Layer = Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor, Optional[torch.Tensor]]  # (F, Fdot, F11, F22)
 
 
+# Registrations, filled by the Activation subclasses themselves (Activation.__init_subclass__).
+_CLOSED_FORM: Dict[str, type] = {}  # name for get_activation -> class (activations without arguments)
+_TORCH_MODULES: Dict[type, Callable] = {}  # torch module class -> module -> Activation
+
+
 class Activation:
-    """Base class: an elementwise function together with its Gaussian dual maps."""
+    """Base class: an elementwise function together with its Gaussian dual maps.
+
+    Everything the library knows about an activation lives on its class (docs/design.md, "Adding an activation"):
+    `dual` (E[phi(u) phi(v)] and E[phi'(u) phi'(v)]), optionally `dual_into` (the in-place inference path),
+    `keops_dual` (the same formulas on KeOps LazyTensors), `variance_gradients` (forward-mode derivatives of the
+    fully connected kernel), and the registrations: `aliases` (names get_activation knows) and `torch_modules`
+    (torch module classes that from_module translates into it, through `from_torch`).
+    """
 
     name = "activation"
+    aliases: Tuple[str, ...] = ()
+    torch_modules: Tuple[type, ...] = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for alias in cls.__dict__.get("aliases", ()):
+            _CLOSED_FORM[alias] = cls
+        for module in cls.__dict__.get("torch_modules", ()):
+            _TORCH_MODULES[module] = cls.from_torch
+
+    @classmethod
+    def from_torch(cls, module: torch.nn.Module) -> Activation:
+        """The activation a torch module of one of `torch_modules` computes."""
+        return cls()
+
+    def keops_dual(self, k12, v1, v2, ntk: bool, rel_eps: float):
+        """(F, Fdot) on KeOps LazyTensors, k12 (i, j), v1 (i), v2 (j); activations without one raise."""
+        raise NotImplementedError(f"{self!r} has no KeOps formula")
+
+    @property
+    def has_keops(self) -> bool:
+        return type(self).keops_dual is not Activation.keops_dual
+
+    def variance_gradients(self, gram, var1, var2, depth: int, weight_var: float, bias_var: float, ntk: bool,
+                           weights) -> Tuple[torch.Tensor, torch.Tensor]:
+        """sum(dK/dweight_var * weights), sum(dK/dbias_var * weights) of the fully connected kernel by forward mode
+        (no autograd graph), for activations that have it; gram (n, m), var1 (n, 1), var2 (1, m) the input state."""
+        raise NotImplementedError(f"{self!r} has no forward-mode variance derivative")
+
+    @property
+    def has_variance_gradients(self) -> bool:
+        return type(self).variance_gradients is not Activation.variance_gradients
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -101,6 +146,15 @@ class ABReLU(Activation):
         f, fdot = abrelu_dual(k12, k11, k22, self.a, self.b)
         return f, (fdot if ntk else None)
 
+    def keops_dual(self, k12, v1, v2, ntk, rel_eps):  # Cho & Saul 2009 arc-cosine kernel, degree 1
+        amp = (self.a - self.b) ** 2 / (2 * math.pi)
+        s = keops_gap_sqrt(k12, v1, v2, rel_eps)
+        fdot = (self.a * self.a + self.b * self.b) / 2 - amp * s.atan2(k12)
+        return amp * s + fdot * k12, fdot
+
+    def variance_gradients(self, gram, var1, var2, depth, weight_var, bias_var, ntk, weights):
+        return abrelu_variance_gradients(gram, var1, var2, depth, self.a, self.b, weight_var, bias_var, ntk, weights)
+
     def dual_into(self, k12, k11, k22, ntk, workspace):
         f, fdot = abrelu_dual_into(k12, k11, k22, self.a, self.b, [workspace.take(k12), workspace.take(k12)])
         if not ntk:
@@ -124,6 +178,8 @@ class ABReLU(Activation):
 
 class ReLU(ABReLU):
     name = "relu"
+    aliases = ("relu",)
+    torch_modules = (torch.nn.ReLU,)
 
     def __init__(self):
         super().__init__(0.0, 1.0)
@@ -139,6 +195,12 @@ class LeakyReLU(ABReLU):
     """phi(x) = x for x >= 0, negative_slope * x for x < 0."""
 
     name = "leaky_relu"
+    aliases = ("leaky_relu",)
+    torch_modules = (torch.nn.LeakyReLU,)
+
+    @classmethod
+    def from_torch(cls, module):
+        return cls(module.negative_slope)
 
     def __init__(self, negative_slope: float = 0.01):
         super().__init__(negative_slope, 1.0)
@@ -149,6 +211,7 @@ class LeakyReLU(ABReLU):
 
 class Abs(ABReLU):
     name = "abs"
+    aliases = ("abs",)
 
     def __init__(self):
         super().__init__(-1.0, 1.0)
@@ -164,9 +227,13 @@ class Identity(Activation):
     """phi(x) = x: F = k12, Fdot = 1 (a deep linear network)."""
 
     name = "identity"
+    aliases = ("identity", "linear")
 
     def __call__(self, x):
         return x
+
+    def keops_dual(self, k12, v1, v2, ntk, rel_eps):
+        return k12, 1.0
 
     def dual(self, k12: torch.Tensor, k11: torch.Tensor, k22: torch.Tensor, ntk: bool = False) -> Dual:
         return k12, (torch.ones_like(k12) if ntk else None)
@@ -179,9 +246,16 @@ class Erf(Activation):
     """
 
     name = "erf"
+    aliases = ("erf",)
 
     def __call__(self, x):
         return torch.erf(x)
+
+    def keops_dual(self, k12, v1, v2, ntk, rel_eps):  # Williams 1997
+        prod = (1 + 2 * v1) * (1 + 2 * v2)
+        f = (2 / math.pi) * (2 * k12 * prod.rsqrt()).asin()
+        fdot = (4 / math.pi) * (prod - 4 * k12 * k12).rsqrt() if ntk else None
+        return f, fdot
 
     def dual(self, k12: torch.Tensor, k11: torch.Tensor, k22: torch.Tensor, ntk: bool = False) -> Dual:
         # With R = sqrt((1 + 2 k11)(1 + 2 k22) - 4 k12^2), arcsin(2 k12 / sqrt(...)) = atan2(2 k12, R). R is formed
@@ -200,6 +274,12 @@ class GELU(Activation):
     """
 
     name = "gelu"
+    aliases = ("gelu",)
+    torch_modules = (torch.nn.GELU,)
+
+    @classmethod
+    def from_torch(cls, module):
+        return cls() if module.approximate == "none" else Numerical(module, name="gelu_tanh")
 
     def __call__(self, x):
         return torch.nn.functional.gelu(x)
@@ -226,9 +306,14 @@ class Sign(Activation):
     """
 
     name = "sign"
+    aliases = ("sign",)
 
     def __call__(self, x):
         return torch.sign(x)
+
+    def keops_dual(self, k12, v1, v2, ntk, rel_eps):
+        s = keops_gap_sqrt(k12, v1, v2, rel_eps)
+        return 1 - (2 / math.pi) * s.atan2(k12), 0.0
 
     def dual(self, k12: torch.Tensor, k11: torch.Tensor, k22: torch.Tensor, ntk: bool = False) -> Dual:
         f = 1 - (2 / math.pi) * safe_angle(k12, k11, k22)
@@ -603,24 +688,51 @@ def _elu(x):
     return torch.nn.functional.elu(x)
 
 
-_CLOSED_FORM = {
-    "relu": ReLU,
-    "erf": Erf,
-    "abs": Abs,
-    "identity": Identity,
-    "linear": Identity,
-    "gelu": GELU,
-    "sign": Sign,
-    "leaky_relu": LeakyReLU,
-}
+# Activations without a closed-form dual, by name (they go through the Hermite series), and the torch module
+# that computes each with its default arguments.
 _NUMERICAL = {
-    "tanh": torch.tanh,
-    "sigmoid": torch.sigmoid,
-    "softplus": _softplus,
-    "silu": _silu,
-    "elu": _elu,
+    "tanh": (torch.tanh, torch.nn.Tanh),
+    "sigmoid": (torch.sigmoid, torch.nn.Sigmoid),
+    "softplus": (_softplus, torch.nn.Softplus),
+    "silu": (_silu, torch.nn.SiLU),
+    "elu": (_elu, torch.nn.ELU),
 }
 NAMES = tuple(sorted(set(_CLOSED_FORM) | set(_NUMERICAL)))
+# Other elementwise, stateless torch activation modules: the numerical dual of the module itself.
+NUMERICAL_MODULES = (torch.nn.Hardtanh, torch.nn.Mish, torch.nn.SELU, torch.nn.CELU, torch.nn.Softsign,
+                     torch.nn.Hardswish, torch.nn.Hardsigmoid, torch.nn.LogSigmoid, torch.nn.Tanhshrink,
+                     torch.nn.Softshrink, torch.nn.Hardshrink)
+
+
+def _named_numerical(key: str, module_class: type):
+    def factory(module):
+        # the named function where the module has its default arguments, else the module itself
+        default = module_class().extra_repr() == module.extra_repr()
+        return get_activation(key) if default else Numerical(module, name=key)
+    return factory
+
+
+for _key, (_, _module) in _NUMERICAL.items():
+    _TORCH_MODULES[_module] = _named_numerical(_key, _module)
+for _module in NUMERICAL_MODULES:
+    _TORCH_MODULES.setdefault(_module, lambda module: Numerical(module, name=type(module).__name__))
+TORCH_MODULES = tuple(_TORCH_MODULES)
+
+
+def from_torch_module(module: torch.nn.Module) -> Optional[Activation]:
+    """The Activation a torch activation module computes (its class registered, or a subclass), or None."""
+    factory = _TORCH_MODULES.get(type(module))
+    if factory is None:
+        factory = next((f for cls, f in _TORCH_MODULES.items() if isinstance(module, cls)), None)
+    return None if factory is None else factory(module)
+
+
+def keops_gap_sqrt(k12, v1, v2, rel_eps: float):
+    """sqrt(k11 k22 - k12^2) on KeOps LazyTensors, with gaps below rel_eps k11 k22 taken as 0 (KeOps sums <x, x'>
+    in its own order, so identical points can leave a gap of a few ulps); rsqrt(0) = 0 in KeOps keeps its gradient
+    at 0 there."""
+    gap = (v1 * v2 * (1.0 - rel_eps) - k12 * k12).relu()
+    return gap * gap.rsqrt()
 
 
 class Composed:
@@ -676,7 +788,7 @@ def get_activation(activation) -> Activation:
         if key in _CLOSED_FORM:
             return _CLOSED_FORM[key]()
         if key in _NUMERICAL:
-            return Numerical(_NUMERICAL[key], name=key)
+            return Numerical(_NUMERICAL[key][0], name=key)
         raise ValueError(f"unknown activation {activation!r}; known names: {', '.join(NAMES)}, "
                          "or pass an Activation from gpytorch_nngp.activations or any elementwise torch callable")
     if isinstance(activation, type):

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .. import algebra as L
-from ..functional.activations import LeakyReLU, Numerical, get_activation
+from ..functional.activations import TORCH_MODULES, from_torch_module, get_activation
 from ..modules import Elementwise, Parallel, Residual, SelfAttention
 
 SUPPORTED = ("nn.Sequential", "nn.Linear", "nn.Conv1d", "nn.Conv2d", "nn.ConvTranspose1d", "nn.ConvTranspose2d",
@@ -43,46 +43,21 @@ _NEAREST = {
 }
 
 
-# Activation modules without a closed-form dual: their kernels go through the numerical (Hermite series) dual of
-# the module itself. All are elementwise and stateless.
-_NUMERICAL_MODULES = (nn.Hardtanh, nn.Mish, nn.SELU, nn.CELU, nn.Softsign, nn.Hardswish, nn.Hardsigmoid,
-                      nn.LogSigmoid, nn.Tanhshrink, nn.Softshrink, nn.Hardshrink)
-
-
 def _activation(module: nn.Module):
-    """The Activation of an activation module, or None if it is not one."""
+    """The Activation of an activation module, or None if it is not one (the activations register their torch
+    modules themselves: functional/activations.py)."""
     if isinstance(module, Elementwise):
         return module.activation
-    if isinstance(module, nn.ReLU):
-        return get_activation("relu")
-    if isinstance(module, nn.LeakyReLU):
-        return LeakyReLU(module.negative_slope)
-    if isinstance(module, nn.GELU):
-        return get_activation("gelu") if module.approximate == "none" else Numerical(module, name="gelu_tanh")
-    if isinstance(module, nn.Tanh):
-        return get_activation("tanh")
-    if isinstance(module, nn.Sigmoid):
-        return get_activation("sigmoid")
-    if isinstance(module, nn.SiLU):
-        return get_activation("silu")
-    if isinstance(module, nn.ELU):
-        return get_activation("elu") if module.alpha == 1.0 else Numerical(module, name=f"elu_{module.alpha}")
-    if isinstance(module, nn.Softplus):
-        default = module.beta == 1.0 and module.threshold == 20.0
-        return get_activation("softplus") if default else Numerical(module, name="softplus")
-    if isinstance(module, _NUMERICAL_MODULES):
-        return Numerical(module, name=type(module).__name__)
-    return None
+    return from_torch_module(module)
 
 
 # The torch classes the translator knows; a module is translated as one of them only if it runs that class's
 # own forward (a subclass that overrides forward computes something else).
 _WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d, SelfAttention)
 _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
-_KNOWN = (nn.Sequential, Residual, Parallel, SelfAttention, Elementwise, nn.ReLU, nn.LeakyReLU, nn.GELU, nn.Tanh,
-          nn.Sigmoid, nn.SiLU, nn.ELU, nn.Softplus, *_NUMERICAL_MODULES, nn.Identity, *_DROPOUT, nn.Linear, nn.Conv1d,
-          nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
-          nn.AdaptiveAvgPool2d, nn.Flatten, nn.LayerNorm)
+_KNOWN = (nn.Sequential, Residual, Parallel, SelfAttention, Elementwise, *TORCH_MODULES, nn.Identity, *_DROPOUT,
+          nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.AvgPool1d, nn.AvgPool2d,
+          nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.LayerNorm)
 
 
 def _check_runs_known_forward(module: nn.Module, label: str) -> None:
