@@ -6,13 +6,14 @@ import pytest
 import torch
 
 from gpytorch_nngp import NNGPKernel, NTKKernel, activations, backends
-from gpytorch_nngp.backends import lazy
+from gpytorch_nngp.backends import lazy, memory_budget
 
 
 @pytest.fixture
-def small_blocks(monkeypatch):
+def small_blocks():
     """Several row blocks even on tiny matrices (2 rows with autograd, 14 without), so the block loops are tested."""
-    monkeypatch.setattr(lazy, "BLOCK_BYTES", 16384)
+    with memory_budget(block_bytes=16384):
+        yield
 
 
 def _data():
@@ -350,3 +351,36 @@ def test_entries_by_index(cls, monkeypatch):
             scattered = op._get_indices(*pairs)
             monkeypatch.undo()
             torch.testing.assert_close(scattered, matrix[pairs], rtol=1e-10, atol=1e-12)
+
+
+def test_symmetric_cache_keeps_only_the_upper_triangle(small_blocks):
+    """A symmetric operator's cached matrix is its upper-triangle blocks (about half the entries); products, the
+    dense matrix and the off-diagonal mirror images come from them, equal to the dense backend."""
+    x = torch.randn(40, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    op = NNGPKernel(2, "relu", backend="lazy").double()(x).evaluate_kernel()
+    rhs = torch.randn(40, 3, dtype=torch.float64)
+    with torch.no_grad(), memory_budget(cache_bytes=2 ** 30):
+        product = op @ rhs
+        cache = op._dense_no_grad()
+        assert isinstance(cache, lazy.CachedBlocks)
+        kept = sum(block.numel() for *_, block in cache)
+        assert kept < 0.7 * 40 * 40, f"{kept} entries kept for a 40 x 40 matrix"
+        matrix = op.to_dense()
+    dense = NNGPKernel(2, "relu", backend="dense").double()(x).to_dense().detach()
+    torch.testing.assert_close(matrix, dense, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(product, dense @ rhs, rtol=1e-10, atol=1e-12)
+
+
+def test_memory_budget_sets_restores_and_checks():
+    from gpytorch_nngp.backends import budget
+
+    before = (budget.block_bytes(), budget.tile_bytes(), budget.cache_bytes())
+    assert before[2] > 0 and before[1] == 16 * 2 ** 20  # a share of the RAM; CPU tiles stay cache-sized
+    with memory_budget(share=0.1, block_bytes=2 ** 20):
+        assert budget.block_bytes() == 2 ** 20
+        assert budget.cache_bytes() < before[2]
+    assert (budget.block_bytes(), budget.tile_bytes()) == before[:2]
+    for bad, match in ((dict(share=0.0), "share must be in"), (dict(cache_bytes=-1), "cache_bytes must be"),
+                       (dict(block_bytes=1.5), "block_bytes must be")):
+        with pytest.raises(ValueError, match=match):
+            memory_budget(**bad)

@@ -10,7 +10,7 @@ from linear_operator.test.linear_operator_test_case import LinearOperatorTestCas
 from test_dnn2gp import autograd_jacobian
 
 from gpytorch_nngp.activations import Erf, ReLU
-from gpytorch_nngp.backends import DeviceSharding, keops, lazy
+from gpytorch_nngp.backends import DeviceSharding, keops, memory_budget
 from gpytorch_nngp.backends.keops import KeOpsNetworkKernelOperator
 from gpytorch_nngp.backends.lazy import NetworkKernelOperator
 from gpytorch_nngp.dnn2gp import FiniteNTKOperator, LinearizedNetwork
@@ -47,11 +47,10 @@ class _NetworkOperatorCase:
 
     def setUp(self):
         super().setUp()  # linear_operator's BaseTestCase seeds torch from `seed`
-        self._block_bytes = lazy.BLOCK_BYTES
-        lazy.BLOCK_BYTES = 64 * 6 * 4
+        self._budget = memory_budget(block_bytes=64 * 6 * 4).__enter__()
 
     def tearDown(self):
-        lazy.BLOCK_BYTES = self._block_bytes
+        self._budget.__exit__(None, None, None)
         super().tearDown()
 
     def evaluate_linear_op(self, op):

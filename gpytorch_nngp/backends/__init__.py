@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from .budget import memory_budget
 from .distributed import DeviceSharding, ProcessGroupSharding, RowSharding, make_sharding
 from .keops import KEOPS_AVAILABLE, KeOpsNetworkKernelOperator, check_keops_activation, keops_supported
 from .lazy import NetworkKernelOperator, kernel_rows
@@ -65,4 +66,4 @@ def resolve_backend(backend: str, x1: torch.Tensor, x2: torch.Tensor, activation
 
 __all__ = ["BACKENDS", "DENSE_MAX_ENTRIES", "DeviceSharding", "KeOpsNetworkKernelOperator", "NetworkKernelOperator",
            "ProcessGroupSharding", "RowSharding", "check_backend", "check_keops_activation", "kernel_rows",
-           "keops_supported", "make_sharding", "resolve_backend"]
+           "keops_supported", "make_sharding", "memory_budget", "resolve_backend"]

@@ -17,21 +17,19 @@ from linear_operator.operators import LinearOperator
 
 from ..algebra import Network
 from ..functional.workspace import Workspace
+from . import budget as memory
 from .distributed import RowSharding
-from .lazy import BLOCK_BYTES, DEFAULT_CACHE_BYTES, NetworkKernelOperator, chunked_pairs
+from .lazy import NetworkKernelOperator, chunked_pairs
 
-# Bytes of state per tile without autograd: small tiles stay in cache and their buffers are recycled (measured on
-# the flatten benchmark: 16 MiB is about 25% faster than 256 MiB on a 2-core CPU).
-TILE_BYTES = 16 * 2 ** 20
 # Live state tensors per entry of a tile: a few without autograd; with autograd about a dozen per layer are saved.
 _LIVE_NO_GRAD = 8
 _LIVE_PER_LAYER_GRAD = 12
 
 
-def tile_pairs(network: Network, itemsize: int, with_grad: bool, budget: Optional[int] = None) -> int:
-    """How many (x1, x2) pairs one tile may hold within `budget` bytes (at least 1); by default BLOCK_BYTES with
-    autograd, TILE_BYTES without."""
-    budget = budget or (BLOCK_BYTES if with_grad else TILE_BYTES)
+def tile_pairs(network: Network, itemsize: int, with_grad: bool, budget: Optional[int] = None, device=None) -> int:
+    """How many (x1, x2) pairs one tile may hold within `budget` bytes (at least 1); by default the device's block
+    bytes with autograd, its tile bytes without (backends/budget.py)."""
+    budget = budget or (memory.block_bytes(device) if with_grad else memory.tile_bytes(device))
     live = _LIVE_PER_LAYER_GRAD * len(network.layers) if with_grad else _LIVE_NO_GRAD
     return max(1, budget // (network.entries_per_pair * itemsize * live))
 
@@ -58,7 +56,7 @@ def architecture_matrix(network: Network, x1: torch.Tensor, x2: torch.Tensor, we
               else network.records(x1, weight_var, bias_var))
         records = (v1, v2)
     n, m = x1.shape[-2], x2.shape[-2]
-    pairs = tile_pairs(network, x1.element_size(), with_grad, budget)
+    pairs = tile_pairs(network, x1.element_size(), with_grad, budget, x1.device)
     cols = min(m, pairs)
     rows = max(1, min(n, pairs // cols))
     tiles = []
@@ -97,13 +95,14 @@ class ArchitectureKernelOperator(NetworkKernelOperator):
         x1: (..., n, F) inputs of the rows; x2: (..., m, F) of the columns, or None for a symmetric operator.
         weight_var, bias_var: (*batch, L) variances.
         network, ntk: the architecture, and whether this is its NTK.
-        cache_bytes: keep the full matrix (with a sharding, this process's rows) when it is at most this large.
+        cache_bytes: keep the matrix (its upper-triangle blocks when symmetric; with a sharding, this process's
+            blocks) when that is at most this large; None: the device's budget (backends/budget.py).
         sharding: a RowSharding (backends/distributed.py): evaluate only this process's rows, or None.
     """
 
     def __init__(self, x1: torch.Tensor, weight_var: torch.Tensor, bias_var: torch.Tensor,
                  x2: Optional[torch.Tensor] = None, *, network: Network, ntk: bool,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES, sharding: Optional[RowSharding] = None):
+                 cache_bytes: Optional[int] = None, sharding: Optional[RowSharding] = None):
         args = (x1, weight_var, bias_var) if x2 is None else (x1, weight_var, bias_var, x2)
         LinearOperator.__init__(self, *args, network=network, ntk=ntk, cache_bytes=cache_bytes, sharding=sharding)
         self.symmetric = x2 is None
@@ -126,7 +125,7 @@ class ArchitectureKernelOperator(NetworkKernelOperator):
 
     def _block_size(self, with_grad: bool) -> int:
         batch = math.prod(self._batch()) if len(self._batch()) else 1
-        pairs = tile_pairs(self.network, self.x1.element_size(), with_grad) // batch
+        pairs = tile_pairs(self.network, self.x1.element_size(), with_grad, device=self.x1.device) // batch
         return max(1, pairs // max(self.x2.shape[-2], 1))
 
     def _rows(self, start, stop, x1, x2, weight_var, bias_var, workspace=None, col_start=0):

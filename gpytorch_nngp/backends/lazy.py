@@ -6,9 +6,10 @@ hundreds of GB. Here the kernel matrix is evaluated in blocks of rows without au
 - symmetric operators (k(x, x)) evaluate only the upper triangle: each block of rows starts at its own first column,
   and the part right of the diagonal block stands in for its mirror image below it. Evaluation, products and
   gradients then cost half of the whole matrix.
-- matmul: K @ rhs block by block. While the full matrix fits in `cache_bytes` it is evaluated once (no graph) and
-  reused by every later product of the same operator (CG/Lanczos multiply many times per training step);
-  otherwise each product recomputes the blocks (memory O(block x m)).
+- matmul: K @ rhs block by block. While the matrix fits in the cache budget (backends/budget.py) it is evaluated once
+  (no graph) and reused by every later product of the same operator (CG/Lanczos multiply many times per training
+  step); a symmetric operator keeps only its upper-triangle blocks (half the memory), whose products add their
+  mirror images. Otherwise each product recomputes the blocks (memory O(block x m)).
 - gradients wrt the hyperparameters and inputs (`_bilinear_derivative`, what GPyTorch's solves, log-determinants
   and matmuls call in their backward): for each block, recompute K_block with autograd and backpropagate
   sum(K_block * (U_block V^T)), so the graph is one block deep.
@@ -32,17 +33,15 @@ from ..functional.recursion import (
     paired_kernel,
 )
 from ..functional.workspace import Workspace
+from . import budget
 from .distributed import RowSharding
 
-# Bytes of autograd intermediates allowed per block in the backward pass (about a dozen block x m tensors per
-# layer are saved) and per block in the forward pass.
-BLOCK_BYTES = 256 * 2 ** 20
-DEFAULT_CACHE_BYTES = 12 * 2 ** 30
 
-
-def _block_rows(m: int, batch: int, itemsize: int, depth: int, with_grad: bool) -> int:
+def _block_rows(m: int, batch: int, itemsize: int, depth: int, with_grad: bool, device=None) -> int:
+    """Rows per block within the budget's block bytes: with autograd about a dozen block x m tensors per layer are
+    saved, without it a handful of recycled buffers live."""
     per_row = m * batch * itemsize * ((12 * max(depth, 1) + 4) if with_grad else 6)
-    return max(1, BLOCK_BYTES // max(per_row, 1))
+    return max(1, budget.block_bytes(device) // max(per_row, 1))
 
 
 def kernel_rows(x1_rows, x2, weight_var, bias_var, depth, activation, ntk, diagonal_offset=None, workspace=None):
@@ -96,14 +95,15 @@ class NetworkKernelOperator(LinearOperator):
             symmetric operator is then exact (|c| = 1, see input_grams), and its representation holds the
             points once, so gradients reach them through one tensor.
         depth, activation, ntk: the network, as in the kernels.
-        cache_bytes: evaluate and keep the full matrix (without autograd) when it is at most this large; with a
-            sharding, this process's rows of it.
+        cache_bytes: evaluate and keep the matrix (without autograd) when what is kept is at most this large (the
+            upper triangle of a symmetric operator; with a sharding, this process's blocks); None: the budget of
+            the device (backends/budget.py).
         sharding: a RowSharding (backends/distributed.py): evaluate only this process's rows, or None.
     """
 
     def __init__(self, x1: torch.Tensor, weight_var: torch.Tensor, bias_var: torch.Tensor,
                  x2: Optional[torch.Tensor] = None, *, depth: int, activation: Activation, ntk: bool,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES, sharding: Optional[RowSharding] = None):
+                 cache_bytes: Optional[int] = None, sharding: Optional[RowSharding] = None):
         args = (x1, weight_var, bias_var) if x2 is None else (x1, weight_var, bias_var, x2)
         super().__init__(*args, depth=depth, activation=activation, ntk=ntk, cache_bytes=cache_bytes,
                          sharding=sharding)
@@ -145,7 +145,7 @@ class NetworkKernelOperator(LinearOperator):
     def _block_size(self, with_grad: bool) -> int:
         """Rows per block, for blocks of all m columns."""
         batch = math.prod(self._batch()) if len(self._batch()) else 1
-        return _block_rows(self.x2.shape[-2], batch, self.x1.element_size(), self.depth, with_grad)
+        return _block_rows(self.x2.shape[-2], batch, self.x1.element_size(), self.depth, with_grad, self.x1.device)
 
     def _blocks(self, with_grad: bool, triangle: bool = False, rows: Optional[Tuple[int, int]] = None):
         """(start, stop, col_start) of each block of rows (all rows, or rows = [first, last)): all columns, or with
@@ -174,19 +174,25 @@ class NetworkKernelOperator(LinearOperator):
             weights[..., :, :stop - start].mul_(0.5)
         return weights
 
+    def _keeps_blocks(self) -> bool:
+        """Whether the cache holds blocks (a symmetric operator's upper triangle, a sharded operator's own blocks)
+        rather than the whole matrix."""
+        return self.symmetric or self.sharding is not None
+
     def _cache_fits(self) -> bool:
-        """Whether what this process keeps fits in cache_bytes: the whole matrix, or with a sharding its blocks."""
-        if self.sharding is None:
+        """Whether what this process keeps fits in the cache budget: the whole matrix, or its blocks."""
+        if not self._keeps_blocks():
             entries = self.shape.numel()
         else:
             batch = self.shape.numel() // max(self.shape[-2] * self.shape[-1], 1)
             entries = batch * sum((stop - start) * (self.shape[-1] - col)
                                   for start, stop, col, _ in self._local_block_ranges())
-        return entries * self.x1.element_size() <= self.cache_bytes
+        limit = self.cache_bytes if self.cache_bytes is not None else budget.cache_bytes(self.x1.device)
+        return entries * self.x1.element_size() <= limit
 
     def _dense_no_grad(self):
-        """The matrix without autograd, kept while it fits in cache_bytes (else None): the full (..., n, m) tensor,
-        or with a sharding this process's blocks (see _local_blocks)."""
+        """The matrix without autograd, kept while it fits in the cache budget (else None): the full (..., n, m)
+        tensor, or CachedBlocks (see _keeps_blocks and _local_blocks)."""
         if self._dense_cache is None and self._cache_fits():
             self._dense_cache = _shared_dense(self)
             if self._dense_cache is None:
@@ -195,12 +201,20 @@ class NetworkKernelOperator(LinearOperator):
         return self._dense_cache
 
     def _evaluate_cache(self):
-        if self.sharding is not None:
-            return SharedBlocks(self._evaluate_blocks(keep=True))
+        if self._keeps_blocks():
+            return CachedBlocks(self._evaluate_blocks(keep=True))
         out = torch.empty(self.shape, dtype=self.x1.dtype, device=self.x1.device)
         for start, stop, col, _, block in self._evaluate_blocks():
             out[..., start:stop, col:] = block
-            if self.symmetric:  # the mirror image below the diagonal block
+        return out
+
+    def _assemble(self, blocks) -> torch.Tensor:
+        """The full matrix from upper-triangle blocks (their mirror images below the diagonal blocks)."""
+        batch = blocks[0][-1].shape[:-2] if blocks else self._batch()
+        out = torch.empty(*batch, *self.shape[-2:], dtype=self.x1.dtype, device=self.x1.device)
+        for start, stop, col, _, block in blocks:
+            out[..., start:stop, col:] = block
+            if self.symmetric:
                 out[..., stop:, start:stop] = block[..., stop - start:].mT
         return out
 
@@ -259,10 +273,10 @@ class NetworkKernelOperator(LinearOperator):
         if self.sharding is not None:
             return self._sharded_matmul(rhs)
         dense = self._dense_no_grad()
-        if dense is not None:
+        if dense is not None and not isinstance(dense, CachedBlocks):
             return dense @ rhs
         out = rhs.new_zeros(*torch.broadcast_shapes(self._batch(), rhs.shape[:-2]), self.x1.shape[-2], rhs.shape[-1])
-        for start, stop, col, _, block in self._evaluate_blocks():
+        for start, stop, col, _, block in (dense if dense is not None else self._evaluate_blocks()):
             self._add_block_product(out, start, stop, col, block, rhs)
         return out
 
@@ -349,6 +363,8 @@ class NetworkKernelOperator(LinearOperator):
         if not torch.is_grad_enabled() or not any(
                 t.requires_grad for t in (self.x1, self.x2, self.weight_var, self.bias_var)):
             dense = self._dense_no_grad()
+            if isinstance(dense, CachedBlocks):
+                return self._assemble(dense).expand(self.shape)
             if dense is not None:
                 return dense
         blocks = [self._rows(start, stop, self.x1, self.x2, self.weight_var, self.bias_var)
@@ -420,8 +436,8 @@ _SHARED_DENSE: dict = {}
 _VARIANCES = (1, 2)  # the positions of weight_var and bias_var in both operators' representations
 
 
-class SharedBlocks(list):
-    """A sharded operator's cached blocks: a list that can be weakly referenced."""
+class CachedBlocks(list):
+    """Cached blocks (start, stop, col_start, part index, block): a list that can be weakly referenced."""
 
 
 def _points(op):
