@@ -2,6 +2,7 @@
 import importlib.util
 import os
 
+import pytest
 from figures import assert_drawn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -89,8 +90,6 @@ def test_tutorial_dnn2gp(tmp_path):
 
 def test_tutorial_bayesian_optimization(tmp_path):
     """The BoTorch loop with an NNGP surrogate reaches the global basin of the 1-D test function."""
-    import pytest
-
     pytest.importorskip("botorch")
     module = _load(os.path.join(ROOT, "tutorials", "05_bayesian_optimization.py"))
     report = module.main(["--quick", "--out", str(tmp_path)])
@@ -148,3 +147,15 @@ def test_tutorial_distributed_exact_gp(tmp_path):
         # itself moves by 1.2 % at step 4 between 1 and 2 threads. The float64 checks are tests/test_distributed.py.
         assert abs(got - single) <= (3e-4 if step == 0 else 3e-2) * abs(single)
     assert_drawn(tmp_path / "distributed_exact_gp.png")
+
+
+def test_tutorial_mnist1d_transformer(tmp_path):
+    """MNIST-1D at reduced size (200 / 50 signals): the kernels with spatial structure (CNN-GP with pooling, the
+    transformer's) classify far better than the fully connected NNGP, as trained networks do on this dataset."""
+    pytest.importorskip("mnist1d", reason="the tutorial's data: pip install mnist1d (in the dev extra)")
+    module = _load(os.path.join(ROOT, "tutorials", "09_mnist1d_transformer.py"))
+    results = module.main(["--quick", "--out", str(tmp_path)])
+    accuracy = {name: a for name, (a, _) in results.items()}
+    assert accuracy["CNN"] > accuracy["MLP"] + 0.2 and accuracy["transformer"] > accuracy["MLP"] + 0.2, accuracy
+    assert_drawn(tmp_path / "09_mnist1d_kernels.png")
+    assert_drawn(tmp_path / "09_mnist1d_accuracy.png")

@@ -181,7 +181,6 @@ class Network:
         workspace: buffers for an evaluation without autograd (functional/workspace.py), or None.
         """
         cov = self.input_state(x1, x2, lead=2)
-        rows = None
         if same_points is not None:
             r, c = same_points
             first, last = max(r, c), min(r + x1.shape[-2], c + x2.shape[-2])
@@ -193,17 +192,7 @@ class Network:
                 cov = cov.clone() if cov.requires_grad else cov
                 cov[(Ellipsis, rows - r, rows - c) + tail] = own
         out = self.propagate(PairState(cov, lead=2, own=records), Context(weight_var, bias_var, 2, ntk, workspace))
-        out = out.theta if ntk else out.cov
-        if rows is not None:
-            # The entries of a point with itself are the kernel diagonal (diag=True), computed the same way to the
-            # bit: vectorized transcendental functions may round differently in a matrix than along a diagonal.
-            index = (Ellipsis, rows - r, rows - c)
-            own = self.paired(x1[..., rows - r, :], x1[..., rows - r, :], weight_var, bias_var, ntk, same_points=True)
-            if out.requires_grad or own.requires_grad:
-                out = _put(out, index, own)
-            else:
-                out[index] = own
-        return out
+        return out.theta if ntk else out.cov
 
     def paired(self, x1, x2, weight_var, bias_var, ntk: bool, same_points: bool = False) -> torch.Tensor:
         """k(x1_i, x2_i) for paired rows, (..., n): a kernel diagonal (same_points) or scattered entries."""
@@ -214,13 +203,6 @@ class Network:
             own = (self.records(x1, weight_var, bias_var), self.records(x2, weight_var, bias_var))
             out = self.propagate(PairState(self.input_state(x1, x2, lead=1), lead=1, own=own), ctx)
         return out.theta if ntk else out.cov
-
-
-def _put(out: torch.Tensor, index, values: torch.Tensor) -> torch.Tensor:
-    """out with out[index] = values, out of place (for autograd)."""
-    out = out.clone()
-    out[index] = values
-    return out
 
 
 def _entries(geometry: Geometry) -> int:

@@ -36,7 +36,8 @@ def tile_pairs(network: Network, itemsize: int, with_grad: bool, budget: Optiona
 
 def architecture_matrix(network: Network, x1: torch.Tensor, x2: torch.Tensor, weight_var: torch.Tensor,
                         bias_var: torch.Tensor, ntk: bool, symmetric: bool = False, row_offset: int = 0,
-                        records: Optional[Tuple[Dict, Dict]] = None, budget: Optional[int] = None) -> torch.Tensor:
+                        records: Optional[Tuple[Dict, Dict]] = None, budget: Optional[int] = None,
+                        diagonal: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The kernel matrix k(x1, x2), (..., n, m), evaluated in tiles.
 
     Args:
@@ -48,6 +49,7 @@ def architecture_matrix(network: Network, x1: torch.Tensor, x2: torch.Tensor, we
             correlation exactly 1.
         records: both sides' records (Network.records), if already computed.
         budget: bytes of state per tile (default: see tile_pairs).
+        diagonal: with symmetric, the kernel diagonal of the whole point set x2 (diag=True), if already computed.
     """
     with_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x1, x2, weight_var, bias_var))
     if records is None:
@@ -81,7 +83,29 @@ def architecture_matrix(network: Network, x1: torch.Tensor, x2: torch.Tensor, we
         if with_grad:
             tiles.append(torch.cat(row_tiles, dim=-1) if len(row_tiles) > 1 else row_tiles[0])
     if with_grad:
-        return torch.cat(tiles, dim=-2) if len(tiles) > 1 else tiles[0]
+        out = torch.cat(tiles, dim=-2) if len(tiles) > 1 else tiles[0]
+    if symmetric:
+        out = _with_diagonal(network, out, x1, weight_var, bias_var, ntk, row_offset, m, diagonal)
+    return out
+
+
+def _with_diagonal(network, out, x1, weight_var, bias_var, ntk, row_offset, m, diagonal=None):
+    """out with the entries of a point with itself (rows row_offset.. of one point set of m) taken from the diagonal
+    pass, which diag=True returns: vectorized transcendental functions round differently in a matrix than along a
+    diagonal, and the two must agree to the bit. One pass per call, not per tile."""
+    first, last = max(row_offset, 0), min(row_offset + x1.shape[-2], m)
+    if first >= last:
+        return out
+    rows = torch.arange(first, last, device=out.device)
+    if diagonal is not None:
+        own = diagonal[..., first:last]
+    else:
+        own = network.paired(x1[..., rows - row_offset, :], x1[..., rows - row_offset, :], weight_var, bias_var,
+                             ntk, same_points=True)
+    index = (Ellipsis, rows - row_offset, rows)
+    if out.requires_grad or own.requires_grad:
+        out = out.clone()
+    out[index] = own
     return out
 
 
@@ -113,6 +137,7 @@ class ArchitectureKernelOperator(NetworkKernelOperator):
         self.sharding = sharding
         self._dense_cache = None
         self._records: Dict[torch.device, Tuple[Dict, Dict]] = {}  # both sides' records, per device
+        self._diagonals: Dict[torch.device, torch.Tensor] = {}  # a symmetric operator's diagonal, per device
 
     def _like(self, x1, x2, sharding=None):
         sharding = self.sharding if sharding is None else (None if sharding == "none" else sharding)
@@ -129,7 +154,7 @@ class ArchitectureKernelOperator(NetworkKernelOperator):
         return max(1, pairs // max(self.x2.shape[-2], 1))
 
     def _rows(self, start, stop, x1, x2, weight_var, bias_var, workspace=None, col_start=0):
-        records = None
+        records = diagonal = None
         if not torch.is_grad_enabled() or not any(t.requires_grad for t in (x1, x2, weight_var, bias_var)):
             if x1.device not in self._records:  # inference: both sides' records once for all blocks
                 v2 = self.network.records(x2, weight_var, bias_var)
@@ -137,9 +162,14 @@ class ArchitectureKernelOperator(NetworkKernelOperator):
                 self._records[x1.device] = (v1, v2)
             v1, v2 = self._records[x1.device]
             records = (self.network.take(v1, slice(start, stop)), self.network.take(v2, slice(col_start, None)))
+            if self.symmetric:  # the entries of a point with itself: one diagonal pass for all blocks
+                if x1.device not in self._diagonals:
+                    self._diagonals[x1.device] = self.network.paired(x1, x1, weight_var, bias_var, self.ntk,
+                                                                     same_points=True)
+                diagonal = self._diagonals[x1.device][..., col_start:]
         return architecture_matrix(self.network, x1[..., start:stop, :], x2[..., col_start:, :], weight_var, bias_var,
                                    self.ntk, symmetric=self.symmetric, row_offset=start - col_start,
-                                   records=records)
+                                   records=records, diagonal=diagonal)
 
     def _forward_mode_applies(self, wanted) -> bool:
         """Architecture kernels have no forward-mode variance derivative: their gradients go through autograd."""

@@ -144,7 +144,7 @@ def fully_connected_recursion(
     if not inplace or k12.dim() < 2:
         workspace = None
     elif workspace is None:
-        workspace = Workspace()
+        workspace = Workspace(shrink=True)
     # The NTK accumulator starts as a copy of K^0 (a recycled buffer on the inference path, where K^0 then
     # changes in place).
     theta = ((workspace.take(k12) if workspace is not None else torch.empty_like(k12)).copy_(k12) if inplace

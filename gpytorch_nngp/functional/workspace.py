@@ -18,23 +18,28 @@ class Workspace:
     """A pool of free tensors for one evaluation (one device, one dtype in practice), and the tensors that must not
     be overwritten while a branch of the network still needs them (a residual's skip path)."""
 
-    def __init__(self):
+    def __init__(self, shrink: bool = False):
+        """shrink: requests may be served by the front of a larger free tensor (the shrinking row blocks of a
+        triangle reuse the first block's buffers). Such a view never comes back to the pool, so a workspace whose
+        requests vary in shape (the layers of an architecture) must not shrink."""
+        self.shrink = shrink
         self._free: List[torch.Tensor] = []
         self._protected: set = set()
 
     def take(self, like: torch.Tensor, shape: Optional[Sequence[int]] = None) -> torch.Tensor:
         """A tensor of `shape` (default like.shape) with like's dtype and device; contents undefined.
 
-        A free tensor of exactly that shape if there is one, else a view of the front of a larger free one (the
-        shrinking blocks of a triangle reuse the first block's buffers), else a new contiguous tensor.
+        A free tensor of exactly that shape if there is one; for a shrinking workspace else a view of the front of
+        a larger free one; else a new contiguous tensor.
         """
+        shrink = self.shrink
         shape = torch.Size(like.shape if shape is None else shape)
         fits = [i for i, t in enumerate(self._free) if t.dtype == like.dtype and t.device == like.device
                 and t.numel() >= shape.numel()]
         for i in fits:
             if self._free[i].shape == shape:
                 return self._free.pop(i)
-        if fits:
+        if fits and shrink:
             return self._free.pop(fits[0]).view(-1)[:shape.numel()].view(shape)
         return torch.empty(shape, dtype=like.dtype, device=like.device)
 

@@ -11,13 +11,13 @@ from .._validation import check_call, check_finite_kernel, check_inputs, one_poi
 from ..algebra import Network
 from ..backends import check_backend, make_sharding, resolve_backend
 from ..backends.architecture import ArchitectureKernelOperator, architecture_matrix
+from .base import NetworkKernel
 from .from_module import network_from_module
-from .variances import NetworkVariances
 
 BACKENDS = ("auto", "dense", "lazy", "distributed")
 
 
-class ArchitectureKernel(NetworkVariances):
+class ArchitectureKernel(NetworkKernel):
     r"""The NNGP (or, with ntk=True, the NTK) of an infinitely wide network of any supported architecture.
 
     Made by :meth:`NNGPKernel.from_module` / :meth:`NTKKernel.from_module` from an ordinary torch module: the
@@ -81,9 +81,7 @@ class ArchitectureKernel(NetworkVariances):
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, diag: bool = False, last_dim_is_batch: bool = False,
                 **params) -> Union[torch.Tensor, ArchitectureKernelOperator]:
         """Kernel matrix (..., n, m), or its diagonal (..., n) with diag=True. Inputs (..., n, F), (..., m, F)."""
-        if last_dim_is_batch:
-            raise ValueError(f"{type(self).__name__} does not support last_dim_is_batch=True (deprecated in "
-                             "GPyTorch): the network kernel mixes all input dimensions")
+        self._refuse_last_dim_is_batch(last_dim_is_batch)
         check_inputs(x1, x2)
         shared = _shared_batch(x1, x2) if not len(self.batch_shape) else None
         if shared is not None:
@@ -95,18 +93,11 @@ class ArchitectureKernel(NetworkVariances):
         weight_var, bias_var = self.weight_var, self.bias_var
         same = one_point_set(x1, x2)
         if diag:
-            if x1.shape[-2] != x2.shape[-2]:
-                raise ValueError(f"diag=True needs x1 and x2 with the same number of points, got {x1.shape[-2]} "
-                                 f"and {x2.shape[-2]}")
-            return check_finite_kernel(self.network.paired(x1, x2, weight_var, bias_var, self.ntk, same_points=same),
-                                       x1, x2)
+            return self._checked_diagonal(x1, x2)
         backend = resolve_backend(self.backend, x1, x2, entries_per_pair=self.network.entries_per_pair)
         if backend != "dense" and not self.network.numerical:
-            # The operators are evaluated later, block by block: check what bounds them now, |k12| <= sqrt(k11 k22).
             # (A numerical activation checks its variances itself, and its diagonal would cost a second setup.)
-            with torch.no_grad():
-                for x in (x1,) if same else (x1, x2):
-                    check_finite_kernel(self.network.paired(x, x, weight_var, bias_var, self.ntk, same_points=True), x)
+            self._check_bounded(x1, x2, same)
         if backend == "distributed":
             self.sharding.check_same(x1=x1, x2=x2, weight_var=weight_var, bias_var=bias_var)
         if backend in ("lazy", "distributed"):
@@ -114,6 +105,9 @@ class ArchitectureKernel(NetworkVariances):
                                               ntk=self.ntk, sharding=self.sharding)
         return check_finite_kernel(architecture_matrix(self.network, x1, x2, weight_var, bias_var, self.ntk,
                                                        symmetric=same), x1, x2)
+
+    def _diagonal(self, x1, x2, same_points: bool) -> torch.Tensor:
+        return self.network.paired(x1, x2, self.weight_var, self.bias_var, self.ntk, same_points=same_points)
 
     def extra_repr(self) -> str:
         return f"{'NTK' if self.ntk else 'NNGP'}, input_shape={self.network.input_shape}, {self.network.describe()}"

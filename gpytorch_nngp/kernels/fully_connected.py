@@ -18,9 +18,8 @@ from ..backends import (
 )
 from ..functional.activations import Activation, Numerical, get_activation
 from ..functional.recursion import fully_connected_recursion, input_grams, paired_kernel
-from .architecture import ArchitectureKernel
-from .from_module import fully_connected_form, network_from_module
-from .variances import NetworkVariances
+from .base import NetworkKernel
+from .factory import kernel_from_module
 
 
 class _GramCache:
@@ -54,7 +53,7 @@ def _same(x: torch.Tensor, cached: torch.Tensor) -> bool:
     return x.shape == cached.shape and x.dtype == cached.dtype and x.device == cached.device and torch.equal(x, cached)
 
 
-class _FullyConnectedKernel(NetworkVariances):
+class _FullyConnectedKernel(NetworkKernel):
     """Shared machinery of NNGPKernel and NTKKernel."""
 
     _ntk = False
@@ -104,27 +103,16 @@ class _FullyConnectedKernel(NetworkVariances):
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, diag: bool = False, last_dim_is_batch: bool = False,
                 **params) -> Union[torch.Tensor, NetworkKernelOperator]:
         """Kernel matrix (..., n, m), or its diagonal (..., n) with diag=True. Inputs (..., n, d), (..., m, d)."""
-        if last_dim_is_batch:
-            raise ValueError(
-                f"{type(self).__name__} does not support last_dim_is_batch=True (deprecated in GPyTorch): the network "
-                "kernel mixes all input dimensions; use batch_shape or separate kernels instead"
-            )
+        self._refuse_last_dim_is_batch(last_dim_is_batch)
         check_inputs(x1, x2)
         weight_var, bias_var = self.weight_var, self.bias_var
         if diag:
-            if x1.shape[-2] != x2.shape[-2]:
-                raise ValueError(f"diag=True needs x1 and x2 with the same number of points, got {x1.shape[-2]} "
-                                 f"and {x2.shape[-2]}")
-            return check_finite_kernel(self._diagonal(x1, x2, one_point_set(x1, x2)), x1, x2)
+            return self._checked_diagonal(x1, x2)
         symmetric = one_point_set(x1, x2)
         backend = resolve_backend(self.backend, x1, x2, self.activation, batched=len(self.batch_shape) > 0)
         if backend != "dense" and not isinstance(self.activation, Numerical):
-            # The operators are evaluated later, block by block: check what bounds them now, |k12| <= sqrt(k11 k22).
             # (A numerical activation checks its variances itself, and its diagonal would cost a second setup.)
-            with torch.no_grad():
-                check_finite_kernel(self._diagonal(x1, x1, True), x1)
-                if not symmetric:
-                    check_finite_kernel(self._diagonal(x2, x2, True), x2)
+            self._check_bounded(x1, x2, symmetric)
         if backend == "distributed":
             self.sharding.check_same(x1=x1, x2=x2, weight_var=weight_var, bias_var=bias_var)
             return NetworkKernelOperator(x1, weight_var, bias_var, None if symmetric else x2, depth=self.depth,
@@ -184,12 +172,8 @@ class _FullyConnectedKernel(NetworkVariances):
             ValueError: a module without an infinite-width limit (named, with the nearest supported one), or an
                 input_shape the layers do not fit.
         """
-        network = network_from_module(module, input_shape, per_layer)
-        form = fully_connected_form(network)
-        if form is not None:
-            depth, activation = form
-            return cls(depth, activation, weight_var=weight_var, bias_var=bias_var, **kwargs)
-        return ArchitectureKernel(network, cls._ntk, weight_var=weight_var, bias_var=bias_var, **kwargs)
+        return kernel_from_module(module, input_shape, cls._ntk, weight_var, bias_var, per_layer,
+                                  fully_connected=cls, **kwargs)
 
 
 class NNGPKernel(_FullyConnectedKernel):

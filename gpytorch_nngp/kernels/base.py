@@ -1,4 +1,4 @@
-"""The learnable weight and bias variances shared by the network kernels."""
+"""What every network kernel shares: learnable weight and bias variances, and the checks around evaluation."""
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -8,16 +8,41 @@ from gpytorch.constraints import Interval, Positive
 from gpytorch.kernels import Kernel
 from gpytorch.priors import Prior
 
-from .._validation import check_positive_variance
+from .._validation import check_finite_kernel, check_positive_variance, one_point_set
 
 
-class NetworkVariances(Kernel):
-    """A GPyTorch Kernel with positive-constrained `weight_var` and `bias_var` parameters of a given shape.
+class NetworkKernel(Kernel):
+    """Base of the network kernels (fully connected and architecture): a GPyTorch Kernel with positive-constrained
+    `weight_var` and `bias_var` parameters of a given shape, and the checks their `forward` shares.
 
     weight_var: sigma_w^2 (weights ~ N(0, weight_var / fan_in)); bias_var: sigma_b^2 (biases ~ N(0, bias_var)).
+    Subclasses implement `_diagonal(x1, x2, same_points)` (the paired kernel k(x1_i, x2_i)).
     """
 
     has_lengthscale = False
+
+    def _diagonal(self, x1: torch.Tensor, x2: torch.Tensor, same_points: bool) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _refuse_last_dim_is_batch(self, last_dim_is_batch: bool) -> None:
+        if last_dim_is_batch:
+            raise ValueError(
+                f"{type(self).__name__} does not support last_dim_is_batch=True (deprecated in GPyTorch): the network "
+                "kernel mixes all input dimensions; use batch_shape or separate kernels instead")
+
+    def _checked_diagonal(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        """forward(diag=True): the paired kernel, after checking both sides have as many points."""
+        if x1.shape[-2] != x2.shape[-2]:
+            raise ValueError(f"diag=True needs x1 and x2 with the same number of points, got {x1.shape[-2]} "
+                             f"and {x2.shape[-2]}")
+        return check_finite_kernel(self._diagonal(x1, x2, one_point_set(x1, x2)), x1, x2)
+
+    def _check_bounded(self, x1: torch.Tensor, x2: torch.Tensor, symmetric: bool) -> None:
+        """Before returning an operator that is evaluated later, block by block: both sides' own kernel values are
+        finite, which bounds every entry (|k12| <= sqrt(k11 k22))."""
+        with torch.no_grad():
+            for x in (x1,) if symmetric else (x1, x2):
+                check_finite_kernel(self._diagonal(x, x, True), x)
 
     def _init_variances(self, shape: Sequence[int], weight_var, bias_var, weight_var_prior: Optional[Prior] = None,
                         bias_var_prior: Optional[Prior] = None, weight_var_constraint: Optional[Interval] = None,
