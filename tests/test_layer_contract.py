@@ -114,3 +114,21 @@ def test_layer_contract(name, cls):
     loss.backward()
     for g in (xg.grad, k.raw_weight_var.grad, k.raw_bias_var.grad):
         assert g is not None and torch.isfinite(g).all()
+
+
+@pytest.mark.parametrize("name", ["SelfAttention", "Parallel", "ConvTranspose"])
+def test_float32_and_a_batch_of_one(name):
+    """The idioms users write: float32 inputs give the float64 kernel to float32 accuracy, and one input point (a
+    1 x 1 matrix, its diagonal) works."""
+    k64, shape = kernel(name, NTKKernel)
+    k32 = NTKKernel.from_module(CASES[name][0], shape, weight_var=1.6, bias_var=0.15, per_layer=True)
+    x = points(shape, 5, seed=2)
+    with torch.no_grad():
+        want = k64(x).to_dense()
+        got = k32(x.float()).to_dense()
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got.double(), want, rtol=2e-4, atol=2e-4 * want.abs().max().item())
+        one = k64(x[:1]).to_dense()
+        assert one.shape == (1, 1)
+        torch.testing.assert_close(one[0, 0], want[0, 0], rtol=1e-12, atol=0)
+        torch.testing.assert_close(k64(x[:1], diag=True), want[:1, 0], rtol=1e-12, atol=0)

@@ -102,12 +102,17 @@ def _pair(value, nd: int) -> Tuple[int, ...]:
     return tuple(value) if isinstance(value, (tuple, list)) else (int(value),) * nd
 
 
-def _conv(module, index: int, name: str) -> L.Conv:
-    nd = 1 if isinstance(module, nn.Conv1d) else 2
+def _check_plain_conv(module, nd: int, name: str) -> None:
+    """Dilation 1 and one group: what the algebra's convolutions compute."""
     if any(d != 1 for d in _pair(module.dilation, nd)):
         raise ValueError(f"{name}: dilation {module.dilation} is not implemented; use dilation=1")
     if module.groups != 1:
         raise ValueError(f"{name}: groups={module.groups} is not implemented; use groups=1")
+
+
+def _conv(module, index: int, name: str) -> L.Conv:
+    nd = 1 if isinstance(module, nn.Conv1d) else 2
+    _check_plain_conv(module, nd, name)
     if module.padding_mode not in ("zeros", "circular"):
         raise ValueError(f"{name}: padding_mode={module.padding_mode!r} is not implemented; use 'zeros' or 'circular'")
     kernel, stride = _pair(module.kernel_size, nd), _pair(module.stride, nd)
@@ -124,10 +129,7 @@ def _conv(module, index: int, name: str) -> L.Conv:
 
 def _conv_transpose(module, index: int, name: str) -> L.ConvTranspose:
     nd = 1 if isinstance(module, nn.ConvTranspose1d) else 2
-    if any(d != 1 for d in _pair(module.dilation, nd)):
-        raise ValueError(f"{name}: dilation {module.dilation} is not implemented; use dilation=1")
-    if module.groups != 1:
-        raise ValueError(f"{name}: groups={module.groups} is not implemented; use groups=1")
+    _check_plain_conv(module, nd, name)
     padding = list(zip(_pair(module.padding, nd), _pair(module.output_padding, nd)))
     return L.ConvTranspose(_pair(module.kernel_size, nd), _pair(module.stride, nd), padding, index=index,
                            bias=module.bias is not None, in_channels=module.in_channels,
