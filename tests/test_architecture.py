@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from gpytorch_nngp import ArchitectureKernel, Elementwise, NNGPKernel, NTKKernel, Parallel, Residual, SelfAttention
-from gpytorch_nngp.backends.architecture import ArchitectureKernelOperator, architecture_matrix
+from gpytorch_nngp.backends import NetworkKernelOperator
+from gpytorch_nngp.backends.architecture import NetworkEvaluator, architecture_matrix
 from gpytorch_nngp.kernels.from_module import network_from_module
 
 
@@ -45,7 +46,7 @@ def test_lazy_and_tiled_equal_dense(make, cls):
     with torch.no_grad():
         k = dense(x).to_dense()
         op = lazy(x).evaluate_kernel()
-        assert isinstance(op, ArchitectureKernelOperator)
+        assert isinstance(op, NetworkKernelOperator) and isinstance(op.evaluator, NetworkEvaluator)
         torch.testing.assert_close(op.to_dense(), k, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(lazy(x, y).to_dense(), dense(x, y).to_dense(), rtol=1e-12, atol=1e-12)
         rhs = torch.randn(7, 2, dtype=torch.float64)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gpytorch_nngp import NNGPKernel, NTKKernel, activations, backends
-from gpytorch_nngp.backends import lazy, memory_budget
+from gpytorch_nngp.backends import evaluators, lazy, memory_budget
 
 
 @pytest.fixture
@@ -191,9 +191,9 @@ def test_forward_mode_variance_gradients_equal_autograd(cls, act, symmetric):
     op = (k(x) if symmetric else k(x, torch.randn(30, 5, generator=g, dtype=torch.float64))).evaluate_kernel()
     left = torch.randn(40, 4, generator=g, dtype=torch.float64)
     right = torch.randn(op.shape[-1], 4, generator=g, dtype=torch.float64)
-    assert op._forward_mode_applies([a.requires_grad for a in op._args])
+    assert op.evaluator.forward_mode_applies(op, [a.requires_grad for a in op._args])
     forward_mode = op._bilinear_derivative(left, right)
-    op._forward_mode_applies = lambda wanted: False
+    op.evaluator.forward_mode_applies = lambda op, wanted: False
     autograd = op._bilinear_derivative(left, right)
     for a, b in zip(forward_mode, autograd):
         assert (a is None) == (b is None)
@@ -347,7 +347,7 @@ def test_entries_by_index(cls, monkeypatch):
                 assert torch.equal(block[torch.arange(4), same], op._diagonal()[same])
             g = torch.Generator().manual_seed(5)
             pairs = (torch.randint(op.shape[-2], (9,), generator=g), torch.randint(op.shape[-1], (9,), generator=g))
-            monkeypatch.setattr(lazy, "PAIR_CHUNK_NUMBERS", 3 * 2 * 5)  # three pairs a chunk
+            monkeypatch.setattr(evaluators, "PAIR_CHUNK_NUMBERS", 3 * 2 * 5)  # three pairs a chunk
             scattered = op._get_indices(*pairs)
             monkeypatch.undo()
             torch.testing.assert_close(scattered, matrix[pairs], rtol=1e-10, atol=1e-12)

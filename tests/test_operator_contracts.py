@@ -10,7 +10,7 @@ from linear_operator.test.linear_operator_test_case import LinearOperatorTestCas
 from test_dnn2gp import autograd_jacobian
 
 from gpytorch_nngp.activations import Erf, ReLU
-from gpytorch_nngp.backends import DeviceSharding, keops, memory_budget
+from gpytorch_nngp.backends import DeviceSharding, FullyConnectedEvaluator, keops, memory_budget
 from gpytorch_nngp.backends.keops import KeOpsNetworkKernelOperator
 from gpytorch_nngp.backends.lazy import NetworkKernelOperator
 from gpytorch_nngp.dnn2gp import FiniteNTKOperator, LinearizedNetwork
@@ -24,9 +24,10 @@ def dense_network_kernel(op):
     reference builds its layer-0 state the same way, so that gradients split between x1 and x2 alike.
     """
     gram, var1, var2 = input_grams(op.x1, op.x2, diagonal_offset=0 if op.symmetric else None)
-    k, theta = fully_connected_recursion(gram, var1, var2, op.depth, op.activation, op.weight_var, op.bias_var,
-                                         ntk=op.ntk)
-    return theta if op.ntk else k
+    e = op.evaluator
+    k, theta = fully_connected_recursion(gram, var1, var2, e.depth, e.activation, op.weight_var, op.bias_var,
+                                         ntk=e.ntk)
+    return theta if e.ntk else k
 
 
 class _NetworkOperatorCase:
@@ -42,8 +43,9 @@ class _NetworkOperatorCase:
     def operator(self, x1, x2):
         shape = (*self.batch, 1, 1)
         return NetworkKernelOperator(x1, torch.full(shape, 1.7), torch.full(shape, 0.4),
-                                     None if self.symmetric else x2, depth=self.depth, activation=self.activation,
-                                     ntk=self.ntk, cache_bytes=self.cache_bytes)
+                                     None if self.symmetric else x2,
+                                     evaluator=FullyConnectedEvaluator(self.depth, self.activation, self.ntk),
+                                     cache_bytes=self.cache_bytes)
 
     def setUp(self):
         super().setUp()  # linear_operator's BaseTestCase seeds torch from `seed`
@@ -129,8 +131,8 @@ class _KeOpsOperatorCase(_NetworkOperatorCase):
 
     def operator(self, x1, x2):
         return KeOpsNetworkKernelOperator(x1, torch.tensor([[1.7]]), torch.tensor([[0.4]]),
-                                          None if self.symmetric else x2, depth=self.depth,
-                                          activation=self.activation, ntk=self.ntk)
+                                          None if self.symmetric else x2,
+                                          evaluator=FullyConnectedEvaluator(self.depth, self.activation, self.ntk))
 
 
 class TestKeOpsOperatorFormulasOnTorch(_Square, _KeOpsOperatorCase, LinearOperatorTestCase, unittest.TestCase):

@@ -18,8 +18,9 @@ import torch
 
 from .budget import memory_budget
 from .distributed import DeviceSharding, ProcessGroupSharding, RowSharding, make_sharding
+from .evaluators import FullyConnectedEvaluator, kernel_rows
 from .keops import KEOPS_AVAILABLE, KeOpsNetworkKernelOperator, check_keops_activation, keops_supported
-from .lazy import NetworkKernelOperator, kernel_rows
+from .lazy import NetworkKernelOperator
 
 BACKENDS = ("auto", "dense", "lazy", "keops", "distributed")
 # 2900 x 2900 entries: with autograd through a depth-3 recursion the dense path then holds ~1.5 GB (float32).
@@ -64,6 +65,7 @@ def resolve_backend(backend: str, x1: torch.Tensor, x2: torch.Tensor, activation
     return "lazy"
 
 
-__all__ = ["BACKENDS", "DENSE_MAX_ENTRIES", "DeviceSharding", "KeOpsNetworkKernelOperator", "NetworkKernelOperator",
+__all__ = ["BACKENDS", "DENSE_MAX_ENTRIES", "DeviceSharding", "FullyConnectedEvaluator", "KeOpsNetworkKernelOperator",
+           "NetworkKernelOperator",
            "ProcessGroupSharding", "RowSharding", "check_backend", "check_keops_activation", "kernel_rows",
            "keops_supported", "make_sharding", "memory_budget", "resolve_backend"]

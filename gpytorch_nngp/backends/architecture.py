@@ -5,7 +5,7 @@ kernel matrix never holds n x m of them at once. Both sides' per-position varian
 (O(n P^2) below pooling), then the matrix is evaluated in tiles of rows and columns whose state fits the budget.
 
 - `architecture_matrix`: the whole (..., n, m) matrix (the dense backend), with autograd if wanted.
-- `ArchitectureKernelOperator`: the lazy backend, a NetworkKernelOperator whose row blocks are such tiles.
+- `NetworkEvaluator`: the lazy backend's evaluator (a NetworkKernelOperator whose row blocks are such tiles).
 """
 from __future__ import annotations
 
@@ -18,8 +18,7 @@ from linear_operator.operators import LinearOperator
 from ..algebra import Network
 from ..functional.workspace import Workspace
 from . import budget as memory
-from .distributed import RowSharding
-from .lazy import NetworkKernelOperator, chunked_pairs
+from .evaluators import Evaluator, chunked_pairs
 
 # Live state tensors per entry of a tile: a few without autograd; with autograd about a dozen per layer are saved.
 _LIVE_NO_GRAD = 8
@@ -109,87 +108,55 @@ def _with_diagonal(network, out, x1, weight_var, bias_var, ntk, row_offset, m, d
     return out
 
 
-class ArchitectureKernelOperator(NetworkKernelOperator):
-    """The (..., n, m) kernel matrix of an architecture, evaluated in row blocks of tiles (lazy backend).
+class NetworkEvaluator(Evaluator):
+    """Any architecture of the layer algebra, for NetworkKernelOperator (the lazy backend): row blocks of tiles.
 
-    Products keep a no-grad copy of the matrix while it fits in cache_bytes, else recompute the blocks; gradients
-    recompute one block at a time with autograd (NetworkKernelOperator's machinery).
-
-    Args:
-        x1: (..., n, F) inputs of the rows; x2: (..., m, F) of the columns, or None for a symmetric operator.
-        weight_var, bias_var: (*batch, L) variances.
-        network, ntk: the architecture, and whether this is its NTK.
-        cache_bytes: keep the matrix (its upper-triangle blocks when symmetric; with a sharding, this process's
-            blocks) when that is at most this large; None: the device's budget (backends/budget.py).
-        sharding: a RowSharding (backends/distributed.py): evaluate only this process's rows, or None.
+    Without autograd both sides' records and a symmetric operator's diagonal are computed once per operator and
+    device (kept in the operator's scratch), and the blocks' tiles share a Workspace; with autograd each block is
+    recomputed with its graph. There is no forward-mode variance derivative: gradients go through autograd.
     """
 
-    def __init__(self, x1: torch.Tensor, weight_var: torch.Tensor, bias_var: torch.Tensor,
-                 x2: Optional[torch.Tensor] = None, *, network: Network, ntk: bool,
-                 cache_bytes: Optional[int] = None, sharding: Optional[RowSharding] = None):
-        args = (x1, weight_var, bias_var) if x2 is None else (x1, weight_var, bias_var, x2)
-        LinearOperator.__init__(self, *args, network=network, ntk=ntk, cache_bytes=cache_bytes, sharding=sharding)
-        self.symmetric = x2 is None
-        self.x1, self.x2 = x1, (x1 if x2 is None else x2)
-        self.weight_var, self.bias_var = weight_var, bias_var
+    variance_axes = 1
+    expand_by_repeat = True
+
+    def __init__(self, network: Network, ntk: bool):
         self.network, self.ntk = network, ntk
-        self.cache_bytes = cache_bytes
-        self.sharding = sharding
-        self._dense_cache = None
-        self._records: Dict[torch.device, Tuple[Dict, Dict]] = {}  # both sides' records, per device
-        self._diagonals: Dict[torch.device, torch.Tensor] = {}  # a symmetric operator's diagonal, per device
 
-    def _like(self, x1, x2, sharding=None):
-        sharding = self.sharding if sharding is None else (None if sharding == "none" else sharding)
-        return type(self)(x1, self.weight_var, self.bias_var, x2, network=self.network, ntk=self.ntk,
-                          cache_bytes=self.cache_bytes, sharding=sharding)
+    def key(self):
+        return ("network", id(self.network), self.ntk)
 
-    def _batch(self):
-        return torch.broadcast_shapes(self.x1.shape[:-2], self.x2.shape[:-2], self.weight_var.shape[:-1],
-                                      self.bias_var.shape[:-1])
+    def rows_per_block(self, op, with_grad: bool) -> int:
+        batch = math.prod(op._batch()) if len(op._batch()) else 1
+        pairs = tile_pairs(self.network, op.x1.element_size(), with_grad, device=op.x1.device) // batch
+        return max(1, pairs // max(op.x2.shape[-2], 1))
 
-    def _block_size(self, with_grad: bool) -> int:
-        batch = math.prod(self._batch()) if len(self._batch()) else 1
-        pairs = tile_pairs(self.network, self.x1.element_size(), with_grad, device=self.x1.device) // batch
-        return max(1, pairs // max(self.x2.shape[-2], 1))
-
-    def _rows(self, start, stop, x1, x2, weight_var, bias_var, workspace=None, col_start=0):
+    def rows(self, op, start, stop, x1, x2, weight_var, bias_var, workspace=None, col_start=0):
         records = diagonal = None
         if not torch.is_grad_enabled() or not any(t.requires_grad for t in (x1, x2, weight_var, bias_var)):
-            if x1.device not in self._records:  # inference: both sides' records once for all blocks
+            cached = op.scratch.setdefault("records", {})
+            if x1.device not in cached:  # inference: both sides' records once for all blocks
                 v2 = self.network.records(x2, weight_var, bias_var)
-                v1 = v2 if self.symmetric else self.network.records(x1, weight_var, bias_var)
-                self._records[x1.device] = (v1, v2)
-            v1, v2 = self._records[x1.device]
+                v1 = v2 if op.symmetric else self.network.records(x1, weight_var, bias_var)
+                cached[x1.device] = (v1, v2)
+            v1, v2 = cached[x1.device]
             records = (self.network.take(v1, slice(start, stop)), self.network.take(v2, slice(col_start, None)))
-            if self.symmetric:  # the entries of a point with itself: one diagonal pass for all blocks
-                if x1.device not in self._diagonals:
-                    self._diagonals[x1.device] = self.network.paired(x1, x1, weight_var, bias_var, self.ntk,
-                                                                     same_points=True)
-                diagonal = self._diagonals[x1.device][..., col_start:]
+            if op.symmetric:  # the entries of a point with itself: one diagonal pass for all blocks
+                diagonals = op.scratch.setdefault("diagonal", {})
+                if x1.device not in diagonals:
+                    diagonals[x1.device] = self.network.paired(x1, x1, weight_var, bias_var, self.ntk,
+                                                               same_points=True)
+                diagonal = diagonals[x1.device][..., col_start:]
         return architecture_matrix(self.network, x1[..., start:stop, :], x2[..., col_start:, :], weight_var, bias_var,
-                                   self.ntk, symmetric=self.symmetric, row_offset=start - col_start,
+                                   self.ntk, symmetric=op.symmetric, row_offset=start - col_start,
                                    records=records, diagonal=diagonal)
 
-    def _forward_mode_applies(self, wanted) -> bool:
-        """Architecture kernels have no forward-mode variance derivative: their gradients go through autograd."""
-        return False
+    def diagonal(self, op) -> torch.Tensor:
+        return self.network.paired(op.x1, op.x2, op.weight_var, op.bias_var, self.ntk, same_points=op.symmetric)
 
-    def _expand_batch(self, batch_shape):
-        # Repeat this operator (one evaluation) rather than evaluating expanded inputs once per batch member.
-        return LinearOperator._expand_batch(self, batch_shape)
-
-    def _diagonal(self) -> torch.Tensor:
-        if self.x1.shape[-2] != self.x2.shape[-2]:
-            raise RuntimeError("the diagonal of a non-square kernel operator is undefined")
-        out = self.network.paired(self.x1, self.x2, self.weight_var, self.bias_var, self.ntk,
-                                  same_points=self.symmetric)
-        return out.expand(self.shape[:-1])
-
-    def _get_indices(self, row_index, col_index, *batch_indices):
-        if batch_indices or self.weight_var.dim() > 1:
-            return LinearOperator._get_indices(self, row_index, col_index, *batch_indices)
+    def get_indices(self, op, row_index, col_index, *batch_indices):
+        if batch_indices or op.weight_var.dim() > 1:
+            return LinearOperator._get_indices(op, row_index, col_index, *batch_indices)
         # a pair holds its two inputs and, while propagated, a few state tensors
         numbers = 2 * self.network.features + _LIVE_NO_GRAD * self.network.entries_per_pair
-        return chunked_pairs(lambda a, b: self.network.paired(a, b, self.weight_var, self.bias_var, self.ntk),
-                             self.x1, self.x2, row_index, col_index, numbers_per_pair=numbers)
+        return chunked_pairs(lambda a, b: self.network.paired(a, b, op.weight_var, op.bias_var, self.ntk),
+                             op.x1, op.x2, row_index, col_index, numbers_per_pair=numbers)

@@ -84,15 +84,17 @@ def keops_kernel(x1, x2, weight_var, bias_var, depth, activation, ntk):
 class KeOpsNetworkKernelOperator(NetworkKernelOperator):
     """NetworkKernelOperator whose products and their gradients run through KeOps (O(n + m) memory).
 
-    The diagonal, single entries (pivoted Cholesky) and to_dense() use the torch recursion as in the lazy backend.
+    The evaluator is a FullyConnectedEvaluator. The diagonal, single entries (pivoted Cholesky) and to_dense() use the
+    torch recursion as in the lazy backend.
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        check_keops_activation(self.activation)
+        check_keops_activation(self.evaluator.activation)
 
     def _matmul(self, rhs):
-        formula = keops_kernel(self.x1, self.x2, self.weight_var, self.bias_var, self.depth, self.activation, self.ntk)
+        e = self.evaluator
+        formula = keops_kernel(self.x1, self.x2, self.weight_var, self.bias_var, e.depth, e.activation, e.ntk)
         return formula @ rhs.contiguous()
 
     def _bilinear_derivative(self, left_vecs, right_vecs):

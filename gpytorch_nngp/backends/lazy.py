@@ -19,82 +19,30 @@ hundreds of GB. Here the kernel matrix is evaluated in blocks of rows without au
 """
 from __future__ import annotations
 
-import math
 import weakref
 from typing import Optional, Tuple
 
 import torch
 from linear_operator.operators import LinearOperator
 
-from ..functional.activations import Activation
-from ..functional.recursion import (
-    fully_connected_recursion,
-    input_grams,
-    paired_kernel,
-)
 from ..functional.workspace import Workspace
 from . import budget
 from .distributed import RowSharding
-
-
-def _block_rows(m: int, batch: int, itemsize: int, depth: int, with_grad: bool, device=None) -> int:
-    """Rows per block within the budget's block bytes: with autograd about a dozen block x m tensors per layer are
-    saved, without it a handful of recycled buffers live."""
-    per_row = m * batch * itemsize * ((12 * max(depth, 1) + 4) if with_grad else 6)
-    return max(1, budget.block_bytes(device) // max(per_row, 1))
-
-
-def kernel_rows(x1_rows, x2, weight_var, bias_var, depth, activation, ntk, diagonal_offset=None, workspace=None):
-    """Kernel entries k(x1_rows, x2), (..., b, m), by the dense recursion.
-
-    diagonal_offset: when x1_rows are rows offset.. of x2 itself (a block of a symmetric matrix), the entries
-    (i, offset + i) are the same point twice: their input Gram is set to the variance computed the same way as
-    the variances, so that k12 == k11 == k22 bitwise there (|c| = 1 exactly, safe gradients).
-    """
-    no_grad = not torch.is_grad_enabled() or not any(t.requires_grad for t in (x1_rows, x2, weight_var, bias_var))
-    # Inference: the Gram goes into a recycled buffer, which the recursion then overwrites.
-    out = (workspace.take(x1_rows, (x1_rows.shape[0], x2.shape[0]))
-           if no_grad and workspace is not None and x1_rows.dim() == 2 and x2.dim() == 2 else None)
-    gram, var1, var2 = input_grams(x1_rows, x2, out=out, diagonal_offset=diagonal_offset)
-    k, theta = fully_connected_recursion(gram, var1, var2, depth, activation, weight_var, bias_var, ntk=ntk,
-                                         workspace=workspace, consume_gram=workspace is not None)
-    if ntk and workspace is not None and k is not theta and k.shape == theta.shape:
-        workspace.give(k)
-    return theta if ntk else k
-
-
-# Input rows gathered at once by chunked_pairs: 2^24 numbers (64 MiB in float32) per side.
-PAIR_CHUNK_NUMBERS = 2 ** 24
-
-
-def chunked_pairs(paired, x1: torch.Tensor, x2: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
-                  numbers_per_pair: int) -> torch.Tensor:
-    """paired(x1[rows], x2[cols]) -> (k,) for broadcastable index tensors (unbatched x1 (n, d), x2 (m, d)), shaped
-    like the broadcast indices, in chunks of about PAIR_CHUNK_NUMBERS / numbers_per_pair pairs (numbers_per_pair:
-    what one pair holds at once, its gathered inputs and its state).
-
-    GPyTorch's pivoted-Cholesky preconditioner asks for 15 whole rows at once: 15 n pairs, whose gathered inputs
-    alone would be 2.35 GB per side at n = 50,000, d = 784.
-    """
-    rows, cols = torch.broadcast_tensors(rows, cols)
-    flat_rows, flat_cols = rows.reshape(-1), cols.reshape(-1)
-    step = max(1, PAIR_CHUNK_NUMBERS // max(numbers_per_pair, 1))
-    out = torch.cat([paired(x1[flat_rows[i:i + step]], x2[flat_cols[i:i + step]])
-                     for i in range(0, flat_rows.numel(), step)]) if flat_rows.numel() else \
-        paired(x1[flat_rows], x2[flat_cols])
-    return out.reshape(rows.shape)
+from .evaluators import Evaluator
 
 
 class NetworkKernelOperator(LinearOperator):
-    """The (..., n, m) kernel matrix of a fully connected network, evaluated in row blocks.
+    """The (..., n, m) kernel matrix of a network kernel, evaluated in row blocks: one operator for every kernel,
+    which `evaluator` computes (backends/evaluators.py: the fully connected kernel, or any architecture).
 
     Args:
         x1: (..., n, d) inputs of the rows.
-        weight_var, bias_var: (*batch, 1, 1) variances.
+        weight_var, bias_var: the variances, (*batch, 1, 1) for the fully connected kernel, (*batch, L) for an
+            architecture (evaluator.variance_axes).
         x2: (..., m, d) inputs of the columns, or None for a symmetric operator on x1 alone. The diagonal of a
             symmetric operator is then exact (|c| = 1, see input_grams), and its representation holds the
             points once, so gradients reach them through one tensor.
-        depth, activation, ntk: the network, as in the kernels.
+        evaluator: what the kernel is and how its entries are computed.
         cache_bytes: evaluate and keep the matrix (without autograd) when what is kept is at most this large (the
             upper triangle of a symmetric operator; with a sharding, this process's blocks); None: the budget of
             the device (backends/budget.py).
@@ -102,30 +50,31 @@ class NetworkKernelOperator(LinearOperator):
     """
 
     def __init__(self, x1: torch.Tensor, weight_var: torch.Tensor, bias_var: torch.Tensor,
-                 x2: Optional[torch.Tensor] = None, *, depth: int, activation: Activation, ntk: bool,
-                 cache_bytes: Optional[int] = None, sharding: Optional[RowSharding] = None):
+                 x2: Optional[torch.Tensor] = None, *, evaluator: Evaluator, cache_bytes: Optional[int] = None,
+                 sharding: Optional[RowSharding] = None):
         args = (x1, weight_var, bias_var) if x2 is None else (x1, weight_var, bias_var, x2)
-        super().__init__(*args, depth=depth, activation=activation, ntk=ntk, cache_bytes=cache_bytes,
-                         sharding=sharding)
+        super().__init__(*args, evaluator=evaluator, cache_bytes=cache_bytes, sharding=sharding)
         self.symmetric = x2 is None
         self.x1, self.x2 = x1, (x1 if x2 is None else x2)
         self.weight_var, self.bias_var = weight_var, bias_var
-        self.depth, self.activation, self.ntk = depth, activation, ntk
+        self.evaluator = evaluator
         self.cache_bytes = cache_bytes
         self.sharding = sharding
         self._dense_cache = None
+        self.scratch: dict = {}  # what the evaluator keeps for this operator (per-device records, the diagonal)
 
     def _like(self, x1, x2, sharding=None):
         """An operator of the same network and variances on other points (x2 None: symmetric on x1), with the same
         sharding unless one is given ("none" for an unsharded one)."""
         sharding = self.sharding if sharding is None else (None if sharding == "none" else sharding)
-        return type(self)(x1, self.weight_var, self.bias_var, x2, depth=self.depth, activation=self.activation,
-                          ntk=self.ntk, cache_bytes=self.cache_bytes, sharding=sharding)
+        return type(self)(x1, self.weight_var, self.bias_var, x2, evaluator=self.evaluator,
+                          cache_bytes=self.cache_bytes, sharding=sharding)
 
     # -- shape -------------------------------------------------------------------------------------------------
     def _batch(self):
-        return torch.broadcast_shapes(self.x1.shape[:-2], self.x2.shape[:-2], self.weight_var.shape[:-2],
-                                      self.bias_var.shape[:-2])
+        axes = self.evaluator.variance_axes
+        return torch.broadcast_shapes(self.x1.shape[:-2], self.x2.shape[:-2], self.weight_var.shape[:-axes],
+                                      self.bias_var.shape[:-axes])
 
     def _size(self):
         return torch.Size(self._batch() + (self.x1.shape[-2], self.x2.shape[-2]))
@@ -138,14 +87,11 @@ class NetworkKernelOperator(LinearOperator):
     # -- evaluation --------------------------------------------------------------------------------------------
     def _rows(self, start, stop, x1, x2, weight_var, bias_var, workspace=None, col_start=0):
         """k(x1[start:stop], x2[col_start:]), (..., stop - start, m - col_start); col_start <= start when symmetric."""
-        offset = start - col_start if self.symmetric else None
-        return kernel_rows(x1[..., start:stop, :], x2[..., col_start:, :], weight_var, bias_var, self.depth,
-                           self.activation, self.ntk, diagonal_offset=offset, workspace=workspace)
+        return self.evaluator.rows(self, start, stop, x1, x2, weight_var, bias_var, workspace, col_start)
 
     def _block_size(self, with_grad: bool) -> int:
         """Rows per block, for blocks of all m columns."""
-        batch = math.prod(self._batch()) if len(self._batch()) else 1
-        return _block_rows(self.x2.shape[-2], batch, self.x1.element_size(), self.depth, with_grad, self.x1.device)
+        return self.evaluator.rows_per_block(self, with_grad)
 
     def _blocks(self, with_grad: bool, triangle: bool = False, rows: Optional[Tuple[int, int]] = None):
         """(start, stop, col_start) of each block of rows (all rows, or rows = [first, last)): all columns, or with
@@ -294,8 +240,8 @@ class NetworkKernelOperator(LinearOperator):
         wanted = [a.requires_grad for a in self._args]
         if not any(wanted):
             return (None,) * len(wanted)
-        if left_vecs.dim() == 2 and right_vecs.dim() == 2 and self._forward_mode_applies(wanted):
-            grads = self._variance_derivative(left_vecs, right_vecs, wanted)
+        if left_vecs.dim() == 2 and right_vecs.dim() == 2 and self.evaluator.forward_mode_applies(self, wanted):
+            grads = self.evaluator.variance_derivative(self, left_vecs, right_vecs, wanted)
         else:
             grads = self._autograd_derivative(left_vecs, right_vecs, wanted)
         if self.sharding is not None:  # each process has its own rows' part: the sum over processes
@@ -325,37 +271,10 @@ class NetworkKernelOperator(LinearOperator):
         grads = iter(grads)
         return tuple(next(grads) if w else None for w in wanted)
 
-    def _forward_mode_applies(self, wanted) -> bool:
-        """Gradients wanted for the variances only, of an unbatched kernel whose activation has forward-mode
-        derivatives (Activation.variance_gradients): then forward mode."""
-        inputs_wanted = wanted[0] or (len(wanted) == 4 and wanted[3])
-        return (not inputs_wanted and self.activation.has_variance_gradients and self.weight_var.numel() == 1
-                and self.bias_var.numel() == 1 and self.x1.dim() == 2 and self.x2.dim() == 2)
-
-    def _variance_derivative(self, left_vecs: torch.Tensor, right_vecs: torch.Tensor, wanted):
-        """The bilinear derivative wrt (weight_var, bias_var) by forward mode, block by block and without a graph
-        (Activation.variance_gradients): about half the time of recomputing each block with autograd. The sums stay
-        on the device (one transfer at the end, no host synchronization per block)."""
-        w, b = self.weight_var.item(), self.bias_var.item()
-        grad_w = grad_b = torch.zeros((), dtype=self.weight_var.dtype, device=self.weight_var.device)
-        with torch.no_grad():
-            for start, stop, col, triangle, device in self._gradient_blocks():
-                x1, x2, left, right = self._on(device, (self.x1, self.x2, left_vecs, right_vecs))
-                offset = start - col if self.symmetric else None
-                gram, var1, var2 = input_grams(x1[start:stop], x2[col:], diagonal_offset=offset)
-                weights = self._block_weights(left, right, start, stop, col, triangle)
-                gw, gb = self.activation.variance_gradients(gram, var1, var2, self.depth, w, b, self.ntk, weights)
-                grad_w, grad_b = grad_w + gw.to(grad_w.device), grad_b + gb.to(grad_b.device)
-        out = [None, grad_w.expand_as(self.weight_var).clone(), grad_b.expand_as(self.bias_var).clone()]
-        out += [None] * (len(wanted) - 3)
-        return tuple(g if want else None for g, want in zip(out, wanted))
-
     def _diagonal(self) -> torch.Tensor:
         if self.x1.shape[-2] != self.x2.shape[-2]:
             raise RuntimeError("the diagonal of a non-square kernel operator is undefined")
-        out = paired_kernel(self.x1, self.x2, self.weight_var.squeeze(-1), self.bias_var.squeeze(-1), self.depth,
-                            self.activation, self.ntk, same_points=self.symmetric)
-        return out.expand(self.shape[:-1])
+        return self.evaluator.diagonal(self).expand(self.shape[:-1])
 
     def to_dense(self) -> torch.Tensor:
         if self.sharding is not None:  # the whole matrix is wanted: every process evaluates it (small n only)
@@ -372,41 +291,8 @@ class NetworkKernelOperator(LinearOperator):
         return torch.cat(blocks, dim=-2).expand(self.shape)
 
     def _get_indices(self, row_index, col_index, *batch_indices):
-        """Entries k(x1[row_index], x2[col_index]) elementwise (broadcast indices), by the diagonal recursion."""
-        x1 = self.x1.expand(*self._batch(), *self.x1.shape[-2:]) if len(self._batch()) else self.x1
-        x2 = self.x2.expand(*self._batch(), *self.x2.shape[-2:]) if len(self._batch()) else self.x2
-        wv = self.weight_var.expand(*self._batch(), 1, 1) if len(self._batch()) else self.weight_var
-        bv = self.bias_var.expand(*self._batch(), 1, 1) if len(self._batch()) else self.bias_var
-        wv = wv[(*batch_indices, 0, 0)] if batch_indices else wv.reshape(())
-        bv = bv[(*batch_indices, 0, 0)] if batch_indices else bv.reshape(())
-        if batch_indices:
-            a, b = x1[(*batch_indices, row_index)], x2[(*batch_indices, col_index)]
-            return paired_kernel(a, b, wv, bv, self.depth, self.activation, self.ntk)
-        rows, cols = torch.broadcast_tensors(row_index, col_index)
-        unique_rows, row_at = torch.unique(rows.reshape(-1), return_inverse=True)
-        unique_cols, col_at = torch.unique(cols.reshape(-1), return_inverse=True)
-        if unique_rows.numel() * unique_cols.numel() <= 4 * rows.numel():
-            # Whole rows (GPyTorch's pivoted Cholesky asks for 15 at once): the block of the distinct rows and
-            # columns through one Gram product, instead of n d products per row.
-            block = self._index_block(unique_rows, unique_cols, wv, bv)
-            return block[row_at, col_at].reshape(rows.shape)
-        return chunked_pairs(lambda a, b: paired_kernel(a, b, wv, bv, self.depth, self.activation, self.ntk),
-                             x1, x2, rows, cols, numbers_per_pair=2 * x1.shape[-1])
-
-    def _index_block(self, rows, cols, weight_var, bias_var):
-        """k(x1[rows], x2[cols]) for distinct sorted indices, (len(rows), len(cols)), in blocks of rows. A point with
-        itself (a symmetric operator's i == j) gets its variance as Gram entry, as on the matrix's diagonal."""
-        step = max(1, 2 ** 22 // max(cols.numel(), 1))
-        blocks = []
-        for start in range(0, rows.numel(), step):
-            r = rows[start:start + step]
-            gram, var1, var2 = input_grams(self.x1[r], self.x2[cols])
-            if self.symmetric:
-                gram = torch.where(r.unsqueeze(-1) == cols, var1.expand_as(gram), gram)
-            k, theta = fully_connected_recursion(gram, var1, var2, self.depth, self.activation, weight_var, bias_var,
-                                                 ntk=self.ntk)
-            blocks.append(theta if self.ntk else k)
-        return torch.cat(blocks, dim=-2)
+        """Entries k(x1[row_index], x2[col_index]) elementwise (broadcast indices), without the matrix."""
+        return self.evaluator.get_indices(self, row_index, col_index, *batch_indices)
 
     def _getitem(self, row_index, col_index, *batch_indices):
         """Slices of rows/columns (and batch) give another operator on the selected points."""
@@ -419,6 +305,8 @@ class NetworkKernelOperator(LinearOperator):
         return self._like(self.x1[..., row_index, :], None if same_rows else self.x2[..., col_index, :])
 
     def _expand_batch(self, batch_shape):
+        if self.evaluator.expand_by_repeat:  # repeat this operator (one evaluation), not the expanded inputs
+            return LinearOperator._expand_batch(self, batch_shape)
         x1 = self.x1.expand(*batch_shape, *self.x1.shape[-2:])
         return self._like(x1, None if self.symmetric else self.x2.expand(*batch_shape, *self.x2.shape[-2:]))
 
@@ -447,8 +335,7 @@ def _points(op):
 def _dense_key(op):
     points = tuple((tuple(a.shape), a.dtype, a.device, a.detach().sum().item()) for a in _points(op))
     variances = tuple((tuple(op._args[i].shape), tuple(op._args[i].detach().reshape(-1).tolist())) for i in _VARIANCES)
-    return (type(op), points, variances, op.symmetric, repr(op._kwargs.get("activation")), op._kwargs.get("depth"),
-            op._kwargs.get("ntk"), id(op._kwargs.get("network")), id(op._kwargs.get("sharding")))
+    return (type(op), points, variances, op.symmetric, op._kwargs["evaluator"].key(), id(op._kwargs.get("sharding")))
 
 
 def _shared_dense(op):

@@ -9,8 +9,8 @@ from gpytorch.priors import Prior
 
 from .._validation import check_call, check_finite_kernel, check_inputs, one_point_set
 from ..algebra import Network
-from ..backends import check_backend, make_sharding, resolve_backend
-from ..backends.architecture import ArchitectureKernelOperator, architecture_matrix
+from ..backends import NetworkKernelOperator, check_backend, make_sharding, resolve_backend
+from ..backends.architecture import NetworkEvaluator, architecture_matrix
 from .base import NetworkKernel
 from .from_module import network_from_module
 
@@ -79,7 +79,7 @@ class ArchitectureKernel(NetworkKernel):
         return super().__call__(x1, x2, diag=diag, last_dim_is_batch=last_dim_is_batch, **params)
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, diag: bool = False, last_dim_is_batch: bool = False,
-                **params) -> Union[torch.Tensor, ArchitectureKernelOperator]:
+                **params) -> Union[torch.Tensor, NetworkKernelOperator]:
         """Kernel matrix (..., n, m), or its diagonal (..., n) with diag=True. Inputs (..., n, F), (..., m, F)."""
         self._refuse_last_dim_is_batch(last_dim_is_batch)
         check_inputs(x1, x2)
@@ -101,8 +101,8 @@ class ArchitectureKernel(NetworkKernel):
         if backend == "distributed":
             self.sharding.check_same(x1=x1, x2=x2, weight_var=weight_var, bias_var=bias_var)
         if backend in ("lazy", "distributed"):
-            return ArchitectureKernelOperator(x1, weight_var, bias_var, None if same else x2, network=self.network,
-                                              ntk=self.ntk, sharding=self.sharding)
+            return NetworkKernelOperator(x1, weight_var, bias_var, None if same else x2,
+                                         evaluator=NetworkEvaluator(self.network, self.ntk), sharding=self.sharding)
         return check_finite_kernel(architecture_matrix(self.network, x1, x2, weight_var, bias_var, self.ntk,
                                                        symmetric=same), x1, x2)
 

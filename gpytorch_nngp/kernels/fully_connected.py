@@ -9,6 +9,7 @@ from gpytorch.priors import Prior
 
 from .._validation import check_call, check_depth, check_finite_kernel, check_inputs, one_point_set
 from ..backends import (
+    FullyConnectedEvaluator,
     KeOpsNetworkKernelOperator,
     NetworkKernelOperator,
     check_backend,
@@ -115,16 +116,18 @@ class _FullyConnectedKernel(NetworkKernel):
             self._check_bounded(x1, x2, symmetric)
         if backend == "distributed":
             self.sharding.check_same(x1=x1, x2=x2, weight_var=weight_var, bias_var=bias_var)
-            return NetworkKernelOperator(x1, weight_var, bias_var, None if symmetric else x2, depth=self.depth,
-                                         activation=self.activation, ntk=self._ntk, sharding=self.sharding)
+            return NetworkKernelOperator(x1, weight_var, bias_var, None if symmetric else x2,
+                                         evaluator=self._evaluator(), sharding=self.sharding)
         if backend in ("lazy", "keops"):
             operator = KeOpsNetworkKernelOperator if backend == "keops" else NetworkKernelOperator
-            return operator(x1, weight_var, bias_var, None if symmetric else x2, depth=self.depth,
-                            activation=self.activation, ntk=self._ntk)
+            return operator(x1, weight_var, bias_var, None if symmetric else x2, evaluator=self._evaluator())
         gram, var1, var2 = self._gram_cache.get(x1, x2, symmetric)
         k, theta = fully_connected_recursion(gram, var1, var2, self.depth, self.activation, weight_var, bias_var,
                                              ntk=self._ntk, symmetric=symmetric)
         return check_finite_kernel(theta if self._ntk else k, x1, x2)
+
+    def _evaluator(self) -> FullyConnectedEvaluator:
+        return FullyConnectedEvaluator(self.depth, self.activation, self._ntk)
 
     def _diagonal(self, x1, x2, same_points: bool) -> torch.Tensor:
         """k(x1_i, x2_i), (..., n)."""
