@@ -132,3 +132,21 @@ def test_float32_and_a_batch_of_one(name):
         assert one.shape == (1, 1)
         torch.testing.assert_close(one[0, 0], want[0, 0], rtol=1e-12, atol=0)
         torch.testing.assert_close(k64(x[:1], diag=True), want[:1, 0], rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("name", ["SelfAttention", "AvgPool", "Dense"])
+def test_points_in_chunks(name):
+    """Own states (records, the diagonal) are propagated a few points at a time under a small memory budget (a
+    point's state holds P^2 numbers below pooling): the same kernel, and diag=True still the matrix diagonal."""
+    from gpytorch_nngp.backends import memory_budget
+    from gpytorch_nngp.backends.architecture import points_per_chunk
+
+    k, shape = kernel(name, NNGPKernel)
+    x = points(shape, 7, seed=3)
+    with torch.no_grad():
+        want = k(x).to_dense()
+        with memory_budget(block_bytes=1):
+            assert points_per_chunk(k.network, x) == 1
+            got, diag = k(x).to_dense(), k(x, diag=True)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert torch.equal(diag, got.diagonal())

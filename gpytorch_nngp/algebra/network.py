@@ -164,10 +164,16 @@ class Network:
         return state
 
     # -- what the kernels call -------------------------------------------------------------------------------------
-    def records(self, x: torch.Tensor, weight_var: torch.Tensor, bias_var: torch.Tensor) -> Records:
+    def records(self, x: torch.Tensor, weight_var: torch.Tensor, bias_var: torch.Tensor,
+                chunk: Optional[int] = None) -> Records:
         """Each point's own records (its per-position variances at every activation and normalization, its P x P
         covariance where a layer needs it): layer key -> (..., n, *record axes). What a kernel matrix needs of each
-        side, computed once per point set."""
+        side, computed once per point set; `chunk` points at a time (a point's state holds P^2 numbers below
+        pooling or attention)."""
+        n = x.shape[-2]
+        if chunk is not None and n > chunk:
+            parts = [self.records(x[..., i:i + chunk, :], weight_var, bias_var) for i in range(0, n, chunk)]
+            return {key: torch.cat([p[key] for p in parts], dim=-1 - self._record_axes[key]) for key in parts[0]}
         state = PairState(self.input_state(x, x, lead=1), lead=1)
         self.propagate(state, Context(weight_var, bias_var, lead=1, ntk=False))
         return state.recorded
@@ -194,8 +200,14 @@ class Network:
         out = self.propagate(PairState(cov, lead=2, own=records), Context(weight_var, bias_var, 2, ntk, workspace))
         return out.theta if ntk else out.cov
 
-    def paired(self, x1, x2, weight_var, bias_var, ntk: bool, same_points: bool = False) -> torch.Tensor:
-        """k(x1_i, x2_i) for paired rows, (..., n): a kernel diagonal (same_points) or scattered entries."""
+    def paired(self, x1, x2, weight_var, bias_var, ntk: bool, same_points: bool = False,
+               chunk: Optional[int] = None) -> torch.Tensor:
+        """k(x1_i, x2_i) for paired rows, (..., n): a kernel diagonal (same_points) or scattered entries; `chunk`
+        pairs at a time."""
+        n = x1.shape[-2]
+        if chunk is not None and n > chunk:
+            return torch.cat([self.paired(x1[..., i:i + chunk, :], x2[..., i:i + chunk, :], weight_var, bias_var, ntk,
+                                          same_points) for i in range(0, n, chunk)], dim=-1)
         ctx = Context(weight_var, bias_var, lead=1, ntk=ntk)
         if same_points:
             out = self.propagate(PairState(self.input_state(x1, x1, lead=1), lead=1), ctx)

@@ -33,6 +33,13 @@ def tile_pairs(network: Network, itemsize: int, with_grad: bool, budget: Optiona
     return max(1, budget // (network.entries_per_pair * itemsize * live))
 
 
+def points_per_chunk(network: Network, x: torch.Tensor) -> int:
+    """Points whose own states (records, diagonal) are propagated at once: an autograd tile's worth of pairs, with
+    or without autograd, so that every diagonal pass cuts the points alike (a vectorized transcendental function
+    may round a value differently in another position of its vector: diag=True must equal the matrix diagonal)."""
+    return tile_pairs(network, x.element_size(), True, device=x.device)
+
+
 def architecture_matrix(network: Network, x1: torch.Tensor, x2: torch.Tensor, weight_var: torch.Tensor,
                         bias_var: torch.Tensor, ntk: bool, symmetric: bool = False, row_offset: int = 0,
                         records: Optional[Tuple[Dict, Dict]] = None, budget: Optional[int] = None,
@@ -52,9 +59,10 @@ def architecture_matrix(network: Network, x1: torch.Tensor, x2: torch.Tensor, we
     """
     with_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x1, x2, weight_var, bias_var))
     if records is None:
-        v2 = network.records(x2, weight_var, bias_var)
+        chunk = points_per_chunk(network, x2)
+        v2 = network.records(x2, weight_var, bias_var, chunk)
         v1 = (network.take(v2, slice(row_offset, row_offset + x1.shape[-2])) if symmetric
-              else network.records(x1, weight_var, bias_var))
+              else network.records(x1, weight_var, bias_var, chunk))
         records = (v1, v2)
     n, m = x1.shape[-2], x2.shape[-2]
     pairs = tile_pairs(network, x1.element_size(), with_grad, budget, x1.device)
@@ -100,7 +108,7 @@ def _with_diagonal(network, out, x1, weight_var, bias_var, ntk, row_offset, m, d
         own = diagonal[..., first:last]
     else:
         own = network.paired(x1[..., rows - row_offset, :], x1[..., rows - row_offset, :], weight_var, bias_var,
-                             ntk, same_points=True)
+                             ntk, same_points=True, chunk=points_per_chunk(network, x1))
     index = (Ellipsis, rows - row_offset, rows)
     if out.requires_grad or own.requires_grad:
         out = out.clone()
@@ -135,8 +143,9 @@ class NetworkEvaluator(Evaluator):
         if not torch.is_grad_enabled() or not any(t.requires_grad for t in (x1, x2, weight_var, bias_var)):
             cached = op.scratch.setdefault("records", {})
             if x1.device not in cached:  # inference: both sides' records once for all blocks
-                v2 = self.network.records(x2, weight_var, bias_var)
-                v1 = v2 if op.symmetric else self.network.records(x1, weight_var, bias_var)
+                chunk = points_per_chunk(self.network, x2)
+                v2 = self.network.records(x2, weight_var, bias_var, chunk)
+                v1 = v2 if op.symmetric else self.network.records(x1, weight_var, bias_var, chunk)
                 cached[x1.device] = (v1, v2)
             v1, v2 = cached[x1.device]
             records = (self.network.take(v1, slice(start, stop)), self.network.take(v2, slice(col_start, None)))
@@ -144,14 +153,16 @@ class NetworkEvaluator(Evaluator):
                 diagonals = op.scratch.setdefault("diagonal", {})
                 if x1.device not in diagonals:
                     diagonals[x1.device] = self.network.paired(x1, x1, weight_var, bias_var, self.ntk,
-                                                               same_points=True)
+                                                               same_points=True,
+                                                               chunk=points_per_chunk(self.network, x1))
                 diagonal = diagonals[x1.device][..., col_start:]
         return architecture_matrix(self.network, x1[..., start:stop, :], x2[..., col_start:, :], weight_var, bias_var,
                                    self.ntk, symmetric=op.symmetric, row_offset=start - col_start,
                                    records=records, diagonal=diagonal)
 
     def diagonal(self, op) -> torch.Tensor:
-        return self.network.paired(op.x1, op.x2, op.weight_var, op.bias_var, self.ntk, same_points=op.symmetric)
+        return self.network.paired(op.x1, op.x2, op.weight_var, op.bias_var, self.ntk, same_points=op.symmetric,
+                                   chunk=points_per_chunk(self.network, op.x1))
 
     def get_indices(self, op, row_index, col_index, *batch_indices):
         if batch_indices or op.weight_var.dim() > 1:
