@@ -154,9 +154,10 @@ class _FullyConnectedKernel(NetworkKernel):
 
         Channel and hidden widths are ignored (they go to infinity); every weight is N(0, weight_var / fan_in) and
         every bias N(0, bias_var), NTK parametrization. Supported: nn.Sequential, nn.Linear, nn.Conv1d/2d (zero or
-        circular padding, any stride), nn.AvgPool1d/2d, nn.AdaptiveAvgPool1d/2d(1), nn.Flatten, nn.LayerNorm
-        without affine parameters, nn.Identity, gpytorch_nngp.Residual, and the activation modules (nn.ReLU,
-        nn.LeakyReLU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.ELU, nn.Softplus).
+        circular padding, any stride), nn.ConvTranspose1d/2d, nn.AvgPool1d/2d, nn.AdaptiveAvgPool1d/2d(1),
+        nn.Flatten, nn.LayerNorm without affine parameters, nn.Identity, nn.Dropout (the identity: evaluation mode),
+        gpytorch_nngp.Residual, gpytorch_nngp.Parallel, gpytorch_nngp.SelfAttention, and the activation modules
+        (gpytorch_nngp.kernels.from_module.SUPPORTED lists them all).
 
         Args:
             module: the network, e.g. nn.Sequential(nn.Conv2d(1, 64, 3, padding=1), nn.ReLU(), nn.Flatten(),
@@ -198,8 +199,8 @@ class NNGPKernel(_FullyConnectedKernel):
 
     Args:
         depth: number of hidden layers L (L nonlinearities, L + 1 dense layers); 0 is a linear model.
-        activation: a name ("relu", "erf", "abs", "identity", "gelu", "sign", "leaky_relu", "tanh", "sigmoid",
-            "softplus", "silu", "elu"), an Activation from gpytorch_nngp.activations, or any elementwise torch callable.
+        activation: a name (gpytorch_nngp.activations.NAMES: "relu", "erf", "gelu", "tanh", ...), an Activation from
+            gpytorch_nngp.activations, or any elementwise torch callable.
         weight_var, bias_var: initial variances sigma_w^2, sigma_b^2 (> 0; learnable, positive-constrained).
         weight_var_prior, bias_var_prior, weight_var_constraint, bias_var_constraint: as in GPyTorch.
         backend: "auto", "dense", "lazy", "keops" or "distributed" (rows sharded over the ranks of the default
