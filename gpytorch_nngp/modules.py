@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from .algebra.attention import MECHANISMS
+from .algebra.branches import MERGES
 
 
 class Residual(torch.nn.Module):
@@ -40,8 +41,6 @@ class Parallel(torch.nn.Module):
         merge: "sum", "concat" or "prod".
     """
 
-    MERGES = ("sum", "concat", "prod")
-
     def __init__(self, *branches: torch.nn.Module, merge: str = "sum"):
         super().__init__()
         if not branches:
@@ -50,8 +49,8 @@ class Parallel(torch.nn.Module):
             if not isinstance(branch, torch.nn.Module):
                 raise TypeError(f"Parallel needs torch.nn.Modules as branches, got {type(branch).__name__} for "
                                 f"branch {i}")
-        if merge not in self.MERGES:
-            raise ValueError(f"merge must be one of {', '.join(map(repr, self.MERGES))}, got {merge!r}")
+        if merge not in MERGES:
+            raise ValueError(f"merge must be one of {', '.join(map(repr, MERGES))}, got {merge!r}")
         self.branches = torch.nn.ModuleList(branches)
         self.merge = merge
 

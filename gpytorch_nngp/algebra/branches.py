@@ -86,9 +86,9 @@ class Parallel(Layer):
             return replace(merged, law=GAUSSIAN, why="")
         if len(outs) == 1:
             return merged
-        return replace(merged, law=MIXED, why=self._why(outs))
+        return replace(merged, law=MIXED, why=self._why())
 
-    def _why(self, outs) -> str:
+    def _why(self) -> str:
         if self.merge == "concat":
             return "a concatenation of branches (each channel comes from one branch)"
         if self.merge == "prod":

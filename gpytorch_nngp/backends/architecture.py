@@ -40,6 +40,18 @@ def points_per_chunk(network: Network, x: torch.Tensor) -> int:
     return tile_pairs(network, x.element_size(), True, device=x.device)
 
 
+def own_records(network: Network, x: torch.Tensor, weight_var, bias_var):
+    """Network.records of the points x, a chunk of points at a time (points_per_chunk)."""
+    return network.records(x, weight_var, bias_var, points_per_chunk(network, x))
+
+
+def paired(network: Network, x1: torch.Tensor, x2: torch.Tensor, weight_var, bias_var, ntk: bool,
+           same_points: bool = False) -> torch.Tensor:
+    """Network.paired, a chunk of points at a time (points_per_chunk): every path that computes a kernel diagonal
+    goes through here, so that all of them cut the points the same way."""
+    return network.paired(x1, x2, weight_var, bias_var, ntk, same_points, points_per_chunk(network, x1))
+
+
 def architecture_matrix(network: Network, x1: torch.Tensor, x2: torch.Tensor, weight_var: torch.Tensor,
                         bias_var: torch.Tensor, ntk: bool, symmetric: bool = False, row_offset: int = 0,
                         records: Optional[Tuple[Dict, Dict]] = None, budget: Optional[int] = None,
@@ -59,10 +71,9 @@ def architecture_matrix(network: Network, x1: torch.Tensor, x2: torch.Tensor, we
     """
     with_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x1, x2, weight_var, bias_var))
     if records is None:
-        chunk = points_per_chunk(network, x2)
-        v2 = network.records(x2, weight_var, bias_var, chunk)
+        v2 = own_records(network, x2, weight_var, bias_var)
         v1 = (network.take(v2, slice(row_offset, row_offset + x1.shape[-2])) if symmetric
-              else network.records(x1, weight_var, bias_var, chunk))
+              else own_records(network, x1, weight_var, bias_var))
         records = (v1, v2)
     n, m = x1.shape[-2], x2.shape[-2]
     pairs = tile_pairs(network, x1.element_size(), with_grad, budget, x1.device)
@@ -107,8 +118,8 @@ def _with_diagonal(network, out, x1, weight_var, bias_var, ntk, row_offset, m, d
     if diagonal is not None:
         own = diagonal[..., first:last]
     else:
-        own = network.paired(x1[..., rows - row_offset, :], x1[..., rows - row_offset, :], weight_var, bias_var,
-                             ntk, same_points=True, chunk=points_per_chunk(network, x1))
+        points = x1[..., rows - row_offset, :]
+        own = paired(network, points, points, weight_var, bias_var, ntk, same_points=True)
     index = (Ellipsis, rows - row_offset, rows)
     if out.requires_grad or own.requires_grad:
         out = out.clone()
@@ -143,26 +154,23 @@ class NetworkEvaluator(Evaluator):
         if not torch.is_grad_enabled() or not any(t.requires_grad for t in (x1, x2, weight_var, bias_var)):
             cached = op.scratch.setdefault("records", {})
             if x1.device not in cached:  # inference: both sides' records once for all blocks
-                chunk = points_per_chunk(self.network, x2)
-                v2 = self.network.records(x2, weight_var, bias_var, chunk)
-                v1 = v2 if op.symmetric else self.network.records(x1, weight_var, bias_var, chunk)
+                v2 = own_records(self.network, x2, weight_var, bias_var)
+                v1 = v2 if op.symmetric else own_records(self.network, x1, weight_var, bias_var)
                 cached[x1.device] = (v1, v2)
             v1, v2 = cached[x1.device]
             records = (self.network.take(v1, slice(start, stop)), self.network.take(v2, slice(col_start, None)))
             if op.symmetric:  # the entries of a point with itself: one diagonal pass for all blocks
                 diagonals = op.scratch.setdefault("diagonal", {})
                 if x1.device not in diagonals:
-                    diagonals[x1.device] = self.network.paired(x1, x1, weight_var, bias_var, self.ntk,
-                                                               same_points=True,
-                                                               chunk=points_per_chunk(self.network, x1))
+                    diagonals[x1.device] = paired(self.network, x1, x1, weight_var, bias_var, self.ntk,
+                                                  same_points=True)
                 diagonal = diagonals[x1.device][..., col_start:]
         return architecture_matrix(self.network, x1[..., start:stop, :], x2[..., col_start:, :], weight_var, bias_var,
                                    self.ntk, symmetric=op.symmetric, row_offset=start - col_start,
                                    records=records, diagonal=diagonal)
 
     def diagonal(self, op) -> torch.Tensor:
-        return self.network.paired(op.x1, op.x2, op.weight_var, op.bias_var, self.ntk, same_points=op.symmetric,
-                                   chunk=points_per_chunk(self.network, op.x1))
+        return paired(self.network, op.x1, op.x2, op.weight_var, op.bias_var, self.ntk, same_points=op.symmetric)
 
     def get_indices(self, op, row_index, col_index, *batch_indices):
         if batch_indices or op.weight_var.dim() > 1:

@@ -10,7 +10,7 @@ from gpytorch.priors import Prior
 from .._validation import check_call, check_finite_kernel, check_inputs, one_point_set
 from ..algebra import Network
 from ..backends import NetworkKernelOperator, check_backend, make_sharding, resolve_backend
-from ..backends.architecture import NetworkEvaluator, architecture_matrix, points_per_chunk
+from ..backends.architecture import NetworkEvaluator, architecture_matrix, paired
 from .base import NetworkKernel
 from .from_module import network_from_module
 
@@ -107,8 +107,7 @@ class ArchitectureKernel(NetworkKernel):
                                                        symmetric=same), x1, x2)
 
     def _diagonal(self, x1, x2, same_points: bool) -> torch.Tensor:
-        return self.network.paired(x1, x2, self.weight_var, self.bias_var, self.ntk, same_points=same_points,
-                                   chunk=points_per_chunk(self.network, x1))
+        return paired(self.network, x1, x2, self.weight_var, self.bias_var, self.ntk, same_points=same_points)
 
     def extra_repr(self) -> str:
         return f"{'NTK' if self.ntk else 'NNGP'}, input_shape={self.network.input_shape}, {self.network.describe()}"
