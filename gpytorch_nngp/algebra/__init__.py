@@ -11,7 +11,8 @@ for attention; the layer set of neural-tangents' `stax`). One layer per module:
     normalization.py  LayerNorm
     branches.py       Parallel (sum, concat, prod), Residual
     attention.py      SelfAttention
-    network.py        Network: a built architecture and its propagation
+    network.py        Network: a built architecture and its propagation; mlp_program
+    flat.py           FlatProgram: an MLP's layers compiled for the fully connected kernel's fast paths
 
 Memory management (row/column tiles, buffers) belongs to the evaluation code (backends/architecture.py, the
 Workspace of functional/workspace.py), not to these maps. docs/design.md says how to add a layer.
@@ -19,12 +20,14 @@ Workspace of functional/workspace.py), not to these maps. docs/design.md says ho
 from .attention import SelfAttention
 from .branches import Parallel, Residual
 from .elementwise import Nonlinearity
+from .flat import FlatProgram
 from .layer import Layer
 from .linear import Conv, ConvTranspose, Dense
-from .network import Network
+from .network import Network, mlp_program
 from .normalization import LayerNorm
 from .pooling import AvgPool, Flatten, GlobalAvgPool, ToDiagonal
 from .state import Context, Geometry, PairState
 
-__all__ = ["AvgPool", "Context", "Conv", "ConvTranspose", "Dense", "Flatten", "Geometry", "GlobalAvgPool", "Layer",
-           "LayerNorm", "Network", "Nonlinearity", "PairState", "Parallel", "Residual", "SelfAttention", "ToDiagonal"]
+__all__ = ["AvgPool", "Context", "Conv", "ConvTranspose", "Dense", "FlatProgram", "Flatten", "Geometry",
+           "GlobalAvgPool", "Layer", "LayerNorm", "Network", "Nonlinearity", "PairState", "Parallel", "Residual",
+           "SelfAttention", "ToDiagonal", "mlp_program"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..functional.activations import Activation
+from .flat import Dual
 from .layer import Layer
 from .state import ACTIVATED, GAUSSIAN, INPUT, diagonal, layout
 
@@ -50,6 +51,9 @@ class Nonlinearity(Layer):
         if f is not cov:  # (the identity's dual is its argument)
             ctx.release(cov)
         return state.with_(f, theta)
+
+    def flat(self):
+        return Dual(self.activation)
 
     def describe(self):
         return repr(self.activation)

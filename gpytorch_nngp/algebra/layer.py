@@ -57,6 +57,10 @@ class Layer:
         kernels of parallel branches add): true after fresh weights, and kept by linear maps after them."""
         return self.weighted
 
+    def flat(self):
+        """The layer's step on a flat state (algebra/flat.py: Affine, Dual), or None if it has none."""
+        return None
+
     def sublayers(self):
         """Layers nested inside this one (branches), for Network's walks."""
         return ()

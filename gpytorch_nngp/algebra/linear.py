@@ -20,6 +20,7 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
+from .flat import Affine
 from .layer import Layer
 from .state import GAUSSIAN, Geometry
 from .stencil import stencil, window_out
@@ -59,6 +60,9 @@ class Dense(Layer):
         if ctx.ntk:
             theta = out if theta is None else out + w * theta
         return state.with_(out, theta)
+
+    def flat(self):
+        return Affine(self.bias, self.index)
 
 
 class Conv(Layer):

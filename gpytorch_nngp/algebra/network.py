@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from functools import lru_cache
 from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from ..functional.activations import Numerical, compose
+from ..functional.activations import Activation, Numerical, compose
 from ..functional.workspace import Workspace
 from .branches import Parallel
 from .elementwise import Nonlinearity
+from .flat import FlatProgram
 from .layer import Layer, build_one, needs_full, walk
+from .linear import Dense
 from .pooling import Flatten, ToDiagonal
 from .state import INPUT, Context, Geometry, PairState, Records
 
@@ -235,3 +238,13 @@ def _build(layers: List[Layer], geometry: Geometry):
             geometry = replace(geometry, full=False)
         out.append(layer)
     return out, geometry
+
+
+@lru_cache(maxsize=64)
+def mlp_program(depth: int, activation: Activation) -> FlatProgram:
+    """The fully connected kernel's program: `depth` hidden layers with `activation` and a dense readout, compiled
+    from the algebra's Dense and Nonlinearity layers (algebra/flat.py)."""
+    layers = [Dense()]
+    for _ in range(depth):
+        layers += [Nonlinearity(activation), Dense()]
+    return FlatProgram(layers)

@@ -13,6 +13,7 @@ from typing import Tuple
 
 import torch
 
+from ..algebra.network import mlp_program
 from ..functional.activations import Activation
 from ..functional.recursion import fully_connected_recursion, input_grams, paired_kernel
 from . import budget
@@ -160,16 +161,17 @@ class FullyConnectedEvaluator(Evaluator):
 
     def forward_mode_applies(self, op, wanted) -> bool:
         """Gradients wanted for the variances only, of an unbatched kernel whose activation has forward-mode
-        derivatives (Activation.variance_gradients)."""
+        derivatives (Activation.dual_tangents)."""
         inputs_wanted = wanted[0] or (len(wanted) == 4 and wanted[3])
-        return (not inputs_wanted and self.activation.has_variance_gradients and op.weight_var.numel() == 1
+        return (not inputs_wanted and self.activation.has_tangents and op.weight_var.numel() == 1
                 and op.bias_var.numel() == 1 and op.x1.dim() == 2 and op.x2.dim() == 2)
 
     def variance_derivative(self, op, left_vecs, right_vecs, wanted):
         """The bilinear derivative wrt (weight_var, bias_var) by forward mode, block by block and without a graph
-        (Activation.variance_gradients): about half the time of recomputing each block with autograd. The sums stay
+        (FlatProgram.tangents): about half the time of recomputing each block with autograd. The sums stay
         on the device (one transfer at the end, no host synchronization per block)."""
         w, b = op.weight_var.item(), op.bias_var.item()
+        program = mlp_program(self.depth, self.activation)
         grad_w = grad_b = torch.zeros((), dtype=op.weight_var.dtype, device=op.weight_var.device)
         with torch.no_grad():
             for start, stop, col, triangle, device in op._gradient_blocks():
@@ -177,7 +179,7 @@ class FullyConnectedEvaluator(Evaluator):
                 offset = start - col if op.symmetric else None
                 gram, var1, var2 = input_grams(x1[start:stop], x2[col:], diagonal_offset=offset)
                 weights = op._block_weights(left, right, start, stop, col, triangle)
-                gw, gb = self.activation.variance_gradients(gram, var1, var2, self.depth, w, b, self.ntk, weights)
+                gw, gb = program.tangents(gram, var1, var2, w, b, self.ntk, weights)
                 grad_w, grad_b = grad_w + gw.to(grad_w.device), grad_b + gb.to(grad_b.device)
         out = [None, grad_w.expand_as(op.weight_var).clone(), grad_b.expand_as(op.bias_var).clone()]
         out += [None] * (len(wanted) - 3)

@@ -19,7 +19,7 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 
 from ..warnings import AccuracyWarning
-from .forward_mode import abrelu_variance_gradients
+from .forward_mode import abrelu_dual_tangents
 from .hermite import (
     _nodes_and_projection,
     choose_degree,
@@ -47,9 +47,10 @@ class Activation:
 
     Everything the library knows about an activation lives on its class (docs/design.md, "Adding an activation"):
     `dual` (E[phi(u) phi(v)] and E[phi'(u) phi'(v)]), optionally `dual_into` (the in-place inference path),
-    `keops_dual` (the same formulas on KeOps LazyTensors), `variance_gradients` (forward-mode derivatives of the
-    fully connected kernel), and the registrations: `aliases` (names get_activation knows) and `torch_modules`
-    (torch module classes that from_module translates into it, through `from_torch`).
+    `keops_dual` (the same formulas on KeOps LazyTensors), `dual_tangents` (forward-mode derivatives of F and
+    Fdot, for the fully connected kernel's derivative wrt its variances), and the registrations: `aliases` (names
+    get_activation knows) and `torch_modules` (torch module classes that from_module translates into it, through
+    `from_torch`).
     """
 
     name = "activation"
@@ -76,15 +77,15 @@ class Activation:
     def has_keops(self) -> bool:
         return type(self).keops_dual is not Activation.keops_dual
 
-    def variance_gradients(self, gram, var1, var2, depth: int, weight_var: float, bias_var: float, ntk: bool,
-                           weights) -> Tuple[torch.Tensor, torch.Tensor]:
-        """sum(dK/dweight_var * weights), sum(dK/dbias_var * weights) of the fully connected kernel by forward mode
-        (no autograd graph), for activations that have it; gram (n, m), var1 (n, 1), var2 (1, m) the input state."""
-        raise NotImplementedError(f"{self!r} has no forward-mode variance derivative")
+    def dual_tangents(self, k12, k11, k22, d12, d11, d22, ntk: bool):
+        """(F, Fdot, [dF], [dFdot] or None) with the directional derivatives along each tangent (d12[p], d11[p],
+        d22[p]), without autograd (the flat program's forward mode, algebra/flat.py); activations without one
+        raise."""
+        raise NotImplementedError(f"{self!r} has no forward-mode derivative")
 
     @property
-    def has_variance_gradients(self) -> bool:
-        return type(self).variance_gradients is not Activation.variance_gradients
+    def has_tangents(self) -> bool:
+        return type(self).dual_tangents is not Activation.dual_tangents
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -152,8 +153,8 @@ class ABReLU(Activation):
         fdot = (self.a * self.a + self.b * self.b) / 2 - amp * s.atan2(k12)
         return amp * s + fdot * k12, fdot
 
-    def variance_gradients(self, gram, var1, var2, depth, weight_var, bias_var, ntk, weights):
-        return abrelu_variance_gradients(gram, var1, var2, depth, self.a, self.b, weight_var, bias_var, ntk, weights)
+    def dual_tangents(self, k12, k11, k22, d12, d11, d22, ntk):
+        return abrelu_dual_tangents(k12, k11, k22, d12, d11, d22, self.a, self.b, ntk)
 
     def dual_into(self, k12, k11, k22, ntk, workspace):
         f, fdot = abrelu_dual_into(k12, k11, k22, self.a, self.b, [workspace.take(k12), workspace.take(k12)])

@@ -1,4 +1,4 @@
-"""The fully connected NNGP / NTK recursion on precomputed input Grams.
+"""The fully connected NNGP / NTK kernel on precomputed input Grams: the input state and the program of its MLP.
 
 Lee et al. 2018 (Eq. 1-3) for the NNGP, Jacot et al. 2018 for the NTK in the NTK parametrization
 (as neural-tangents' stax.Dense with parameterization="ntk"):
@@ -8,7 +8,8 @@ Lee et al. 2018 (Eq. 1-3) for the NNGP, Jacot et al. 2018 for the NTK in the NTK
 
 Only three numbers per pair flow from layer to layer -- the cross covariance and the two variances --
 so the recursion is written on broadcastable tensors: (..., n, m) for the cross term and
-(..., n, 1), (..., 1, m) for the variances (or (..., n) throughout for a diagonal).
+(..., n, 1), (..., 1, m) for the variances (or (..., n) throughout for a diagonal). The layers are the algebra's
+Dense and Nonlinearity, compiled to a FlatProgram (algebra/flat.py); this module builds their input state.
 """
 from __future__ import annotations
 
@@ -16,13 +17,12 @@ from typing import Optional, Tuple
 
 import torch
 
+from ..algebra.flat import input_variances
+from ..algebra.network import mlp_program
 from .activations import Activation
 from .workspace import Workspace
 
-
-def input_variances(x: torch.Tensor) -> torch.Tensor:
-    """|x_i|^2 / d for inputs x (..., n, d): (..., n)."""
-    return (x * x).sum(-1) / x.shape[-1]
+__all__ = ["fully_connected_recursion", "input_grams", "input_variances", "paired_kernel"]
 
 
 def input_grams(
@@ -125,43 +125,5 @@ def fully_connected_recursion(
     Returns:
         (K^L, Theta^L) shaped like gram; Theta^L is None unless ntk.
     """
-    # Without autograd the layers are updated in place: on CPU, allocating a fresh n x n tensor costs as much as
-    # several arithmetic passes over it, so the inference path keeps to a handful of buffers.
-    inplace = not torch.is_grad_enabled() or not any(
-        t.requires_grad for t in (gram, var1, var2, weight_var, bias_var) if isinstance(t, torch.Tensor))
-
-    def affine(f):
-        return f.mul_(weight_var).add_(bias_var) if inplace else weight_var * f + bias_var
-
-    if inplace and consume_gram and torch.broadcast_shapes(gram.shape, torch.as_tensor(weight_var).shape,
-                                                           torch.as_tensor(bias_var).shape) == gram.shape:
-        k12 = gram.mul_(weight_var).add_(bias_var)
-    else:
-        k12 = weight_var * gram + bias_var
-    k11 = weight_var * var1 + bias_var
-    k22 = k11 if var2 is var1 else (k11.transpose(-1, -2) if symmetric else weight_var * var2 + bias_var)
-    # Free n x m buffers (inference path only): each layer's old k12 and Fdot are recycled for the next layer.
-    if not inplace or k12.dim() < 2:
-        workspace = None
-    elif workspace is None:
-        workspace = Workspace(shrink=True)
-    # The NTK accumulator starts as a copy of K^0 (a recycled buffer on the inference path, where K^0 then
-    # changes in place).
-    theta = ((workspace.take(k12) if workspace is not None else torch.empty_like(k12)).copy_(k12) if inplace
-             else k12) if ntk else None
-    for _ in range(depth):
-        f, fdot, f11, f22 = activation.layer(k12, k11, k22, ntk, symmetric, workspace=workspace)
-        new_k11 = affine(f11)
-        if k22 is k11:
-            new_k22 = new_k11
-        elif symmetric:
-            new_k22 = new_k11.transpose(-1, -2)
-        else:
-            new_k22 = affine(f22)
-        new_k12 = affine(f)
-        if ntk:
-            theta = theta.mul_(fdot).mul_(weight_var).add_(new_k12) if inplace else new_k12 + weight_var * fdot * theta
-        if workspace is not None:
-            workspace.give(*(t for t in (k12, fdot) if t is not None and t.shape == new_k12.shape and t is not theta))
-        k12, k11, k22 = new_k12, new_k11, new_k22
-    return k12, theta
+    return mlp_program(depth, activation).values(gram, var1, var2, weight_var, bias_var, ntk=ntk, symmetric=symmetric,
+                                                 workspace=workspace, consume_gram=consume_gram)
