@@ -205,6 +205,15 @@ class SelfAttention(torch.nn.Module):
         """The (P, P) covariance of one channel of the (unscaled) positional embeddings."""
         return positional_covariance(self.spatial_shape, self.positional_decay, self.positional_p_norm, dtype)
 
+    def _positional_factor(self, like: torch.Tensor) -> torch.Tensor:
+        """The Cholesky factor of positional_covariance, computed once per dtype, device and decay (not per call)."""
+        key = (like.dtype, like.device, self.spatial_shape, self.positional_decay, self.positional_p_norm)
+        cached = self.__dict__.get("_factor")
+        if cached is None or cached[0] != key:
+            factor = torch.linalg.cholesky(self.positional_covariance(torch.float64).to(like.device)).to(like.dtype)
+            self.__dict__["_factor"] = cached = (key, factor)
+        return cached[1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c = x.shape[0], x.shape[1]
         spatial = x.shape[2:]
@@ -219,7 +228,7 @@ class SelfAttention(torch.nn.Module):
                                  f"{tuple(x.shape)}")
             emb = self.embedding
             if self.positional_decay is not None:
-                emb = emb @ torch.linalg.cholesky(self.positional_covariance(emb.dtype)).T
+                emb = emb @ self._positional_factor(emb).T
             emb = (emb * self.positional_var ** 0.5).T  # (P, C_pe)
             if self.positional == "sum":
                 keys_in = values_in + emb
