@@ -28,10 +28,11 @@ def _import_keops_quietly() -> None:
 
 _import_keops_quietly()
 
-from . import activations, warnings  # noqa: E402
+from . import activations, graphs, warnings  # noqa: E402
+from .graphs import GraphInputs  # noqa: E402
 from .kernels import ArchitectureKernel, NNGPKernel, NTKKernel  # noqa: E402
-from .modules import Elementwise, Parallel, Residual, SelfAttention  # noqa: E402
+from .modules import Aggregate, Elementwise, GraphNetwork, Parallel, Residual, SelfAttention  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["ArchitectureKernel", "Elementwise", "NNGPKernel", "NTKKernel", "Parallel", "Residual", "SelfAttention",
-           "activations", "warnings", "__version__"]
+__all__ = ["Aggregate", "ArchitectureKernel", "Elementwise", "GraphInputs", "GraphNetwork", "NNGPKernel", "NTKKernel",
+           "Parallel", "Residual", "SelfAttention", "activations", "graphs", "warnings", "__version__"]

@@ -14,13 +14,16 @@ import pytest
 import torch
 from torch import nn
 
-from gpytorch_nngp import NNGPKernel, NTKKernel, Parallel, Residual, SelfAttention, algebra
+from gpytorch_nngp import Aggregate, NNGPKernel, NTKKernel, Parallel, Residual, SelfAttention, algebra
 from gpytorch_nngp.backends.architecture import architecture_matrix
+from gpytorch_nngp.graphs import normalized_adjacency
 
 
 def _cases():
     c = 3
     conv = lambda i, o, k=3: nn.Conv2d(i, o, k, padding=k // 2)  # noqa: E731
+    ring = torch.zeros(5, 5)
+    ring[torch.arange(5), (torch.arange(5) + 1) % 5] = 1.0  # a directed 5-cycle, and the same cycle normalized
     return {
         # layer class name -> (module, input shape); per_layer keeps an MLP an architecture kernel.
         "Dense": (nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 5), nn.GELU(), nn.Linear(5, 1)), (6,)),
@@ -54,6 +57,9 @@ def _cases():
                                         SelfAttention(c, c, mechanism="relu", positional="concat", spatial_shape=(3, 3),
                                                       positional_decay=lambda d: torch.exp(-d)),
                                         nn.Flatten(), nn.Linear(c * 9, 1)), (2, 3, 3)),
+        "Aggregate": (nn.Sequential(Aggregate(ring.to_sparse()), nn.Conv1d(2, c, 1), nn.ReLU(),
+                                    Aggregate(normalized_adjacency(ring + ring.T)), nn.Conv1d(c, c, 1), nn.ReLU(),
+                                    Aggregate(ring), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(c, 1)), (2, 5)),
     }
 
 

@@ -2,8 +2,9 @@
 
 NNGPKernel/NTKKernel run their MLP's layers compiled to a FlatProgram (algebra/flat.py), with its fast paths (the
 input Gram cache, in-place recycling, forward-mode variance derivatives, KeOps); those must compute what the
-general propagation (Dense and Nonlinearity layers through Network) computes for the same nn.Sequential. Values, diagonals and the gradients wrt the variances (the lazy backend's forward-mode
-derivative where the activation has one) are compared on inputs with duplicate, zero and antiparallel rows.
+general propagation (Dense and Nonlinearity layers through Network) computes for the same nn.Sequential. Values,
+diagonals and the gradients wrt the variances (the lazy backend's forward-mode derivative where the activation has
+one) are compared on inputs with duplicate, zero and antiparallel rows.
 """
 import pytest
 import torch

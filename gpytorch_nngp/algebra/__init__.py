@@ -11,6 +11,7 @@ for attention; the layer set of neural-tangents' `stax`). One layer per module:
     normalization.py  LayerNorm
     branches.py       Parallel (sum, concat, prod), Residual
     attention.py      SelfAttention
+    graph.py          Aggregate (graph aggregation, fixed or per-input graphs)
     network.py        Network: a built architecture and its propagation; mlp_program
     flat.py           FlatProgram: an MLP's layers compiled for the fully connected kernel's fast paths
 
@@ -21,6 +22,7 @@ from .attention import SelfAttention
 from .branches import Parallel, Residual
 from .elementwise import Nonlinearity
 from .flat import FlatProgram
+from .graph import Aggregate
 from .layer import Layer
 from .linear import Conv, ConvTranspose, Dense
 from .network import Network, mlp_program
@@ -28,6 +30,6 @@ from .normalization import LayerNorm
 from .pooling import AvgPool, Flatten, GlobalAvgPool, ToDiagonal
 from .state import Context, Geometry, PairState
 
-__all__ = ["AvgPool", "Context", "Conv", "ConvTranspose", "Dense", "FlatProgram", "Flatten", "Geometry",
+__all__ = ["Aggregate", "AvgPool", "Context", "Conv", "ConvTranspose", "Dense", "FlatProgram", "Flatten", "Geometry",
            "GlobalAvgPool", "Layer", "LayerNorm", "Network", "Nonlinearity", "PairState", "Parallel", "Residual",
            "SelfAttention", "ToDiagonal", "mlp_program"]

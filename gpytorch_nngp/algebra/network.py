@@ -14,6 +14,7 @@ from ..functional.workspace import Workspace
 from .branches import Parallel
 from .elementwise import Nonlinearity
 from .flat import FlatProgram
+from .graph import Aggregate
 from .layer import Layer, build_one, needs_full, walk
 from .linear import Dense
 from .pooling import Flatten, ToDiagonal
@@ -60,6 +61,9 @@ class Network:
             LayerNorm, Parallel, Residual, ...); weighted layers carry the index of their variances.
         input_shape: (C, *spatial) of one input, channel first as torch flattens it; (d,) for flat inputs.
         num_parameters: number of distinct (weight_var, bias_var) pairs the layers index.
+        graphs: for inputs that carry their own graph, the packing (graphs/packing.py GraphInputs): each input row
+            is then the node features (C, V) and the graph, which Aggregate layers without a graph of their own
+            read from the state's side data.
 
     Tied weights. A Linear/Conv module used at several depths (layers whose `tied` names its first use) has the NNGP
     and the NTK of independent weights at each use: a forward pass without transposes has the kernel of
@@ -74,8 +78,12 @@ class Network:
             output that is not flat.
     """
 
-    def __init__(self, layers: Sequence[Layer], input_shape: Sequence[int], num_parameters: int = 1):
+    def __init__(self, layers: Sequence[Layer], input_shape: Sequence[int], num_parameters: int = 1, graphs=None):
         self.input_shape = tuple(int(s) for s in input_shape)
+        self.graphs = graphs
+        if graphs is not None and self.input_shape != (graphs.channels, graphs.nodes):
+            raise ValueError(f"{graphs!r} packs features of shape {(graphs.channels, graphs.nodes)}, not "
+                             f"{self.input_shape}")
         if not self.input_shape or min(self.input_shape) < 1 or len(self.input_shape) > 3:
             raise ValueError(f"input_shape must be (d,), (C, L) or (C, H, W) with positive sizes, got {input_shape!r}")
         self.num_parameters = num_parameters
@@ -120,7 +128,18 @@ class Network:
 
     @property
     def features(self) -> int:
-        return math.prod(self.input_shape)
+        """The width of an input row: the flattened input shape, or a packed graph's width."""
+        return self.graphs.dim if self.graphs is not None else math.prod(self.input_shape)
+
+    def side(self, x1: torch.Tensor, x2: torch.Tensor, batch_shape=()) -> tuple:
+        """Per-input side data of the two inputs (PairState.side): each point's graph for packed graph inputs, for
+        the points of x1 and x2 broadcast against each other's and the variances' batch shapes."""
+        if self.graphs is None:
+            return {}, {}
+        batch = torch.broadcast_shapes(x1.shape[:-2], x2.shape[:-2], tuple(batch_shape))
+        g1 = self.graphs.graph(x1.expand(*batch, *x1.shape[-2:]))
+        g2 = g1 if x2 is x1 else self.graphs.graph(x2.expand(*batch, *x2.shape[-2:]))
+        return {"graph": g1}, {"graph": g2}
 
     def describe(self) -> str:
         prefix = [f"{layer.describe()} on the input" for layer in self.prefix if not isinstance(layer, Flatten)]
@@ -155,9 +174,14 @@ class Network:
 
     def transform_input(self, x: torch.Tensor) -> torch.Tensor:
         """Input points (..., n, F) as per-point tensors (..., n, *state_shape), after the prefix layers."""
+        graph = None
+        if self.graphs is not None:
+            if any(isinstance(layer, Aggregate) and layer.graph is None for layer in self.prefix):
+                graph = self.graphs.graph(x)
+            x = self.graphs.features(x)
         x = x.reshape(*x.shape[:-1], *self.input_shape)
         for layer in self.prefix:
-            x = layer.transform(x)
+            x = layer.transform(x, graph) if isinstance(layer, Aggregate) else layer.transform(x)
         return x
 
     def propagate(self, state: PairState, ctx: Context) -> PairState:
@@ -177,7 +201,7 @@ class Network:
         if chunk is not None and n > chunk:
             parts = [self.records(x[..., i:i + chunk, :], weight_var, bias_var) for i in range(0, n, chunk)]
             return {key: torch.cat([p[key] for p in parts], dim=-1 - self._record_axes[key]) for key in parts[0]}
-        state = PairState(self.input_state(x, x, lead=1), lead=1)
+        state = PairState(self.input_state(x, x, lead=1), lead=1, side=self.side(x, x, weight_var.shape[:-1]))
         self.propagate(state, Context(weight_var, bias_var, lead=1, ntk=False))
         return state.recorded
 
@@ -200,7 +224,9 @@ class Network:
                 own = self.input_state(x1[..., rows - r, :], x1[..., rows - r, :], lead=1)
                 cov = cov.clone() if cov.requires_grad else cov
                 cov[(Ellipsis, rows - r, rows - c) + tail] = own
-        out = self.propagate(PairState(cov, lead=2, own=records), Context(weight_var, bias_var, 2, ntk, workspace))
+        side = self.side(x1, x2, weight_var.shape[:-1])
+        out = self.propagate(PairState(cov, lead=2, own=records, side=side),
+                             Context(weight_var, bias_var, 2, ntk, workspace))
         return out.theta if ntk else out.cov
 
     def paired(self, x1, x2, weight_var, bias_var, ntk: bool, same_points: bool = False,
@@ -212,11 +238,14 @@ class Network:
             return torch.cat([self.paired(x1[..., i:i + chunk, :], x2[..., i:i + chunk, :], weight_var, bias_var, ntk,
                                           same_points) for i in range(0, n, chunk)], dim=-1)
         ctx = Context(weight_var, bias_var, lead=1, ntk=ntk)
+        batch = weight_var.shape[:-1]
         if same_points:
-            out = self.propagate(PairState(self.input_state(x1, x1, lead=1), lead=1), ctx)
+            out = self.propagate(PairState(self.input_state(x1, x1, lead=1), lead=1, side=self.side(x1, x1, batch)),
+                                 ctx)
         else:
             own = (self.records(x1, weight_var, bias_var), self.records(x2, weight_var, bias_var))
-            out = self.propagate(PairState(self.input_state(x1, x2, lead=1), lead=1, own=own), ctx)
+            out = self.propagate(PairState(self.input_state(x1, x2, lead=1), lead=1, own=own,
+                                           side=self.side(x1, x2, batch)), ctx)
         return out.theta if ntk else out.cov
 
 

@@ -13,13 +13,14 @@ from torch import nn
 
 from .. import algebra as L
 from ..functional.activations import TORCH_MODULES, from_torch_module, get_activation
-from ..modules import Elementwise, Parallel, Residual, SelfAttention
+from ..modules import Aggregate, Elementwise, GraphNetwork, Parallel, Residual, SelfAttention
 
 SUPPORTED = ("nn.Sequential", "nn.Linear", "nn.Conv1d", "nn.Conv2d", "nn.ConvTranspose1d", "nn.ConvTranspose2d",
              "nn.AvgPool1d", "nn.AvgPool2d", "nn.AdaptiveAvgPool1d(1)", "nn.AdaptiveAvgPool2d(1)", "nn.Flatten",
              "nn.LayerNorm(elementwise_affine=False)",
              "nn.Identity", "nn.Dropout (the identity: evaluation mode)", "gpytorch_nngp.Residual",
              "gpytorch_nngp.Parallel", "gpytorch_nngp.SelfAttention", "gpytorch_nngp.Elementwise",
+             "gpytorch_nngp.Aggregate", "gpytorch_nngp.GraphNetwork (outermost)",
              "nn.ReLU", "nn.LeakyReLU", "nn.GELU", "nn.Tanh", "nn.Sigmoid",
              "nn.SiLU", "nn.ELU", "nn.Softplus", "nn.Hardtanh", "nn.ReLU6", "nn.Mish", "nn.SELU", "nn.CELU",
              "nn.Softsign", "nn.Hardswish", "nn.Hardsigmoid", "nn.LogSigmoid", "nn.Tanhshrink", "nn.Softshrink",
@@ -55,9 +56,9 @@ def _activation(module: nn.Module):
 # own forward (a subclass that overrides forward computes something else).
 _WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d, SelfAttention)
 _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
-_KNOWN = (nn.Sequential, Residual, Parallel, SelfAttention, Elementwise, *TORCH_MODULES, nn.Identity, *_DROPOUT,
-          nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.AvgPool1d, nn.AvgPool2d,
-          nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.LayerNorm)
+_KNOWN = (nn.Sequential, Residual, Parallel, SelfAttention, Elementwise, Aggregate, *TORCH_MODULES, nn.Identity,
+          *_DROPOUT, nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.AvgPool1d,
+          nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.LayerNorm)
 
 
 def _check_runs_known_forward(module: nn.Module, label: str) -> None:
@@ -154,8 +155,9 @@ class _Translator:
     """Walks a module the way its forward runs: every entry of a Sequential in order, a reused instance as often as
     it is called (nn.Module.children() would list it once), the Residual branch inside its block."""
 
-    def __init__(self, per_layer: bool):
+    def __init__(self, per_layer: bool, graphs=None):
         self.per_layer = per_layer
+        self.graphs = graphs  # the packing of per-input graphs (inside a GraphNetwork), or None
         self.parameters = 0
         self.indices = {}  # id of a Linear/Conv module -> its variance index (a reused module keeps its index)
         self.names = {}  # id of a module -> the label of its first use
@@ -214,6 +216,13 @@ class _Translator:
             return self._origin([L.Parallel(branches, module.merge)], label)
         if isinstance(module, SelfAttention):
             return self._origin([self._attention(module, label)], label)
+        if isinstance(module, Aggregate):
+            if module.adjacency is None and self.graphs is None:
+                raise ValueError(f"{label}: Aggregate(adjacency=None) takes each input's own graph, so the network "
+                                 "must be a GraphNetwork(module, GraphInputs(...)) on packed rows")
+            return self._origin([L.Aggregate(module.adjacency)], label)
+        if isinstance(module, GraphNetwork):
+            raise ValueError(f"{label}: a GraphNetwork must be the outermost module (its packing decides the inputs)")
         activation = _activation(module)
         if activation is not None:
             return self._origin([L.Nonlinearity(activation)], label)
@@ -288,11 +297,18 @@ def network_from_module(module: nn.Module, input_shape: Sequence[int], per_layer
     if isinstance(input_shape, int) or not isinstance(input_shape, (tuple, list, torch.Size)) or not all(
             isinstance(s, int) and not isinstance(s, bool) for s in input_shape):
         raise TypeError(f"input_shape must be a tuple of ints, (d,), (C, L) or (C, H, W), got {input_shape!r}")
-    translator = _Translator(per_layer)
+    graphs = None
+    if isinstance(module, GraphNetwork):
+        graphs = module.graphs
+        if tuple(input_shape) not in ((graphs.dim,), (graphs.channels, graphs.nodes)):
+            raise ValueError(f"input_shape {tuple(input_shape)} does not match {graphs!r}: the kernel's inputs are "
+                             f"its packed rows, input_shape ({graphs.dim},)")
+        input_shape, module = (graphs.channels, graphs.nodes), module.module
+    translator = _Translator(per_layer, graphs)
     layers = translator.layers(module, "")
     if translator.parameters == 0:
         raise ValueError(f"{type(module).__name__} has no Linear or Conv layer: its kernel has no weights to vary")
-    return L.Network(layers, input_shape, translator.parameters if per_layer else 1)
+    return L.Network(layers, input_shape, translator.parameters if per_layer else 1, graphs=graphs)
 
 
 def fully_connected_form(network: L.Network):
