@@ -30,9 +30,10 @@ _import_keops_quietly()
 
 from . import activations, graphs, warnings  # noqa: E402
 from .graphs import GraphInputs  # noqa: E402
-from .kernels import ArchitectureKernel, NNGPKernel, NTKKernel  # noqa: E402
+from .kernels import ArchitectureKernel, GraphNodeKernel, NNGPKernel, NTKKernel  # noqa: E402
 from .modules import Aggregate, Elementwise, GraphNetwork, Parallel, Residual, SelfAttention  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["Aggregate", "ArchitectureKernel", "Elementwise", "GraphInputs", "GraphNetwork", "NNGPKernel", "NTKKernel",
-           "Parallel", "Residual", "SelfAttention", "activations", "graphs", "warnings", "__version__"]
+__all__ = ["Aggregate", "ArchitectureKernel", "Elementwise", "GraphInputs", "GraphNetwork", "GraphNodeKernel",
+           "NNGPKernel", "NTKKernel", "Parallel", "Residual", "SelfAttention", "activations", "graphs", "warnings",
+           "__version__"]

@@ -69,3 +69,22 @@ def test_graph_networks_equal_neural_tangents(name, cls):
         torch.testing.assert_close(kernel(x1, diag=True), k11.diagonal(), rtol=0, atol=0)
         torch.testing.assert_close(kernel(x1, torch.cat([x1, x2])).to_dense()[:, -len(x2):], want, rtol=1e-6,
                                    atol=1e-6)
+
+
+@pytest.mark.parametrize("ntk", [False, True], ids=["nngp", "ntk"])
+def test_node_kernel_equals_neural_tangents_node_by_node_covariance(ntk):
+    """GraphNodeKernel over the nodes of one graph = neural-tangents' (V, V) spatial covariance of that input; the
+    low-rank form with every node a landmark is exact."""
+    from gpytorch_nngp import GraphNodeKernel
+
+    _, spec = CASES["nodes_gcn"]
+    adjacency = torch.from_numpy(REFERENCE["fixed"])
+    features = torch.from_numpy(REFERENCE["x1"])[0].T  # (V, C): the nodes of the first input
+    want = torch.from_numpy(REFERENCE[f"nodes_gcn_{'ntk' if ntk else 'nngp'}"])
+    nodes = torch.arange(NODES, dtype=torch.float64).unsqueeze(-1)
+    for graph, landmarks in ((adjacency, None), (adjacency.to_sparse(), None), (adjacency.to_sparse(), NODES)):
+        kernel = GraphNodeKernel(module(spec, graph), features, ntk=ntk, weight_var=WEIGHT_VAR, bias_var=BIAS_VAR,
+                                 landmarks=landmarks).double()
+        with torch.no_grad():
+            torch.testing.assert_close(kernel(nodes).to_dense(), want, rtol=1e-6, atol=1e-6)
+            torch.testing.assert_close(kernel(nodes, diag=True), want.diagonal(), rtol=1e-6, atol=1e-6)

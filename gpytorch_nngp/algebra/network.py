@@ -64,6 +64,8 @@ class Network:
         graphs: for inputs that carry their own graph, the packing (graphs/packing.py GraphInputs): each input row
             is then the node features (C, V) and the graph, which Aggregate layers without a graph of their own
             read from the state's side data.
+        spatial_output: the output keeps its positions (the nodes of a graph for GraphNodeKernel): the state
+            after the last layer is the full P x P covariance of one input's positions, not a flat kernel.
 
     Tied weights. A Linear/Conv module used at several depths (layers whose `tied` names its first use) has the NNGP
     and the NTK of independent weights at each use: a forward pass without transposes has the kernel of
@@ -78,7 +80,8 @@ class Network:
             output that is not flat.
     """
 
-    def __init__(self, layers: Sequence[Layer], input_shape: Sequence[int], num_parameters: int = 1, graphs=None):
+    def __init__(self, layers: Sequence[Layer], input_shape: Sequence[int], num_parameters: int = 1, graphs=None,
+                 spatial_output: bool = False):
         self.input_shape = tuple(int(s) for s in input_shape)
         self.graphs = graphs
         if graphs is not None and self.input_shape != (graphs.channels, graphs.nodes):
@@ -101,9 +104,10 @@ class Network:
         # The state the algebra starts from: the Gram of the (transformed) input points.
         self.state_shape = (geometry.channels, *geometry.spatial)
         self.channels, spatial = geometry.channels, geometry.spatial
-        geometry = replace(geometry, full=bool(spatial) and needs_full(layers[split:]))
-        self.layers, self.output = _build(layers[split:], geometry)
-        if self.output.spatial:
+        geometry = replace(geometry, full=bool(spatial) and (spatial_output or needs_full(layers[split:])))
+        self.spatial_output = spatial_output
+        self.layers, self.output = _build(layers[split:], geometry, keep_full=spatial_output)
+        if self.output.spatial and not spatial_output:
             raise ValueError(f"the network's output still has spatial shape {self.output.describe()}: end it with a "
                              "readout (torch.nn.Flatten() then torch.nn.Linear, or torch.nn.AdaptiveAvgPool2d(1))")
         weighted = [layer for layer in walk(self.layers) if layer.weighted]
@@ -254,11 +258,12 @@ def _entries(geometry: Geometry) -> int:
     return p * p if geometry.full else p
 
 
-def _build(layers: List[Layer], geometry: Geometry):
-    """Builds the layers in order, switching a full state to its diagonal where no layer above needs more."""
+def _build(layers: List[Layer], geometry: Geometry, keep_full: bool = False):
+    """Builds the layers in order, switching a full state to its diagonal where no layer above needs more (unless
+    keep_full: the output is the full state)."""
     out = []
     for i, layer in enumerate(layers):
-        if geometry.full and not needs_full(layers[i:]):
+        if geometry.full and not keep_full and not needs_full(layers[i:]):
             switch = ToDiagonal()
             geometry = switch.build(geometry)
             out.append(switch)

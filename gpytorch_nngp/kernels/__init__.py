@@ -1,5 +1,6 @@
 """GPyTorch kernels of deep networks."""
 from .architecture import ArchitectureKernel
 from .fully_connected import NNGPKernel, NTKKernel
+from .graph_nodes import GraphNodeKernel
 
-__all__ = ["ArchitectureKernel", "NNGPKernel", "NTKKernel"]
+__all__ = ["ArchitectureKernel", "GraphNodeKernel", "NNGPKernel", "NTKKernel"]

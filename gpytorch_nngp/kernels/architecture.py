@@ -76,6 +76,10 @@ class ArchitectureKernel(NetworkKernel):
                        else "") + f"), got {tuple(x.shape)}")
         if isinstance(x1, torch.Tensor) and isinstance(x2, torch.Tensor):
             check_inputs(x1, x2)
+        if self.network.graphs is not None and self.active_dims is None:
+            for name, x in (("x1", x1), ("x2", x2)):
+                if isinstance(x, torch.Tensor):
+                    self.network.graphs.check(x, name)
         return super().__call__(x1, x2, diag=diag, last_dim_is_batch=last_dim_is_batch, **params)
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, diag: bool = False, last_dim_is_batch: bool = False,

@@ -282,10 +282,12 @@ class _Translator:
         return layers
 
 
-def network_from_module(module: nn.Module, input_shape: Sequence[int], per_layer: bool = False) -> L.Network:
+def network_from_module(module: nn.Module, input_shape: Sequence[int], per_layer: bool = False,
+                        spatial_output: bool = False) -> L.Network:
     """The layer algebra of `module` for inputs of `input_shape` ((d,), (C, L) or (C, H, W), channel first).
 
     per_layer: one (weight_var, bias_var) pair per Linear/Conv layer, else one pair shared by all.
+    spatial_output: the module's output keeps its positions (see Network).
 
     Raises:
         TypeError: module is not a torch.nn.Module.
@@ -308,7 +310,8 @@ def network_from_module(module: nn.Module, input_shape: Sequence[int], per_layer
     layers = translator.layers(module, "")
     if translator.parameters == 0:
         raise ValueError(f"{type(module).__name__} has no Linear or Conv layer: its kernel has no weights to vary")
-    return L.Network(layers, input_shape, translator.parameters if per_layer else 1, graphs=graphs)
+    return L.Network(layers, input_shape, translator.parameters if per_layer else 1, graphs=graphs,
+                     spatial_output=spatial_output)
 
 
 def fully_connected_form(network: L.Network):

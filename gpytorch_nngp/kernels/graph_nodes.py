@@ -1,0 +1,134 @@
+"""The kernel between the nodes of one graph: the infinite-width limit of a graph network's node outputs (GNNGP)."""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+from gpytorch.constraints import Interval
+from gpytorch.priors import Prior
+from linear_operator.operators import LowRankRootLinearOperator, MatmulLinearOperator
+
+from ..backends.low_rank import low_rank_factors
+from .base import NetworkKernel
+from .from_module import network_from_module
+
+
+class GraphNodeKernel(NetworkKernel):
+    r"""The NNGP (or, with ntk=True, the NTK) between the nodes of one graph: k(i, j) is the covariance of the
+    outputs at nodes i and j of an infinitely wide graph network run on the whole graph (Niu et al. 2023, GNNGP;
+    transductive node classification and regression).
+
+    The network is an ordinary torch module on the graph as one input of shape (1, d, N): per-node dense layers
+    (nn.Conv1d(c_in, c_out, 1)), activations and gpytorch_nngp.Aggregate(adjacency) layers, ending at the nodes (no
+    pooling), e.g. a two-layer GCN nn.Sequential(Aggregate(A), nn.Conv1d(d, 64, 1), nn.ReLU(), Aggregate(A),
+    nn.Conv1d(64, 1, 1)) with A = graphs.normalized_adjacency(adjacency).
+
+    Inputs are node indices, (..., n, 1) floats holding integers (GPyTorch's (n, d) convention with d = 1).
+
+    Evaluation: the exact N x N covariance of all nodes (the aggregation couples every node to its neighbours, so
+    no entry is computed alone), O(N^2) memory and O(N^2 (E / N) depth) time with a sparse adjacency, cached while
+    the variances do not change and no gradient is wanted; or, with `landmarks`, a rank-r factor through Nystrom
+    steps at the activations (backends/low_rank.py), O(N r) memory, for graphs of hundreds of thousands of nodes.
+
+    Args:
+        module: the graph network (see above).
+        features: (N, d) node features.
+        ntk: the NTK instead of the NNGP.
+        weight_var, bias_var: initial variances (> 0, learnable), one value or one per Conv layer (per_layer).
+        landmarks: None (exact), a number m of landmark nodes drawn uniformly without replacement (seeded), or an
+            index tensor of landmark nodes.
+        per_layer: one (weight_var, bias_var) per Conv layer.
+        weight_var_prior, bias_var_prior, weight_var_constraint, bias_var_constraint, **kwargs: as in GPyTorch.
+    """
+
+    def __init__(self, module: torch.nn.Module, features: torch.Tensor, ntk: bool = False, weight_var=2.0,
+                 bias_var=0.1, landmarks: Optional[Union[int, torch.Tensor]] = None, per_layer: bool = False,
+                 weight_var_prior: Optional[Prior] = None, bias_var_prior: Optional[Prior] = None,
+                 weight_var_constraint: Optional[Interval] = None, bias_var_constraint: Optional[Interval] = None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(features, torch.Tensor) or features.dim() != 2 or not features.is_floating_point():
+            raise ValueError(f"features must be a floating point (N, d) tensor of node features, got "
+                             f"{tuple(features.shape) if isinstance(features, torch.Tensor) else type(features)}")
+        if not torch.isfinite(features).all():
+            raise ValueError("features contains NaN or inf")
+        nodes, dim = features.shape
+        self.network = network_from_module(module, (dim, nodes), per_layer, spatial_output=True)
+        self.ntk, self.nodes = bool(ntk), nodes
+        self.register_buffer("features", features.mT.reshape(1, -1).clone())  # one input: (d, N) channel first
+        if landmarks is not None:
+            if isinstance(landmarks, int) and not isinstance(landmarks, bool):
+                if not 1 <= landmarks <= nodes:
+                    raise ValueError(f"landmarks must be between 1 and the {nodes} nodes, got {landmarks}")
+                landmarks = torch.randperm(nodes, generator=torch.Generator().manual_seed(0))[:landmarks].sort()[0]
+            landmarks = torch.as_tensor(landmarks).long()
+            if landmarks.dim() != 1 or landmarks.numel() == 0 or landmarks.min() < 0 or landmarks.max() >= nodes:
+                raise ValueError(f"landmarks must be a count or a 1-d tensor of node indices in [0, {nodes})")
+        self.landmarks = landmarks
+        self._init_variances((*self.batch_shape, self.network.num_parameters), weight_var, bias_var,
+                             weight_var_prior, bias_var_prior, weight_var_constraint, bias_var_constraint)
+        self._cache = None
+
+    def _apply(self, fn, *args, **kwargs):
+        self._cache = None
+        return super()._apply(fn, *args, **kwargs)
+
+    # -- the whole graph -----------------------------------------------------------------------------------------
+    def node_covariance(self) -> torch.Tensor:
+        """The exact kernel between all nodes, (*batch_shape, N, N)."""
+        wv, bv = self.weight_var, self.bias_var
+        caching = not torch.is_grad_enabled() or not (wv.requires_grad or bv.requires_grad)
+        key = (wv.detach().clone(), bv.detach().clone())
+        if caching and self._cache is not None and self._cache[0] == "exact" and all(
+                torch.equal(a, b) for a, b in zip(self._cache[1], key)):
+            return self._cache[2]
+        x = self.features.to(wv.dtype)
+        out = self.network.paired(x, x, wv, bv, self.ntk, same_points=True)[..., 0, :, :]
+        if caching:
+            self._cache = ("exact", key, out)
+        return out
+
+    def node_factor(self) -> torch.Tensor:
+        """The low-rank factor Q (N, r) with kernel ~ Q Q^T (needs `landmarks`)."""
+        if self.landmarks is None:
+            raise ValueError("node_factor needs landmarks (the low-rank form); node_covariance is the exact kernel")
+        wv, bv = self.weight_var, self.bias_var
+        if len(self.batch_shape):
+            raise ValueError("the low-rank node kernel has no batch_shape")
+        q, t = low_rank_factors(self.network, self.features.to(wv.dtype), wv.reshape(-1), bv.reshape(-1),
+                                self.landmarks.to(self.features.device), self.ntk)
+        return t if self.ntk else q
+
+    # -- GPyTorch ------------------------------------------------------------------------------------------------
+    def _indices(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[-1] != 1:
+            raise ValueError(f"{name} must be node indices of shape (..., n, 1), got "
+                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+        if not torch.isfinite(x).all() or not torch.equal(x, x.round()):
+            raise ValueError(f"{name} must hold integer node indices")
+        if x.numel() and (x.min() < 0 or x.max() >= self.nodes):
+            raise ValueError(f"{name} has node indices outside [0, {self.nodes}): min {x.min().item():g}, max "
+                             f"{x.max().item():g}")
+        return x[..., 0].long()
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor, diag: bool = False, last_dim_is_batch: bool = False,
+                **params):
+        """k(node i, node j) for node indices x1 (..., n, 1), x2 (..., m, 1): (..., n, m), or (..., n) with diag."""
+        self._refuse_last_dim_is_batch(last_dim_is_batch)
+        i, j = self._indices(x1, "x1"), self._indices(x2, "x2")
+        if self.landmarks is not None:
+            q = self.node_factor()
+            a, b = q[i], q[j]
+            if diag:
+                return (a * b).sum(-1)
+            if torch.equal(i, j):
+                return LowRankRootLinearOperator(a)
+            return MatmulLinearOperator(a, b.mT)
+        k = self.node_covariance()
+        if diag:
+            return k[..., i, j]
+        return k[..., i.unsqueeze(-1), j.unsqueeze(-2)]
+
+    def extra_repr(self) -> str:
+        form = "exact" if self.landmarks is None else f"low rank, {len(self.landmarks)} landmarks"
+        return f"{'NTK' if self.ntk else 'NNGP'}, {self.nodes} nodes, {form}, {self.network.describe()}"
