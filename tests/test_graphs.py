@@ -212,4 +212,15 @@ def test_pyg_data():
     assert x.shape == (34, 34) and a.shape == (34, 34) and a.layout == torch.sparse_coo
     assert a._nnz() == data.edge_index.shape[1]
     torch.testing.assert_close(a.to_dense(), a.to_dense().T)  # karate club lists both directions
+    from torch_geometric.datasets import FakeDataset
+
+    graphs = FakeDataset(num_graphs=5, avg_num_nodes=8, num_channels=3, edge_dim=0)
+    packing = GraphInputs(3, max(g.num_nodes for g in graphs), max_edges=max(g.num_edges for g in graphs))
+    rows = packing.pack_pyg(graphs)
+    kernel = NNGPKernel.from_module(GraphNetwork(nn.Sequential(Aggregate(), nn.Conv1d(3, 8, 1), nn.ReLU(),
+                                                               nn.AdaptiveAvgPool1d(1), nn.Flatten(),
+                                                               nn.Linear(8, 1)), packing), (packing.dim,))
+    with torch.no_grad():
+        k = kernel(rows).to_dense()
+    assert k.shape == (5, 5) and torch.isfinite(k).all()
     assert pyg is not None

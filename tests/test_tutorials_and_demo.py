@@ -159,3 +159,21 @@ def test_tutorial_mnist1d_transformer(tmp_path):
     assert accuracy["CNN"] > accuracy["MLP"] + 0.2 and accuracy["transformer"] > accuracy["MLP"] + 0.2, accuracy
     assert_drawn(tmp_path / "09_mnist1d_kernels.png")
     assert_drawn(tmp_path / "09_mnist1d_accuracy.png")
+
+
+def test_tutorial_graph_kernels(tmp_path):
+    """Graphs at reduced size (300 nodes, 2 seeds, 3 homophily levels): the GCN-GP places the karate club's members
+    from the two leaders alone, and on the block models it follows the trained GCN and beats features alone where
+    the graph is informative (homophilous or heterophilous), while a graph that ignores the classes hurts."""
+    module = _load(os.path.join(ROOT, "tutorials", "10_graph_kernels.py"))
+    report = module.main(["--quick", "--out", str(tmp_path)])
+    assert report["karate"]["accuracy"] > 0.9
+    mean = report["sweep"]["mean"]
+    low, middle, high = 0, 1, 2  # homophily 0.1, 0.5, 0.9
+    for kernel in ("GCN-GP (NNGP)", "GCN-NTK"):
+        assert mean[kernel][high] > mean["RBF GP (features only)"][high] + 0.1
+        assert mean[kernel][middle] < mean["RBF GP (features only)"][middle]
+        assert abs(mean[kernel][high] - mean["trained GCN"][high]) < 0.05
+        assert mean[kernel][low] > mean[kernel][middle] + 0.1
+    assert_drawn(tmp_path / "graph_karate.png")
+    assert_drawn(tmp_path / "graph_homophily.png")

@@ -4,6 +4,8 @@ The aggregation layer itself is `gpytorch_nngp.Aggregate` (a torch module, modul
 `algebra/graph.py`; the kernel over the nodes of one graph is `gpytorch_nngp.GraphNodeKernel`.
 """
 from .adjacency import adjacency_from_edges, check_adjacency, from_pyg, normalized_adjacency
+from .datasets import NodeData, contextual_sbm, karate_club
 from .packing import GraphInputs
 
-__all__ = ["GraphInputs", "adjacency_from_edges", "check_adjacency", "from_pyg", "normalized_adjacency"]
+__all__ = ["GraphInputs", "NodeData", "adjacency_from_edges", "check_adjacency", "contextual_sbm", "from_pyg",
+           "karate_club", "normalized_adjacency"]

@@ -18,7 +18,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
-from .adjacency import check_adjacency
+from .adjacency import check_adjacency, from_pyg
 
 
 class GraphInputs:
@@ -93,6 +93,16 @@ class GraphInputs:
             padded[:, :x.shape[1]] = x
             rows.append(torch.cat([padded.reshape(-1), self._pack_edges(a, k, dtype)]))
         return torch.stack(rows)
+
+    def pack_pyg(self, graphs) -> torch.Tensor:
+        """Rows (n, dim) from torch_geometric `Data` objects (a list, or a dataset of whole graphs): each graph's
+        node features `x` (V_i, C) and its `edge_index` (weights from `edge_weight` when present)."""
+        features, adjacencies = [], []
+        for data in graphs:
+            x, adjacency = from_pyg(data)
+            features.append(x.T)
+            adjacencies.append(adjacency)
+        return self.pack(features, adjacencies)
 
     def _pack_edges(self, a: torch.Tensor, k: int, dtype) -> torch.Tensor:
         v = a.shape[0]
