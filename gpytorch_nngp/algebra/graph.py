@@ -112,8 +112,8 @@ class Aggregate(Layer):
         if self.graph is not None:
             return apply_graph(x, self.graph.to(device=x.device, dtype=x.dtype), per_input=False)
         if graph is None:
-            raise ValueError("an aggregation with per-input graphs got no graphs (pack the inputs with "
-                             "gpytorch_nngp.GraphInputs)")
+            raise ValueError("an aggregation with per-input graphs got no graphs: build the kernel from "
+                             "GraphNetwork(module, GraphInputs(...)) and pack the inputs with it")
         return apply_graph(x, graph, per_input=True)
 
     def _graphs(self, state, like):
@@ -124,7 +124,8 @@ class Aggregate(Layer):
             return state.side[0]["graph"], state.side[1]["graph"], True
         except KeyError:
             raise ValueError("an aggregation with per-input graphs (Aggregate(adjacency=None)) needs inputs packed "
-                             "with their graphs: build the network with GraphInputs(...).network(module)") from None
+                             "with their graphs: build the kernel from GraphNetwork(module, GraphInputs(...))"
+                             ) from None
 
     def _map(self, x, state):
         g1, g2, per_input = self._graphs(state, x)
