@@ -180,15 +180,20 @@ def test_equal_but_separate_inputs_get_their_own_gradients(cls, act, small_block
 @pytest.mark.parametrize("cls", [NNGPKernel, NTKKernel])
 @pytest.mark.parametrize("act", ["relu", activations.LeakyReLU(0.2), activations.ABReLU(-0.5, 1.5), "abs"], ids=str)
 @pytest.mark.parametrize("symmetric", [True, False], ids=["symmetric", "cross"])
-def test_forward_mode_variance_gradients_equal_autograd(cls, act, symmetric):
-    """The lazy backward wrt (weight_var, bias_var) alone runs in forward mode (no graph); it equals the block-wise
-    autograd derivative, also with duplicate, zero and antiparallel inputs."""
+@pytest.mark.parametrize("inputs", [False, True], ids=["variances", "and_inputs"])
+def test_forward_mode_variance_gradients_equal_autograd(cls, act, symmetric, inputs):
+    """The lazy backward wrt (weight_var, bias_var) runs in forward mode (no graph), and so do the inputs' gradients
+    (wanted when ARD length scales scale the inputs); it equals the block-wise autograd derivative, also with
+    duplicate, zero and antiparallel inputs."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(40, 5, generator=g, dtype=torch.float64)
     x[3], x[5], x[7] = x[1], 0.0, -x[2]
+    y = torch.randn(30, 5, generator=g, dtype=torch.float64)
+    if inputs:
+        x, y = x.requires_grad_(True), y.requires_grad_(True)
     k = cls(3, act, backend="lazy").double()
     k.weight_var, k.bias_var = 1.7, 0.2
-    op = (k(x) if symmetric else k(x, torch.randn(30, 5, generator=g, dtype=torch.float64))).evaluate_kernel()
+    op = (k(x) if symmetric else k(x, y)).evaluate_kernel()
     left = torch.randn(40, 4, generator=g, dtype=torch.float64)
     right = torch.randn(op.shape[-1], 4, generator=g, dtype=torch.float64)
     assert op.evaluator.forward_mode_applies(op, [a.requires_grad for a in op._args])

@@ -14,6 +14,36 @@ class TestNNGPReLUContract(BaseKernelTestCase, unittest.TestCase):
         return NNGPKernel(depth=2, activation="relu", **kwargs)
 
 
+class TestNNGPReLUARDContract(BaseKernelTestCase, unittest.TestCase):
+    """The same contract with per-input length scales (GPyTorch's ARD convention), at non-trivial values."""
+
+    def create_kernel_no_ard(self, **kwargs):
+        return NNGPKernel(depth=2, activation="relu", **kwargs)
+
+    def create_kernel_ard(self, num_dims, **kwargs):
+        kernel = NNGPKernel(depth=2, activation="relu", ard_num_dims=num_dims, **kwargs)
+        kernel.lengthscale = torch.linspace(0.5, 2.0, num_dims)
+        return kernel
+
+
+class TestNTKArchitectureARDContract(BaseKernelTestCase, unittest.TestCase):
+    def create_kernel_no_ard(self, **kwargs):  # GPyTorch's batched cases use 2 input dimensions
+        return NTKKernel.from_module(torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.GELU(),
+                                                         torch.nn.Linear(8, 1)), (2,), per_layer=True, **kwargs)
+
+    def create_kernel_ard(self, num_dims, **kwargs):
+        module = torch.nn.Sequential(torch.nn.Linear(num_dims, 8), torch.nn.GELU(), torch.nn.Linear(8, 1))
+        kernel = NTKKernel.from_module(module, (num_dims,), per_layer=True, ard_num_dims=num_dims, **kwargs)
+        kernel.lengthscale = torch.linspace(0.5, 2.0, num_dims)
+        return kernel
+
+    def test_active_dims_list(self):  # the module is built for its input width; active_dims would select fewer
+        pass
+
+    def test_active_dims_range(self):
+        pass
+
+
 class TestNTKErfContract(BaseKernelTestCase, unittest.TestCase):
     def create_kernel_no_ard(self, **kwargs):
         return NTKKernel(depth=3, activation="erf", **kwargs)

@@ -100,17 +100,20 @@ class Affine:
         return FlatState(k12, k11, k22, theta)
 
     def tangents(self, s: FlatState, ds: List[FlatState], w: float, b: float, ntk: bool):
-        """Values and their derivatives along d/dweight_var (ds[0]) and d/dbias_var (ds[1]); a None tangent is 0.
-        In place where the state is the program's own (s.owned: made by a Dual, never the caller's inputs)."""
+        """Values and their derivatives along d/dweight_var (ds[0]), d/dbias_var (ds[1]) and directions of the
+        input state (ds[2:], see FlatProgram.tangents); a None tangent is 0. In place where the state is the
+        program's own (s.owned: made by a Dual, never the caller's inputs)."""
         bias = 1.0 if self.bias else 0.0
         own = s.owned
 
         def along(x, dx, p):  # d(w x + b) = [w] x + w dx + [b], before x changes
             if dx is None:
-                return x if p == 0 else torch.full((), bias, dtype=x.dtype, device=x.device)
+                return x if p == 0 else torch.full((), bias if p == 1 else 0.0, dtype=x.dtype, device=x.device)
             if p == 0:
                 return _axpy(dx, w, x, own)
-            return dx.mul_(w).add_(bias) if own else dx * w + bias
+            if p == 1:
+                return dx.mul_(w).add_(bias) if own else dx * w + bias
+            return dx.mul_(w) if own and dx.dim() else dx * w
 
         douts = [FlatState(along(s.k12, d.k12, p), along(s.k11, d.k11, p), along(s.k22, d.k22, p), owned=own)
                  for p, d in enumerate(ds)]
@@ -238,21 +241,32 @@ class FlatProgram:
                 step.keops(state, ntk, rel_eps, lazy)
         return state.theta if ntk else state.k12
 
-    def tangents(self, gram, var1, var2, weight_var: float, bias_var: float, ntk: bool,
-                 weights: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """sum(dK/dweight_var * weights), sum(dK/dbias_var * weights) as 0-d tensors on the inputs' device (no host
-        synchronization), by forward mode without autograd; gram (n, m), var1 (n, 1), var2 (1, m) the input state,
-        weights (n, m) what the derivative is contracted with (U V^T in a bilinear derivative)."""
+    def tangents(self, gram, var1, var2, weight_var: float, bias_var: float, ntk: bool, weights: torch.Tensor,
+                 inputs: bool = False):
+        """The derivative of sum(K * weights) by forward mode without autograd, on the inputs' device (no host
+        synchronization): gram (n, m), var1 (n, 1), var2 (1, m) the input state, weights (n, m) what the derivative
+        is contracted with (U V^T in a bilinear derivative).
+
+        Returns the derivatives wrt weight_var and bias_var (0-d tensors); with inputs=True also wrt the input
+        state, entry by entry: G = dK/dgram * weights (n, m), and the row and column sums h1 (n,), h2 (m,) of
+        dK/dvar1 * weights and dK/dvar2 * weights (K_ij depends on gram_ij, var1_i and var2_j alone, so a tangent
+        of ones along each gives these partials). The caller chains them to the inputs (gram = x1 x2^T / d)."""
         missing = [a for a in self.activations if not a.has_tangents]
         if missing:
             raise ValueError(f"{missing[0]!r} has no forward-mode derivative (Activation.dual_tangents)")
         state = FlatState(gram, var1, var2)
         ds = [FlatState(None, None, None), FlatState(None, None, None)]
+        if inputs:
+            one, zero = (torch.full((), v, dtype=gram.dtype, device=gram.device) for v in (1.0, 0.0))
+            ds += [FlatState(one, zero, zero), FlatState(zero, one, zero), FlatState(zero, zero, one)]
         with torch.no_grad():
             for step in self.steps:
                 state, ds = step.tangents(state, ds, weight_var, bias_var, ntk)
         final = [d.theta if ntk else d.k12 for d in ds]
-        return (final[0] * weights).sum(), (final[1] * weights).sum()
+        out = [(final[0] * weights).sum(), (final[1] * weights).sum()]
+        if inputs:
+            out += [final[2] * weights, (final[3] * weights).sum(-1), (final[4] * weights).sum(-2)]
+        return tuple(out)
 
 
 def input_variances(x: torch.Tensor) -> torch.Tensor:

@@ -160,27 +160,42 @@ class FullyConnectedEvaluator(Evaluator):
         return torch.cat(blocks, dim=-2)
 
     def forward_mode_applies(self, op, wanted) -> bool:
-        """Gradients wanted for the variances only, of an unbatched kernel whose activation has forward-mode
-        derivatives (Activation.dual_tangents)."""
-        inputs_wanted = wanted[0] or (len(wanted) == 4 and wanted[3])
-        return (not inputs_wanted and self.activation.has_tangents and op.weight_var.numel() == 1
-                and op.bias_var.numel() == 1 and op.x1.dim() == 2 and op.x2.dim() == 2)
+        """An unbatched kernel whose activation has forward-mode derivatives (Activation.dual_tangents); the
+        inputs' gradients (wanted when ARD length scales scale them) come from the same pass."""
+        return (self.activation.has_tangents and op.weight_var.numel() == 1 and op.bias_var.numel() == 1
+                and op.x1.dim() == 2 and op.x2.dim() == 2)
 
     def variance_derivative(self, op, left_vecs, right_vecs, wanted):
-        """The bilinear derivative wrt (weight_var, bias_var) by forward mode, block by block and without a graph
-        (FlatProgram.tangents): about half the time of recomputing each block with autograd. The sums stay
-        on the device (one transfer at the end, no host synchronization per block)."""
+        """The bilinear derivative wrt (x1, weight_var, bias_var[, x2]) by forward mode, block by block and without
+        a graph (FlatProgram.tangents): about half the time of recomputing each block with autograd. The sums stay
+        on the device (one transfer at the end, no host synchronization per block).
+
+        Inputs: the gram x1 x2^T / d and the variances |x|^2 / d of a block are its only dependence on the inputs,
+        so with G, h1, h2 the block's partials wrt them (contracted with the block's weights),
+        dL/dx1 = (G x2 + 2 h1 x1) / d and dL/dx2 = (G^T x1 + 2 h2 x2) / d (both on x1 for a symmetric operator)."""
         w, b = op.weight_var.item(), op.bias_var.item()
         program = mlp_program(self.depth, self.activation)
+        inputs = wanted[0] or (len(wanted) == 4 and wanted[3])
         grad_w = grad_b = torch.zeros((), dtype=op.weight_var.dtype, device=op.weight_var.device)
+        grad_x1 = torch.zeros_like(op.x1) if inputs else None
+        grad_x2 = (grad_x1 if op.symmetric else torch.zeros_like(op.x2)) if inputs else None
+        d = op.x1.shape[-1]
         with torch.no_grad():
             for start, stop, col, triangle, device in op._gradient_blocks():
                 x1, x2, left, right = op._on(device, (op.x1, op.x2, left_vecs, right_vecs))
                 offset = start - col if op.symmetric else None
-                gram, var1, var2 = input_grams(x1[start:stop], x2[col:], diagonal_offset=offset)
+                rows, cols = x1[start:stop], x2[col:]
+                gram, var1, var2 = input_grams(rows, cols, diagonal_offset=offset)
                 weights = op._block_weights(left, right, start, stop, col, triangle)
-                gw, gb = program.tangents(gram, var1, var2, w, b, self.ntk, weights)
-                grad_w, grad_b = grad_w + gw.to(grad_w.device), grad_b + gb.to(grad_b.device)
-        out = [None, grad_w.expand_as(op.weight_var).clone(), grad_b.expand_as(op.bias_var).clone()]
-        out += [None] * (len(wanted) - 3)
+                parts = program.tangents(gram, var1, var2, w, b, self.ntk, weights, inputs=inputs)
+                grad_w, grad_b = grad_w + parts[0].to(grad_w.device), grad_b + parts[1].to(grad_b.device)
+                if inputs:
+                    g, h1, h2 = parts[2:]
+                    one = (g @ cols).addcmul_(rows, h1.unsqueeze(-1), value=2.0).div_(d)
+                    two = (g.mT @ rows).addcmul_(cols, h2.unsqueeze(-1), value=2.0).div_(d)
+                    grad_x1[start:stop] += one.to(grad_x1.device)
+                    grad_x2[col:] += two.to(grad_x2.device)
+        out = [grad_x1, grad_w.expand_as(op.weight_var).clone(), grad_b.expand_as(op.bias_var).clone()]
+        if len(wanted) == 4:
+            out.append(grad_x2)
         return tuple(g if want else None for g, want in zip(out, wanted))

@@ -1,6 +1,7 @@
 """NNGP and NTK kernels of convolutional, pooled, residual and normalized networks, built from torch modules."""
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence, Union
 
 import torch
@@ -54,6 +55,13 @@ class ArchitectureKernel(NetworkKernel):
         self.sharding = make_sharding(self.backend)
         self._init_variances((*self.batch_shape, network.num_parameters), weight_var, bias_var, weight_var_prior,
                              bias_var_prior, weight_var_constraint, bias_var_constraint)
+        if self.has_lengthscale and (len(network.input_shape) > 1 or network.graphs is not None):
+            # One length scale per input channel: GPyTorch checks ard_num_dims against the input's columns (C * P
+            # here), so the count lives in `length_scales` only.
+            if self.length_scales != network.input_shape[0]:
+                raise ValueError(f"ard_num_dims={self.length_scales}: the network's input has {network.input_shape[0]}"
+                                 " channels, and its kernel has one length scale per input channel")
+            self.ard_num_dims = None
 
     @classmethod
     def from_module(cls, module: torch.nn.Module, input_shape: Sequence[int], ntk: bool = False,
@@ -96,6 +104,9 @@ class ArchitectureKernel(NetworkKernel):
             return out.expand(*batch, *out.shape[-1 if diag else -2:])
         weight_var, bias_var = self.weight_var, self.bias_var
         same = one_point_set(x1, x2)
+        if self.has_lengthscale:  # ARD: one length scale per input channel (per dimension of a flat input)
+            x1 = self._ard(x1)
+            x2 = x1 if same else self._ard(x2)
         if diag:
             return self._checked_diagonal(x1, x2)
         backend = resolve_backend(self.backend, x1, x2, entries_per_pair=self.network.entries_per_pair)
@@ -109,6 +120,12 @@ class ArchitectureKernel(NetworkKernel):
                                          evaluator=NetworkEvaluator(self.network, self.ntk), sharding=self.sharding)
         return check_finite_kernel(architecture_matrix(self.network, x1, x2, weight_var, bias_var, self.ntk,
                                                        symmetric=same), x1, x2)
+
+    def _ard(self, x: torch.Tensor) -> torch.Tensor:
+        shape = self.network.input_shape
+        if len(shape) == 1 and self.network.graphs is None:
+            return self._scale_inputs(x)
+        return self._scale_inputs(x, channels=shape[0], width=math.prod(shape))
 
     def _diagonal(self, x1, x2, same_points: bool) -> torch.Tensor:
         return paired(self.network, x1, x2, self.weight_var, self.bias_var, self.ntk, same_points=same_points)

@@ -1,12 +1,13 @@
 """What every network kernel shares: learnable weight and bias variances, and the checks around evaluation."""
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
-from gpytorch.constraints import Interval, Positive
+from gpytorch.constraints import GreaterThan, Interval, Positive
 from gpytorch.kernels import Kernel
-from gpytorch.priors import Prior
+from gpytorch.priors import LogNormalPrior, Prior
 
 from .._validation import check_finite_kernel, check_positive_variance, one_point_set
 
@@ -17,9 +18,66 @@ class NetworkKernel(Kernel):
 
     weight_var: sigma_w^2 (weights ~ N(0, weight_var / fan_in)); bias_var: sigma_b^2 (biases ~ N(0, bias_var)).
     Subclasses implement `_diagonal(x1, x2, same_points)` (the paired kernel k(x1_i, x2_i)).
+
+    ARD (per-input relevance). With `ard_num_dims`, the first layer's weight for input i is drawn from
+    N(0, weight_var / (fan_in l_i^2)): the kernel sees x_i / l_i, with a learnable, positive `lengthscale` of shape
+    (*batch_shape, 1, ard_num_dims) in GPyTorch's convention (`lengthscale_prior`, `lengthscale_constraint`). The
+    defaults are made for Bayesian optimization: the constraint is BoTorch's GreaterThan(0.025), the prior a
+    LogNormal(0, sqrt(3)) centred on l = 1, where the kernel is the one without ARD (the 1 / fan_in of the NTK
+    parametrization already scales with the dimension, as BoTorch's default prior does for an RBF: l_i here is
+    that prior's length scale over sqrt(d); Hvarfner et al. 2024), and every length scale starts at 1. Pass
+    lengthscale_prior=None for no prior. Without `ard_num_dims` there is no length scale and nothing changes.
     """
 
     has_lengthscale = False
+
+    def __init__(self, ard_num_dims: Optional[int] = None, lengthscale_prior="default",
+                 lengthscale_constraint: Optional[Interval] = None, **kwargs):
+        super().__init__(**kwargs)
+        if ard_num_dims is None:
+            if lengthscale_constraint is not None or lengthscale_prior not in (None, "default"):
+                raise ValueError("lengthscale_prior and lengthscale_constraint need ard_num_dims (per-input length "
+                                 "scales); the network kernels have no length scale without it")
+            return
+        if not isinstance(ard_num_dims, int) or isinstance(ard_num_dims, bool) or ard_num_dims < 1:
+            raise ValueError(f"ard_num_dims must be a positive int (the number of input dimensions or channels), got "
+                             f"{ard_num_dims!r}")
+        self.ard_num_dims = self.length_scales = ard_num_dims
+        self.has_lengthscale = True
+        self.register_parameter("raw_lengthscale",
+                                torch.nn.Parameter(torch.zeros(*self.batch_shape, 1, ard_num_dims)))
+        self.register_constraint("raw_lengthscale", lengthscale_constraint or GreaterThan(2.5e-2))
+        if lengthscale_prior == "default":
+            lengthscale_prior = LogNormalPrior(0.0, math.sqrt(3.0))
+        if lengthscale_prior is not None:
+            if not isinstance(lengthscale_prior, Prior):
+                raise TypeError(f"expected a gpytorch.priors.Prior for lengthscale_prior, got "
+                                f"{type(lengthscale_prior).__name__}")
+            self.register_prior("lengthscale_prior", lengthscale_prior, self._lengthscale_param,
+                                self._lengthscale_closure)
+        self._set_lengthscale(torch.ones(()))
+
+    def _scale_inputs(self, x: torch.Tensor, channels: Optional[int] = None, width: Optional[int] = None):
+        """x / lengthscale: per input dimension of x (..., n, d), or (channels given) per channel of the first
+        `width` = channels * positions features (channel first), the rest of each row (a packed graph) unchanged."""
+        if not self.has_lengthscale:
+            return x
+        scale = self.lengthscale
+        if channels is None:
+            if x.shape[-1] != self.length_scales:
+                raise ValueError(f"ard_num_dims={self.length_scales} length scales for inputs with {x.shape[-1]} "
+                                 "dimensions (after active_dims)")
+            return x / scale
+        if channels != self.length_scales:
+            raise ValueError(f"ard_num_dims={self.length_scales}: this network's input has {channels} channels, and "
+                             "its kernel has one length scale per input channel")
+        features = x[..., :width]
+        batch = torch.broadcast_shapes(features.shape[:-2], scale.shape[:-2])
+        scaled = (features.reshape(*features.shape[:-1], channels, width // channels)
+                  / scale.reshape(*scale.shape[:-2], 1, channels, 1)).reshape(*batch, x.shape[-2], width)
+        if width == x.shape[-1]:
+            return scaled
+        return torch.cat([scaled, x[..., width:].expand(*batch, x.shape[-2], x.shape[-1] - width)], -1)
 
     def _diagonal(self, x1: torch.Tensor, x2: torch.Tensor, same_points: bool) -> torch.Tensor:
         raise NotImplementedError

@@ -107,9 +107,12 @@ class _FullyConnectedKernel(NetworkKernel):
         self._refuse_last_dim_is_batch(last_dim_is_batch)
         check_inputs(x1, x2)
         weight_var, bias_var = self.weight_var, self.bias_var
+        symmetric = one_point_set(x1, x2)
+        if self.has_lengthscale:  # ARD: the kernel of x / lengthscale (one point set stays one)
+            x1 = self._scale_inputs(x1)
+            x2 = x1 if symmetric else self._scale_inputs(x2)
         if diag:
             return self._checked_diagonal(x1, x2)
-        symmetric = one_point_set(x1, x2)
         backend = resolve_backend(self.backend, x1, x2, self.activation, batched=len(self.batch_shape) > 0)
         if backend != "dense" and not isinstance(self.activation, Numerical):
             # (A numerical activation checks its variances itself, and its diagonal would cost a second setup.)

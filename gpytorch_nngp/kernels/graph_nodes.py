@@ -67,6 +67,11 @@ class GraphNodeKernel(NetworkKernel):
         self.landmarks = landmarks
         self._init_variances((*self.batch_shape, self.network.num_parameters), weight_var, bias_var,
                              weight_var_prior, bias_var_prior, weight_var_constraint, bias_var_constraint)
+        if self.has_lengthscale:  # one length scale per node feature; the inputs are node indices (one column)
+            if self.length_scales != dim:
+                raise ValueError(f"ard_num_dims={self.length_scales}: the nodes have {dim} features, one length "
+                                 "scale each")
+            self.ard_num_dims = None
         self._cache = None
 
     def _apply(self, fn, *args, **kwargs):
@@ -74,15 +79,23 @@ class GraphNodeKernel(NetworkKernel):
         return super()._apply(fn, *args, **kwargs)
 
     # -- the whole graph -----------------------------------------------------------------------------------------
+    def _features(self, dtype) -> torch.Tensor:
+        """The graph as one input row (1, d N), each feature divided by its length scale under ARD."""
+        x = self.features.to(dtype)
+        if not self.has_lengthscale:
+            return x
+        return self._scale_inputs(x, channels=self.length_scales, width=x.shape[-1])
+
     def node_covariance(self) -> torch.Tensor:
         """The exact kernel between all nodes, (*batch_shape, N, N)."""
         wv, bv = self.weight_var, self.bias_var
-        caching = not torch.is_grad_enabled() or not (wv.requires_grad or bv.requires_grad)
-        key = (wv.detach().clone(), bv.detach().clone())
+        hyper = [wv, bv] + ([self.lengthscale] if self.has_lengthscale else [])
+        caching = not torch.is_grad_enabled() or not any(h.requires_grad for h in hyper)
+        key = tuple(h.detach().clone() for h in hyper)
         if caching and self._cache is not None and self._cache[0] == "exact" and all(
-                torch.equal(a, b) for a, b in zip(self._cache[1], key)):
+                a.shape == b.shape and torch.equal(a, b) for a, b in zip(self._cache[1], key)):
             return self._cache[2]
-        x = self.features.to(wv.dtype)
+        x = self._features(wv.dtype)
         out = self.network.paired(x, x, wv, bv, self.ntk, same_points=True)[..., 0, :, :]
         if caching:
             self._cache = ("exact", key, out)
@@ -95,7 +108,7 @@ class GraphNodeKernel(NetworkKernel):
         wv, bv = self.weight_var, self.bias_var
         if len(self.batch_shape):
             raise ValueError("the low-rank node kernel has no batch_shape")
-        q, t = low_rank_factors(self.network, self.features.to(wv.dtype), wv.reshape(-1), bv.reshape(-1),
+        q, t = low_rank_factors(self.network, self._features(wv.dtype), wv.reshape(-1), bv.reshape(-1),
                                 self.landmarks.to(self.features.device), self.ntk)
         return t if self.ntk else q
 
