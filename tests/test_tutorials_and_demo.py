@@ -95,6 +95,9 @@ def test_tutorial_bayesian_optimization(tmp_path):
     report = module.main(["--quick", "--out", str(tmp_path)])
     assert report["best"] > report["optimum"] - 0.3 and report["best_x"] > 2.0
     assert_drawn(tmp_path / "bayesian_optimization_nngp.png")
+    # ARD picks out the two inputs the embedded Branin uses
+    assert report["ard"]["shortest"] == [2, 7] and report["ard"]["separation"] > 2.0
+    assert_drawn(tmp_path / "bayesian_optimization_ard.png")
 
 
 def test_tutorial_cnn_gp(tmp_path):
