@@ -7,7 +7,8 @@ s * K(weight_var) = K(s^(1/(L+1)) weight_var): the output scale of a ScaleKernel
 weight_var, and nearly so for small bias_var. This script measures what that
 costs fit_gpytorch_mll (L-BFGS-B on the exact marginal likelihood, BoTorch's default) and whether the extra
 parameter buys a better surrogate. For each problem of benchmarks/bayesian_optimization.py it draws n Sobol points
-(Branin 20, Hartmann6 30, shifted Ackley-20 40), fits each surrogate as the BO benchmark does (SingleTaskGP, Normalize
+(Branin 20, Hartmann6 30, shifted Ackley-20 40, Hartmann6 in 30 and 100 dimensions 60 and 100, Rosenbrock-20
+40), fits each surrogate as the BO benchmark does (SingleTaskGP, Normalize
 and Standardize transforms), and reports, averaged over seeds:
 - the fit's wall time and its number of kernel evaluations;
 - the test negative log predictive density per point and the RMSE over the test standard deviation, on 500 uniform
@@ -29,16 +30,19 @@ from gpytorch.mlls import ExactMarginalLogLikelihood
 
 from gpytorch_nngp import NNGPKernel, NTKKernel
 
-SURROGATES = {
-    "NNGP": lambda: NNGPKernel(3, "relu"),
-    "Scale(NNGP)": lambda: ScaleKernel(NNGPKernel(3, "relu")),
-    "NTK": lambda: NTKKernel(3, "relu"),
-    "Scale(NTK)": lambda: ScaleKernel(NTKKernel(3, "relu")),
-    "IBNN": lambda: InfiniteWidthBNNKernel(3),
-    "Scale(IBNN)": lambda: ScaleKernel(InfiniteWidthBNNKernel(3)),
-    "default (RBF ARD)": lambda: None,
+SURROGATES = {  # d -> kernel (None: SingleTaskGP's default)
+    "NNGP": lambda d: NNGPKernel(3, "relu"),
+    "NNGP ARD": lambda d: NNGPKernel(3, "relu", ard_num_dims=d),
+    "Scale(NNGP)": lambda d: ScaleKernel(NNGPKernel(3, "relu")),
+    "NTK": lambda d: NTKKernel(3, "relu"),
+    "NTK ARD": lambda d: NTKKernel(3, "relu", ard_num_dims=d),
+    "Scale(NTK)": lambda d: ScaleKernel(NTKKernel(3, "relu")),
+    "IBNN": lambda d: InfiniteWidthBNNKernel(3),
+    "Scale(IBNN)": lambda d: ScaleKernel(InfiniteWidthBNNKernel(3)),
+    "default (RBF ARD)": lambda d: None,
 }
-POINTS = {"branin": 20, "hartmann6": 30, "ackley20": 40}
+POINTS = {"branin": 20, "hartmann6": 30, "ackley20": 40, "hartmann6_in30": 60, "hartmann6_in100": 100,
+          "rosenbrock20": 40}
 
 
 def fit_once(problem_name: str, surrogate: str, seed: int, n_test: int = 500):
@@ -51,7 +55,7 @@ def fit_once(problem_name: str, surrogate: str, seed: int, n_test: int = 500):
     y = problem(x).unsqueeze(-1)
     x_test = bounds[0] + (bounds[1] - bounds[0]) * torch.rand(n_test, d, dtype=torch.float64)
     y_test = problem(x_test)
-    model = make_model(x, y, bounds, SURROGATES[surrogate]())
+    model = make_model(x, y, bounds, SURROGATES[surrogate](d))
     calls = 0
     forward = model.covar_module.forward
 
@@ -78,17 +82,18 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--problems", nargs="+", choices=list(POINTS), default=list(POINTS))
+    parser.add_argument("--surrogates", nargs="+", choices=list(SURROGATES), default=list(SURROGATES))
     parser.add_argument("--quick", action="store_true", help="1 seed, Branin only (a smoke run)")
     args = parser.parse_args(argv)
     if args.quick:
         args.seeds, args.problems = 1, ["branin"]
-    print(f"{'problem':10s} {'surrogate':22s} {'fit s':>7s} {'evals':>6s} {'test NLPD':>10s} {'RMSE/std':>9s}")
+    print(f"{'problem':16s} {'surrogate':22s} {'fit s':>7s} {'evals':>6s} {'test NLPD':>10s} {'RMSE/std':>9s}")
     results = {}
     for problem in args.problems:
-        for surrogate in SURROGATES:
+        for surrogate in args.surrogates:
             rows = torch.tensor([fit_once(problem, surrogate, seed) for seed in range(args.seeds)]).mean(0).tolist()
             results[(problem, surrogate)] = rows
-            print(f"{problem:10s} {surrogate:22s} {rows[0]:7.2f} {rows[1]:6.0f} {rows[2]:10.3f} {rows[3]:9.3f}",
+            print(f"{problem:16s} {surrogate:22s} {rows[0]:7.2f} {rows[1]:6.0f} {rows[2]:10.3f} {rows[3]:9.3f}",
                   flush=True)
     return results
 
