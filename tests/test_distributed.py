@@ -98,3 +98,17 @@ def test_distributed_backend_outside_a_process_group_and_bad_arguments():
     assert isinstance(op, NetworkKernelOperator) and op.sharding is not None
     with gpytorch.settings.max_cholesky_size(0):
         assert torch.allclose(op.to_dense(), NNGPKernel(2)(x).to_dense(), rtol=1e-6, atol=1e-7)
+
+
+def test_ard_with_device_sharding_equals_one_device():
+    """The length scales scale the inputs before the rows are shared out: the same products and gradients."""
+    x = torch.randn(30, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    rhs = torch.randn(30, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    out = []
+    for backend in ("lazy", DeviceSharding(["cpu", "cpu"])):
+        k = NNGPKernel(2, backend=backend, ard_num_dims=3).double()
+        k.lengthscale = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)
+        loss = (k(x).evaluate_kernel() @ rhs).square().sum()
+        out.append((loss.detach(), *torch.autograd.grad(loss, [k.raw_lengthscale])))
+    for a, b in zip(*out):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

@@ -168,3 +168,18 @@ def test_keops_backend_errors_are_clear():
 def test_auto_uses_keops_only_for_cuda():
     x = torch.zeros(backends.DENSE_MAX_ENTRIES // 10 + 1, 3)
     assert backends.resolve_backend("auto", x[:10], x, ReLU()) == "lazy"  # a CPU tensor: KeOps is slow there
+
+
+def test_ard_length_scales_through_the_keops_formula(torch_formulas):
+    """ARD on the KeOps backend: the formula takes the scaled inputs; values and the length scales' gradients
+    equal the dense kernel's."""
+    x, _ = boundary_points()
+    v = torch.randn(x.shape[0], 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    out = {}
+    for backend in ("dense", "keops"):
+        k = NTKKernel(2, "relu", backend=backend, ard_num_dims=4).double()
+        k.lengthscale = torch.tensor([0.5, 1.0, 2.0, 1.5], dtype=torch.float64)
+        loss = (k(x).evaluate_kernel() @ v).square().sum()
+        out[backend] = (loss.detach(), *torch.autograd.grad(loss, [k.raw_lengthscale, k.raw_weight_var]))
+    for a, b in zip(out["dense"], out["keops"]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
