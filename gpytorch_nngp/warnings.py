@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from gpytorch.utils.warnings import NumericalWarning
 
+__all__ = ["AccuracyWarning"]
+
 
 class AccuracyWarning(NumericalWarning):
     """A kernel value computed numerically (an activation without a closed form) may be inaccurate: its series or

@@ -1,4 +1,5 @@
 """Tutorial 1: NNGP and NTK Gaussian processes in GPyTorch.
+========================================================
 
     python tutorials/01_nngp_ntk_regression.py [--quick] [--out tutorials/figures]
 
@@ -7,6 +8,7 @@
    a 2-standard-deviation band for each kernel.
 2. Samples from the NNGP prior of ReLU networks at several depths: deep kernels flatten (correlations of all
    input pairs approach 1, the ordered phase of Schoenholz et al. 2017), so deep samples become nearly constant.
+
 --quick runs a reduced size (used by the test suite).
 """
 import argparse
@@ -106,8 +108,9 @@ def prior_samples(args):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "figures"))
+    parser.add_argument("--out", default=None, help="where the figures go (default: tutorials/figures)")
     args = parser.parse_args(argv)
+    args.out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "figures")
     os.makedirs(args.out, exist_ok=True)
     path, report = regression(args)
     for name, r in report.items():

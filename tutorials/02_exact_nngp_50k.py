@@ -1,4 +1,5 @@
 """Tutorial 2: an exact NNGP Gaussian process on 50,000 points with GPyTorch's CG/Lanczos machinery.
+=================================================================================================
 
     python tutorials/02_exact_nngp_50k.py [--n 50000] [--iters 8] [--quick] [--out tutorials/figures]
 
@@ -9,9 +10,9 @@ block of rows at a time, so memory stays near one copy of the matrix (10 GB in f
 autograd graph would need hundreds of GB). On a 2-core CPU each training step at n = 50,000 takes minutes; on a
 GPU seconds.
 
-Data: y = sin(1.5 <x, w>) + 0.1 noise, x ~ N(0, I_32), |w| ~ 1, and 1,000 test points. Figures: the negative
-marginal log likelihood per iteration, and predicted mean +- 2 sd against the truth
-on test points. --quick: n = 1,500 and 4 iterations (the test suite runs that with --backend lazy).
+Data: y = sin(1.5 <x, w>) + 0.1 noise, x ~ N(0, I_32), the norm of w about 1, and 1,000 test points. Figures:
+the negative marginal log likelihood per iteration, and predicted mean +- 2 sd against the truth on test points.
+--quick: n = 1,500 and 4 iterations (the test suite runs that with --backend lazy).
 """
 import argparse
 import math
@@ -54,8 +55,9 @@ def main(argv=None):
     parser.add_argument("--iters", type=int, default=8)
     parser.add_argument("--backend", default="auto", choices=("auto", "dense", "lazy"))
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "figures"))
+    parser.add_argument("--out", default=None, help="where the figures go (default: tutorials/figures)")
     args = parser.parse_args(argv)
+    args.out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "figures")
     n, iters = (1500, 4) if args.quick else (args.n, args.iters)
     os.makedirs(args.out, exist_ok=True)
 

@@ -1,4 +1,5 @@
 """Tutorial 3: classifying digits with network Gaussian processes, and the NNGP paper's figures.
+=============================================================================================
 
     python tutorials/03_classification.py [--quick] [--out tutorials/figures]
 
@@ -133,8 +134,9 @@ def paper_figures(args, report):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="digits at a small size (the test suite's run)")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "figures"))
+    parser.add_argument("--out", default=None, help="where the figures go (default: tutorials/figures)")
     args = parser.parse_args(argv)
+    args.out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "figures")
     args.dataset, args.n_train = ("digits", 300) if args.quick else ("mnist5k", 1000)
     # SVGP: the quick run has few points, so smaller batches and a larger step give it enough updates.
     args.inducing, args.epochs, args.batch_size, args.lr = (60, 30, 64, 0.05) if args.quick else (500, 30, 256, 0.02)

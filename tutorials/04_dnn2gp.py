@@ -1,4 +1,5 @@
 """Tutorial 4: a trained network as a Gaussian process (DNN2GP, Khan et al. 2019).
+===============================================================================
 
     python tutorials/04_dnn2gp.py [--quick] [--out tutorials/figures]
 
@@ -13,6 +14,7 @@
 4. A small MNIST classifier (mnist5k, 400 training images; 8x8 digits with --quick): DNN2GP with the softmax's
    full GGN blocks; the kernel matrix of test digits sorted by class and the predicted class probabilities as
    images.
+
 --quick runs a reduced size (the test suite's run).
 """
 import argparse
@@ -206,8 +208,9 @@ def classification(args, report):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="reduced size (the test suite's run)")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "figures"))
+    parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
+    args.out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "figures")
     args.steps, args.gp_iters = (500, 30) if args.quick else (3000, 100)
     args.dataset, args.n_train = ("digits", 200) if args.quick else ("mnist5k", 400)
     os.makedirs(args.out, exist_ok=True)

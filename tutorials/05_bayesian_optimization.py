@@ -1,4 +1,5 @@
 """Tutorial 5: Bayesian optimization with an NNGP surrogate in BoTorch.
+====================================================================
 
     python tutorials/05_bayesian_optimization.py [--quick] [--out tutorials/figures]
 
@@ -96,8 +97,9 @@ def relevance(out_dir, points: int = 30, dims: int = 10):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer iterations (the test suite's run)")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "figures"))
+    parser.add_argument("--out", default=None, help="where the figures go (default: tutorials/figures)")
     args = parser.parse_args(argv)
+    args.out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "figures")
     iterations = 6 if args.quick else 12
     os.makedirs(args.out, exist_ok=True)
     torch.manual_seed(0)

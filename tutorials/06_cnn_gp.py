@@ -1,4 +1,5 @@
 """Tutorial 6: convolutional networks as Gaussian processes (CNN-GP, Novak et al. 2019), from a torch module.
+==========================================================================================================
 
     python tutorials/06_cnn_gp.py [--quick] [--out tutorials/figures]
 
@@ -12,6 +13,7 @@
    carries 614,656 state entries per pair of images (784 with flatten): on a CPU that is hours for this split.
 4. One module, three kernels: the infinite-width NNGP and NTK of a depth-2 CNN, and, after training the module
    itself (16 channels), its finite-width NTK GP (DNN2GP, Khan et al. 2019).
+
 Figures: the kernels of test digits sorted by class, and the accuracies. --quick runs a reduced size (the tests).
 """
 import argparse
@@ -162,8 +164,9 @@ def one_module_part(args, report):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="reduced size (the test suite's run)")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "figures"))
+    parser.add_argument("--out", default=None, help="where the figures go (default: tutorials/figures)")
     args = parser.parse_args(argv)
+    args.out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "figures")
     args.iters = 3 if args.quick else 30
     args.epochs = 100 if args.quick else 300
     os.makedirs(args.out, exist_ok=True)

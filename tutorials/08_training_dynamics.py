@@ -1,4 +1,5 @@
 """Tutorial 8: what gradient descent does to wide networks (gpytorch_nngp.predict).
+================================================================================
 
     python tutorials/08_training_dynamics.py [--quick] [--out tutorials/figures]
 
@@ -10,6 +11,7 @@
    trained networks' average losses.
 3. mnist5k, 1,000 training images: test accuracy against time for the NNGP-trained (readout only) and the
    NTK-trained (all layers) ensembles, against the NNGP posterior (Bayesian inference against gradient descent).
+
 --quick runs a reduced size (used by the test suite).
 """
 import argparse
@@ -179,8 +181,9 @@ def mnist_accuracy(args):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="reduced size (the test suite)")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "figures"))
+    parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
+    args.out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "figures")
     os.makedirs(args.out, exist_ok=True)
     report = {"regression": regression_figure(args), "classification": mnist_accuracy(args)}
     print(report)

@@ -1,4 +1,5 @@
 """Tutorial 9: 1-D signals (MNIST-1D) with the kernels of a fully connected network, a CNN and a small transformer.
+================================================================================================================
 
     python tutorials/09_mnist1d_transformer.py [--quick] [--out tutorials/figures]
 
@@ -9,10 +10,12 @@ for logistic regression, 68% for an MLP, 94% for a CNN and 91% for a GRU, all tr
 
 Three ordinary nn.Sequential modules, three infinite-width kernels (NNGPKernel.from_module), one exact GP each
 (the NNGP paper's protocol: regression on shifted one-hot targets):
+
 1. an MLP (the fully connected NNGP);
 2. a CNN with global average pooling (CNN-GP: translation invariance built in);
 3. a transformer: a convolutional embedding, a pre-LN self-attention block with positional embeddings, a pre-LN
    per-position MLP (1 x 1 convolutions), global average pooling.
+
 Figures: the three kernels on test signals sorted by class, and the accuracies beside the trained networks'.
 --quick runs 200 / 50 signals of length 24 (what the tests run).
 """
@@ -68,10 +71,11 @@ def modules(length: int = LENGTH, channels: int = 64):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description="Tutorial 9: MNIST-1D with MLP, CNN and transformer kernels")
     parser.add_argument("--quick", action="store_true", help="200 / 50 signals of length 24 (the tests)")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "figures"))
+    parser.add_argument("--out", default=None, help="where the figures go (default: tutorials/figures)")
     args = parser.parse_args(argv)
+    args.out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "figures")
     os.makedirs(args.out, exist_ok=True)
     torch.manual_seed(0)
     x, y, x_test, y_test = load(args.quick)

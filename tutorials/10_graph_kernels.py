@@ -1,5 +1,7 @@
-"""Tutorial 10: kernels of graph networks for node classification: Zachary's karate club, and contextual
-stochastic block models from heterophilous to homophilous.
+"""Tutorial 10: kernels of graph networks for node classification
+==============================================================
+
+Zachary's karate club, and contextual stochastic block models from heterophilous to homophilous.
 
     python tutorials/10_graph_kernels.py [--quick] [--out tutorials/figures]
 
@@ -177,8 +179,9 @@ def homophily_sweep(out_dir, nodes: int, seeds: int, levels, per_class: int = 20
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "figures"))
+    parser.add_argument("--out", default=None, help="where the figures go (default: tutorials/figures)")
     args = parser.parse_args(argv)
+    args.out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "figures")
     os.makedirs(args.out, exist_ok=True)
     report = {"karate": karate(args.out)}
     print(f"karate club: {report['karate']['accuracy']:.1%} of the 32 unlabelled members placed in their faction")

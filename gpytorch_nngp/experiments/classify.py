@@ -78,6 +78,15 @@ def check_graph_memory(kernel, n: int) -> None:
 
 
 def run_classification(args) -> dict:
+    """One run of the paper's classification experiment, as `python -m gpytorch_nngp.experiments` runs it.
+
+    Args:
+        args: the parsed command line of `gpytorch_nngp.experiments` (experiments/arguments.py: the dataset, the
+            training size, the kernel and its depth and variances, the model, the seed, ...).
+
+    Returns:
+        A dict of the run's settings and results (accuracies, timings), as the command writes to its JSON file.
+    """
     torch.manual_seed(args.seed)
     x, y, x_test, y_test = load_dataset(args.dataset, args.n_train, args.seed)
     # The data set's classes, not the training split's: a small split can miss some, and the models must still

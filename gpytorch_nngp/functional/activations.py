@@ -178,6 +178,8 @@ class ABReLU(Activation):
 
 
 class ReLU(ABReLU):
+    """phi(x) = max(x, 0): the arc-cosine kernel of degree 1 (Cho and Saul 2009); ABReLU(0, 1)."""
+
     name = "relu"
     aliases = ("relu",)
     torch_modules = (torch.nn.ReLU,)
@@ -211,6 +213,8 @@ class LeakyReLU(ABReLU):
 
 
 class Abs(ABReLU):
+    """phi(x) = |x|: ABReLU(-1, 1)."""
+
     name = "abs"
     aliases = ("abs",)
 

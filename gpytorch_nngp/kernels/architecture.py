@@ -21,9 +21,10 @@ BACKENDS = ("auto", "dense", "lazy", "distributed")
 class ArchitectureKernel(NetworkKernel):
     r"""The NNGP (or, with ntk=True, the NTK) of an infinitely wide network of any supported architecture.
 
-    Made by :meth:`NNGPKernel.from_module` / :meth:`NTKKernel.from_module` from an ordinary torch module: the
-    covariance of the outputs of that module as its channel and hidden widths go to infinity, every weight
-    N(0, weight_var / fan_in), every bias N(0, bias_var) (NTK parametrization, as neural-tangents' stax).
+    Made by :meth:`~gpytorch_nngp.NNGPKernel.from_module` / :meth:`~gpytorch_nngp.NTKKernel.from_module` from an
+    ordinary torch module: the covariance of the outputs of that module as its channel and hidden widths go to
+    infinity, every weight N(0, weight_var / fan_in), every bias N(0, bias_var) (NTK parametrization, as
+    neural-tangents' stax).
 
     Inputs are GPyTorch-shaped, (..., n, C*H*W) for images (channel first, as torch flattens (C, H, W)),
     (..., n, C*L) for sequences, (..., n, d) for vectors; the output is (..., n, m), or the diagonal (..., n).
