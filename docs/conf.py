@@ -95,7 +95,9 @@ sphinx_gallery_conf = {
     "run_stale_examples": True,
     "capture_repr": (),
     "write_computation_times": False,
+    "within_subsection_order": "FileNameSortKey",
 }
+smartquotes = False  # --quick stays two hyphens
 
 
 # The docstrings are Google style in plain text: shapes like (..., n, d), products like a * b and norms like |x|,
@@ -103,6 +105,9 @@ sphinx_gallery_conf = {
 # reStructuredText here: `name` is code (default_role), *, | and a trailing _ are literal characters, and a change of
 # indentation inside a paragraph becomes a new paragraph (plain text indents continuation lines freely).
 default_role = "code"
+
+
+_OPEN_CODE = [False]  # whether a `code span` opened on an earlier line of the docstring is still open
 
 
 def _escape(line: str) -> str:
@@ -117,17 +122,20 @@ def _escape_text(text: str) -> str:
     import re
 
     out = []
-    for part in re.split(r"(`[^`]*`)", text):  # leave code spans alone
-        if part.startswith("`") and part.endswith("`") and len(part) > 1:
+    for part in re.split(r"(`)", text):  # code spans (between backticks) are left alone
+        if part == "`":
+            _OPEN_CODE[0] = not _OPEN_CODE[0]
             out.append(part)
             continue
-        part = part.replace("\\", "\\\\").replace("*", "\\*").replace("|", "\\|")
-        part = re.sub(r"(\w)_(\W|$)", r"\1\\_\2", part)
+        if not _OPEN_CODE[0]:
+            part = part.replace("\\", "\\\\").replace("*", "\\*").replace("|", "\\|")
+            part = re.sub(r"(\w)_(\W|$)", r"\1\\_\2", part)
         out.append(part)
     return "".join(out)
 
 
 def _plain_text_docstring(app, what, name, obj, options, lines):
+    _OPEN_CODE[0] = False
     fixed, previous_indent, previous_blank = [], 0, True
     in_field = False
     for line in lines:

@@ -1,6 +1,8 @@
 """Tutorial 1: NNGP and NTK Gaussian processes in GPyTorch.
 ========================================================
 
+Run it with::
+
     python tutorials/01_nngp_ntk_regression.py [--quick] [--out tutorials/figures]
 
 1. 1-D regression: ExactGP models with ScaleKernel(NNGPKernel) and ScaleKernel(NTKKernel); weight_var, bias_var,

@@ -1,6 +1,8 @@
 """Tutorial 2: an exact NNGP Gaussian process on 50,000 points with GPyTorch's CG/Lanczos machinery.
 =================================================================================================
 
+Run it with::
+
     python tutorials/02_exact_nngp_50k.py [--n 50000] [--iters 8] [--quick] [--out tutorials/figures]
 
 An ordinary `gpytorch.models.ExactGP` with `ScaleKernel(NNGPKernel(3, "relu"))`. Nothing special is needed in the

@@ -1,6 +1,8 @@
 """Tutorial 3: classifying digits with network Gaussian processes, and the NNGP paper's figures.
 =============================================================================================
 
+Run it with::
+
     python tutorials/03_classification.py [--quick] [--out tutorials/figures]
 
 1. The paper's classifier (ExactNNGPClassifier): regression on one-hot targets shifted to -0.1 / 0.9, ten outputs

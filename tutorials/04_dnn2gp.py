@@ -1,6 +1,8 @@
 """Tutorial 4: a trained network as a Gaussian process (DNN2GP, Khan et al. 2019).
 ===============================================================================
 
+Run it with::
+
     python tutorials/04_dnn2gp.py [--quick] [--out tutorials/figures]
 
 1. Snelson-style 1-D regression (a wiggly function observed on two intervals with a gap): train an MLP with

@@ -1,6 +1,8 @@
 """Tutorial 5: Bayesian optimization with an NNGP surrogate in BoTorch.
 ====================================================================
 
+Run it with::
+
     python tutorials/05_bayesian_optimization.py [--quick] [--out tutorials/figures]
 
 A 1-D function with several local maxima is maximized by a BO loop: at each step a SingleTaskGP with

@@ -1,6 +1,8 @@
 """Tutorial 6: convolutional networks as Gaussian processes (CNN-GP, Novak et al. 2019), from a torch module.
 ==========================================================================================================
 
+Run it with::
+
     python tutorials/06_cnn_gp.py [--quick] [--out tutorials/figures]
 
 1. Digits (8 x 8): the same depth-3 CNN, written as an ordinary nn.Sequential, with a flatten readout and with

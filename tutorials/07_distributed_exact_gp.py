@@ -1,6 +1,8 @@
 """Tutorial 7: an exact NNGP GP trained by several processes with torch.distributed (backend="distributed").
 =========================================================================================================
 
+Run it with::
+
     torchrun --standalone --nproc_per_node 2 tutorials/07_distributed_exact_gp.py [--n 20000] [--iters 10]
     python tutorials/07_distributed_exact_gp.py [--procs 2] ...   # the same: starts torchrun itself
     python tutorials/07_distributed_exact_gp.py --quick           # n = 1,000, 4 iterations (the test suite's run)

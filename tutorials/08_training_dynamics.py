@@ -1,6 +1,8 @@
 """Tutorial 8: what gradient descent does to wide networks (gpytorch_nngp.predict).
 ================================================================================
 
+Run it with::
+
     python tutorials/08_training_dynamics.py [--quick] [--out tutorials/figures]
 
 1. The figure of the seeds (Lee et al. 2019): on a 1-D regression with 128 training points, the NNGP posterior

@@ -1,6 +1,8 @@
 """Tutorial 9: 1-D signals (MNIST-1D) with the kernels of a fully connected network, a CNN and a small transformer.
 ================================================================================================================
 
+Run it with::
+
     python tutorials/09_mnist1d_transformer.py [--quick] [--out tutorials/figures]
 
 MNIST-1D (Greydanus 2020; the `mnist1d` package generates it locally) turns the ten digits into 1-D templates that

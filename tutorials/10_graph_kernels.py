@@ -3,6 +3,8 @@
 
 Zachary's karate club, and contextual stochastic block models from heterophilous to homophilous.
 
+Run it with::
+
     python tutorials/10_graph_kernels.py [--quick] [--out tutorials/figures]
 
 A graph convolutional network (Kipf and Welling 2017) is an ordinary nn.Sequential here: gpytorch_nngp.Aggregate(A)
