@@ -21,7 +21,7 @@ import math
 import time
 
 import torch
-from bayesian_optimization import PROBLEMS, make_model
+from bayesian_optimization import PROBLEMS, EmbeddedHartmann, make_model
 from botorch.fit import fit_gpytorch_mll
 from botorch.models.kernels import InfiniteWidthBNNKernel
 from botorch.utils.sampling import draw_sobol_samples
@@ -78,13 +78,36 @@ def fit_once(problem_name: str, surrogate: str, seed: int, n_test: int = 500):
     return seconds, calls, nlpd.item(), nrmse.item()
 
 
+def relevance(sizes=((12, 40), (20, 60), (30, 80))):
+    """Whether ARD finds the six inputs of Hartmann6 hidden in D dimensions from n Sobol points: how many of the six
+    shortest fitted length scales belong to active inputs, for the ARD NNGP and the default RBF."""
+    print(f"{'D':>3} {'n':>4} {'active inputs':>28} {'NNGP ARD found':>15} {'default found':>14}")
+    for dim, n in sizes:
+        active = torch.randperm(dim, generator=torch.Generator().manual_seed(1))[:6].sort().values
+        problem = EmbeddedHartmann(dim, active)
+        bounds = problem.bounds.to(torch.float64)
+        x = draw_sobol_samples(bounds, n=n, q=1, seed=0).squeeze(1)
+        y = problem(x).unsqueeze(-1)
+        found = []
+        for kernel in (NNGPKernel(3, "relu", ard_num_dims=dim), None):
+            model = make_model(x, y, bounds, kernel)
+            fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
+            shortest = set(torch.argsort(model.covar_module.lengthscale.detach().flatten())[:6].tolist())
+            found.append(len(shortest & set(active.tolist())))
+        print(f"{dim:>3} {n:>4} {str(active.tolist()):>28} {found[0]:>13}/6 {found[1]:>12}/6")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--problems", nargs="+", choices=list(POINTS), default=list(POINTS))
     parser.add_argument("--surrogates", nargs="+", choices=list(SURROGATES), default=list(SURROGATES))
     parser.add_argument("--quick", action="store_true", help="1 seed, Branin only (a smoke run)")
+    parser.add_argument("--relevance", action="store_true",
+                        help="only: does ARD find Hartmann6's inputs hidden in 12, 20 and 30 dimensions?")
     args = parser.parse_args(argv)
+    if args.relevance:
+        return relevance()
     if args.quick:
         args.seeds, args.problems = 1, ["branin"]
     print(f"{'problem':16s} {'surrogate':22s} {'fit s':>7s} {'evals':>6s} {'test NLPD':>10s} {'RMSE/std':>9s}")
