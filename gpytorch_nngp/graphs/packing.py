@@ -71,13 +71,13 @@ class GraphInputs:
                 (graphs.adjacency_from_edges makes one from an edge list).
         """
         feats = list(features) if not isinstance(features, torch.Tensor) else list(features.unbind(0))
-        adjs = list(adjacency) if not isinstance(adjacency, torch.Tensor) or adjacency.layout != torch.strided \
-            or adjacency.dim() == 3 else None
-        if adjs is None:
-            raise ValueError(f"adjacency must be (n, V, V) or a list of (V_i, V_i) matrices, got shape "
-                             f"{tuple(adjacency.shape)}")
-        if isinstance(adjacency, torch.Tensor) and adjacency.dim() == 3:
+        if isinstance(adjacency, torch.Tensor):
+            if adjacency.dim() != 3:
+                raise ValueError(f"adjacency must be (n, V, V) or a list of (V_i, V_i) matrices, got shape "
+                                 f"{tuple(adjacency.shape)}")
             adjs = list(adjacency.unbind(0))
+        else:
+            adjs = list(adjacency)
         if len(feats) != len(adjs):
             raise ValueError(f"{len(feats)} feature tensors but {len(adjs)} adjacencies")
         dtype = feats[0].dtype if feats and feats[0].is_floating_point() else torch.get_default_dtype()
@@ -110,7 +110,7 @@ class GraphInputs:
             dense = torch.zeros(self.nodes, self.nodes, dtype=dtype)
             dense[:v, :v] = a.to_dense() if a.layout != torch.strided else a
             return dense.reshape(-1)
-        coo = a.to_sparse_coo().coalesce() if a.layout != torch.strided else a.to_sparse_coo().coalesce()
+        coo = a.to_sparse_coo().coalesce()
         targets, sources = coo.indices()
         weights = coo.values()
         keep = weights != 0
