@@ -2,6 +2,7 @@
 import gpytorch
 import pytest
 import torch
+from test_monte_carlo import assert_mean_converged
 from test_monte_carlo_cnn import BV, WV, draw
 from torch import nn
 
@@ -39,9 +40,7 @@ def test_node_kernel_is_the_limit_of_a_wide_gcn():
     with torch.no_grad():
         ref = GraphNodeKernel(module, x, weight_var=WV, bias_var=BV).double()(
             torch.arange(12.0, dtype=torch.float64).unsqueeze(-1)).to_dense()
-    err = (torch.linalg.norm(samples.mean(0) - ref) / torch.linalg.norm(ref)).item()
-    stderr = (torch.linalg.norm(samples.std(0)) / len(samples) ** 0.5 / torch.linalg.norm(ref)).item()
-    assert err < max(4 * stderr, 0.02), (err, stderr)
+    assert_mean_converged(samples, ref, 0.02)
 
 
 @pytest.mark.parametrize("ntk", [False, True], ids=["nngp", "ntk"])

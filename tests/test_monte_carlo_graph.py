@@ -4,9 +4,8 @@ test_monte_carlo_cnn.py (NNGP from the readout's input, the empirical NTK from t
 
 import pytest
 import torch
-from test_monte_carlo_cnn import BV, WV, _assert_converged, draw
+from test_monte_carlo_cnn import BV, WV, _assert_converged, draw, empirical_ntks
 from torch import nn
-from torch.func import functional_call, jacrev
 
 from gpytorch_nngp import Aggregate, GraphInputs, GraphNetwork, NNGPKernel, NTKKernel
 from gpytorch_nngp.graphs import normalized_adjacency
@@ -71,12 +70,5 @@ def test_graph_nngp_converges(name):
 def test_graph_empirical_ntk_converges(name):
     module, shape, rows = cases()[name]
     inputs = rows.reshape(len(rows), *shape) if name == "fixed" else rows
-    gen = torch.Generator().manual_seed(2)
-    samples = []
-    for _ in range(6):
-        variances = draw(module, gen)
-        params = {k: v.detach() for k, v in module.named_parameters()}
-        jac = jacrev(lambda p: functional_call(module, p, (inputs,)).squeeze(-1))(params)
-        samples.append(sum(variances[k] * j.reshape(len(rows), -1) @ j.reshape(len(rows), -1).T
-                           for k, j in jac.items()))
-    _assert_converged(torch.stack(samples), NTKKernel, module, shape, rows)
+    samples = empirical_ntks(module, inputs, len(rows), torch.Generator().manual_seed(2), draws=6)
+    _assert_converged(samples, NTKKernel, module, shape, rows)
