@@ -122,7 +122,7 @@ def test_layer_contract(name, cls):
         assert g is not None and torch.isfinite(g).all()
 
 
-@pytest.mark.parametrize("name", ["SelfAttention", "Parallel", "ConvTranspose"])
+@pytest.mark.parametrize("name", ["SelfAttention", "Parallel", "ConvTranspose", "Aggregate"])
 def test_float32_and_a_batch_of_one(name):
     """The idioms users write: float32 inputs give the float64 kernel to float32 accuracy, and one input point (a
     1 x 1 matrix, its diagonal) works."""
