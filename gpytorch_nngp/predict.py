@@ -27,8 +27,6 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
-from ._validation import check_finite_kernel
-
 Gaussian = namedtuple("Gaussian", "mean covariance")
 GETS = ("nngp", "ntk")
 
@@ -114,8 +112,90 @@ def _ensemble_request(get, available, x_test, x_train, y_train):
         if not isinstance(x_test, torch.Tensor) or x_test.dim() != 2 or x_test.shape[-1] != x_train.shape[-1]:
             raise ValueError(f"x_test must have shape (m, {x_train.shape[-1]}), got "
                              f"{tuple(x_test.shape) if isinstance(x_test, torch.Tensor) else x_test!r}")
-        x_test = x_test.to(y_train)
+        if x_test.dtype != y_train.dtype:
+            raise ValueError(f"x_test is {x_test.dtype} but x_train and y_train are {y_train.dtype}: pass x_test in "
+                             f"their dtype (x_test.to({y_train.dtype}))")
+        x_test = x_test.to(y_train.device)
     return kinds, single, x_test
+
+
+def _check_matrix(name: str, value, shape: Tuple[int, ...], like: torch.Tensor, symmetric: bool = False):
+    """A kernel matrix argument, checked: a floating point tensor (or array) of `like`'s dtype, of `shape`, with
+    finite entries, and symmetric to sqrt(eps) of its largest entry where `symmetric` (then returned symmetrized,
+    so that no solver depends on which triangle it reads). Moved to like's device. Raises ValueError naming `name`."""
+    if not isinstance(value, torch.Tensor):
+        try:
+            value = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"{name} must be a tensor of shape {shape}, got {type(value).__name__}") from None
+    if not torch.is_floating_point(value):
+        raise ValueError(f"{name} must be a floating point tensor, got dtype {value.dtype}")
+    if value.dtype != like.dtype:
+        raise ValueError(f"{name} is {value.dtype} but y_train is {like.dtype}: pass them in one dtype (e.g. "
+                         f"{name}.to({like.dtype}) or y_train.to({value.dtype}))")
+    if tuple(value.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(value.shape)}")
+    value = value.to(like.device)
+    finite = torch.isfinite(value)
+    if not bool(finite.all()):
+        bad = (~finite).nonzero()
+        raise ValueError(f"{name} has {bad.shape[0]} NaN or infinite entries (the first at {tuple(bad[0].tolist())}): "
+                         "a kernel matrix must be finite")
+    if symmetric and value.numel():
+        scale = value.abs().max()
+        gap = (value - value.mT).abs().max()
+        if bool(gap > math.sqrt(torch.finfo(value.dtype).eps) * scale):
+            raise ValueError(f"{name} is not symmetric: entries (i, j) and (j, i) differ by up to {float(gap):.3g} "
+                             f"(its largest entry is {float(scale):.3g}); a training kernel k(X, X) is symmetric")
+        value = (value + value.mT) / 2
+    return value
+
+
+def _check_cross(name: str, value, n: int, like: torch.Tensor) -> torch.Tensor:
+    """A test-train kernel (m, n) for n training points, checked as _check_matrix does."""
+    if not isinstance(value, torch.Tensor):
+        try:
+            value = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    if not isinstance(value, torch.Tensor) or value.dim() != 2 or value.shape[1] != n:
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(f"{name} must have shape (m, {n}) for {n} training points, got {shape}")
+    return _check_matrix(name, value, tuple(value.shape), like)
+
+
+def _check_outputs(name: str, value, shape: Tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """Initial outputs (a number or a tensor broadcastable to `shape`) as a tensor of that shape in like's dtype;
+    ValueError naming `name` for NaN/inf or a shape that does not broadcast."""
+    if isinstance(value, torch.Tensor) and torch.is_floating_point(value) and value.dtype != like.dtype:
+        raise ValueError(f"{name} is {value.dtype} but y_train is {like.dtype}: pass them in one dtype")
+    tensor = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    try:
+        tensor = tensor.expand(*shape)
+    except RuntimeError:
+        raise ValueError(f"{name} must broadcast to shape {tuple(shape)}, got shape {tuple(tensor.shape)}") from None
+    if not bool(torch.isfinite(tensor).all()):
+        raise ValueError(f"{name} contains NaN or inf")
+    return tensor
+
+
+def _kernel_dtype(kernel) -> Optional[torch.dtype]:
+    """The floating dtype a network kernel computes in (its variances'), or None if it has no parameters."""
+    for tensor in kernel.parameters():
+        if torch.is_floating_point(tensor):
+            return tensor.dtype
+    return None
+
+
+def _check_dtypes(kernel, **tensors) -> None:
+    """ValueError naming the tensors (x_train, y_train, x_test) whose dtype differs from the kernel's."""
+    dtype = _kernel_dtype(kernel)
+    wrong = {name: t.dtype for name, t in tensors.items() if t is not None and dtype is not None and t.dtype != dtype}
+    if wrong:
+        listed = ", ".join(f"{name} is {d}" for name, d in wrong.items())
+        cast = "double()" if dtype == torch.float64 else "float()" if dtype == torch.float32 else f"to({dtype})"
+        raise ValueError(f"{listed}, but the kernel computes in {dtype}: convert them ({', '.join(wrong)}.{cast}) or "
+                         f"the kernel (kernel.to({next(iter(wrong.values()))}))")
 
 
 def _regularized(k: torch.Tensor, diag_reg: float, absolute: bool) -> torch.Tensor:
@@ -141,6 +221,11 @@ def _check_training(x_train, y_train, learning_rate, diag_reg):
         raise ValueError(f"diag_reg must be a finite number >= 0, got {diag_reg!r}")
 
 
+SINGULAR = ("the training kernel is not positive definite to working precision (duplicated training points, or a "
+            "condition number near 1 / eps of its dtype), so infinite time (t=None or math.inf) has no unique "
+            "solution: pass diag_reg > 0 (relative to the mean diagonal, e.g. 1e-4), or compute in float64")
+
+
 def _cholesky(k: torch.Tensor) -> torch.Tensor:
     """The Cholesky factor of a training kernel; ValueError when it is singular to working precision (a squared
     pivot ratio below n eps: the solve would be rounding noise, where neural-tangents returns NaN or noise)."""
@@ -150,8 +235,7 @@ def _cholesky(k: torch.Tensor) -> torch.Tensor:
     # n eps: a duplicated point leaves a pivot of rounding size; an ill-conditioned float32 kernel (condition 1e5 at
     # diag_reg 1e-3) is solvable and passes.
     if int(info) != 0 or ratio < k.shape[-1] * torch.finfo(k.dtype).eps:
-        raise ValueError("the training kernel is not positive definite, so infinite time (t=None) has no unique "
-                         "solution (duplicated training points make it singular): pass diag_reg > 0")
+        raise ValueError(SINGULAR)
     return factor
 
 
@@ -231,15 +315,6 @@ class _Eigen:
         out[1:] = torch.ormqr(self.reflectors, self.tau, v[1:].contiguous(), left=True, transpose=transpose)
         return out
 
-    def check_times(self, times):
-        """ValueError when infinite time is asked of a kernel singular to working precision (as _cholesky)."""
-        if torch.isinf(times).any():
-            top = self.evals.abs().max()
-            # Singular when the smallest eigenvalue is within the eigensolver's rounding (about eps |A|) of zero.
-            if not bool(self.evals.min() > 10 * torch.finfo(self.evals.dtype).eps * top):
-                raise ValueError("the training kernel is not positive definite, so infinite time has no unique "
-                                 "solution (duplicated training points make it singular): pass diag_reg > 0")
-
     def decay(self, t):
         """(T, n): exp(-l t / N) per eigenvalue."""
         return torch.exp(-self.positive * t / self.n)
@@ -255,12 +330,213 @@ class _Eigen:
     def apply(self, weights, v):
         """(T, n, c): V diag(w_t) V^T v for each row w_t of weights (T, n); v (n, c). Contracted right to left
         (O(T n^2 c)), never through a (T, n, n) intermediate."""
+        if weights.shape[0] == 0:
+            return v.new_zeros(0, *v.shape)
         if self.reflectors is None:
             return self.evecs @ (weights.unsqueeze(-1) * (self.evecs.mT @ v))
         projected = self.z.mT @ self._rotate(v, transpose=True)  # (n, c)
         out = self.z @ (weights.unsqueeze(-1) * projected)  # (T, n, c)
         flat = out.permute(1, 0, 2).reshape(out.shape[1], -1)  # (n, T c): one pass through the reflectors
         return self._rotate(flat, transpose=False).reshape(out.shape[1], out.shape[0], -1).permute(1, 0, 2)
+
+
+def _resolved_or_raise(evals: torch.Tensor) -> None:
+    """ValueError (SINGULAR) when the smallest of a symmetric PSD matrix's (Ritz) values is within rounding of zero:
+    below 10 eps of the largest. Ritz values of a Krylov space lie at or above the smallest eigenvalue, so a small
+    one proves the kernel singular to working precision; 1 / lambda there would amplify rounding (float32 Lanczos
+    once returned means 3x too large and different outputs for duplicated training points)."""
+    top = evals.abs().max()
+    if not bool(evals.min() > 10 * torch.finfo(evals.dtype).eps * top):
+        raise ValueError(SINGULAR)
+
+
+class _Spectral:
+    """The matrix functions of one regularized training kernel A (n, n) that the exact solver applies: finite times
+    through one spectral decomposition (_Eigen, made when first needed), infinite time through a Cholesky factor
+    (phi_inf(A) v = A^-1 v). t=None and math.inf are the same request, so they give the same numbers and refuse the
+    same kernels (SINGULAR, from _cholesky) -- also on the training inputs, where the limit is y only for a
+    non-singular A."""
+
+    def __init__(self, k: torch.Tensor, normalization: int):
+        self.k, self.n = k, normalization
+        self._eigen, self._factor = None, None
+
+    @property
+    def eigen(self) -> _Eigen:
+        if self._eigen is None:
+            self._eigen = _Eigen(self.k, self.n)
+        return self._eigen
+
+    @property
+    def factor(self) -> torch.Tensor:
+        if self._factor is None:
+            self._factor = _cholesky(self.k)
+        return self._factor
+
+    def _by_time(self, times, finite, infinite):
+        """(T, ...): finite(the finite times (T', 1)) at those rows, infinite() (one value) at the rows of inf."""
+        at_inf = torch.isinf(times[:, 0])
+        if not bool(at_inf.any()):
+            return finite(times)
+        limit = infinite()
+        if bool(at_inf.all()):
+            return limit.expand(times.shape[0], *limit.shape).clone()
+        rest = finite(times[~at_inf])
+        out = rest.new_empty(times.shape[0], *rest.shape[1:])
+        out[~at_inf], out[at_inf] = rest, limit
+        return out
+
+    def phi(self, times, v):
+        """(T, n, c): phi_t(A) v; A^-1 v at infinite time."""
+        return self._by_time(times, lambda t: self.eigen.apply(self.eigen.phi(t), v),
+                             lambda: torch.cholesky_solve(v, self.factor))
+
+    def grown(self, times, v):
+        """(T, n, c): (I - exp(-A t / N)) v = A phi_t(A) v; v itself at infinite time (A non-singular)."""
+        return self._by_time(times, lambda t: self.eigen.apply(self.eigen.grown(t), v), lambda: self._checked(v))
+
+    def _checked(self, v):
+        """v, once A is known to be non-singular (the limit of a flow that reaches every direction)."""
+        self.factor  # noqa: B018 -- raises SINGULAR for a singular kernel
+        return v
+
+    def decayed(self, times, v):
+        """(T, n, c): exp(-A t / N) v; 0 at infinite time (A non-singular)."""
+        return self._by_time(times, lambda t: self.eigen.apply(self.eigen.decay(t), v),
+                             lambda: self.factor.new_zeros(v.shape))
+
+    def spread(self, times, v):
+        """(T, n, c): A exp(-2 A t / N) v (the readout-trained covariance on the training inputs); 0 at infinity."""
+        def finite(t):
+            e = self.eigen
+            return e.apply(e.positive * torch.exp(-2 * e.positive * t / e.n), v)
+        return self._by_time(times, finite, lambda: self.factor.new_zeros(v.shape))
+
+
+class _KrylovRun:
+    """One block Lanczos run from the columns V (n, c), kept between requests: its orthonormal basis Q (a list of
+    blocks), the block tridiagonal T = Q^T A Q and V's coordinates in Q. A request for other times reuses the space
+    and extends it only where the result has not converged for them (see _Krylov)."""
+
+    def __init__(self, matmul, v: torch.Tensor, tol: float, normalization: int):
+        self.matmul, self.v, self.normalization = matmul, v, normalization
+        n = v.shape[0]
+        self.eps = torch.finfo(v.dtype).eps
+        self.scale = v.norm().clamp_min(torch.finfo(v.dtype).tiny)
+        # Deflation floors at rounding level (10 eps of the block's, or A's, scale): an n eps floor dropped real
+        # directions in float32 and gave answers 150 % off.
+        q, self.r = _Krylov._orthonormal(v / self.scale, 10 * self.eps)  # r (p, c): V = scale Q_1 r
+        self.tol = max(tol, 100 * self.eps)  # float32 cannot resolve changes of 1e-10: stop at its rounding level
+        self.blocks = [q] if q.shape[1] else []
+        self.starts, self.diagonal, self.below = [0], [], []  # block offsets, Q_j^T A Q_j, Q_(j+1)^T A Q_j
+        self.dim, self.norm_a, self.steps = q.shape[1], 0.0, 0
+        self.pending = None  # the next block (q, b) found by the last step, not yet in the basis
+        self.closed = n == 0 or q.shape[1] == 0  # the space is exhausted: results are exact
+        self.checks = []  # block counts at which results were checked
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self.blocks)
+
+    def _step(self):
+        """The diagonal block of the newest basis block and the next block (pending)."""
+        n = self.v.shape[0]
+        q = self.blocks[-1]
+        w = self.matmul(q)  # (n, p)
+        a = q.mT @ w
+        self.diagonal.append((a + a.mT) / 2)
+        self.norm_a = max(self.norm_a, float(torch.linalg.matrix_norm(a, 2)))
+        w = w - q @ self.diagonal[-1]  # the block three-term recurrence takes the large components out cheaply
+        if self.below:
+            w = w - self.blocks[-2] @ self.below[-1].mT
+        before = w.norm(dim=0)
+        w = _Krylov._reorthogonalize(w, self.blocks)
+        if bool((w.norm(dim=0) < 0.7 * before).any()):
+            w = _Krylov._reorthogonalize(w, self.blocks)
+        self.steps += 1
+        q_next, b = _Krylov._orthonormal(w, 10 * self.eps * max(self.norm_a, 1e-300))
+        q_next, b = q_next[:, : n - self.dim], b[: n - self.dim]
+        self.pending = (q_next, b)
+        self.closed = q_next.shape[1] == 0
+
+    def _advance(self):
+        q_next, b = self.pending
+        self.pending = None
+        self.blocks.append(q_next)
+        self.below.append(b)
+        self.starts.append(self.dim)
+        self.dim += q_next.shape[1]
+
+    def _coefficients(self, times, blocks: int):
+        """(T, dim_j, c): phi_t(T_j) E_1 r for T_j the block tridiagonal of the first `blocks` blocks."""
+        dim = self.starts[blocks] if blocks < len(self.starts) else self.dim
+        r = self.r
+        tri = r.new_zeros(dim, dim)
+        for j in range(blocks):
+            a, s0 = self.diagonal[j], self.starts[j]
+            tri[s0:s0 + a.shape[0], s0:s0 + a.shape[0]] = a
+            if j + 1 < blocks:
+                b = self.below[j]
+                tri[self.starts[j + 1]:self.starts[j + 1] + b.shape[0], s0:s0 + b.shape[1]] = b
+                tri[s0:s0 + b.shape[1], self.starts[j + 1]:self.starts[j + 1] + b.shape[0]] = b.mT
+        first = r.new_zeros(dim, r.shape[1])
+        first[: r.shape[0]] = r
+        eigen = _Eigen(tri, 1, overwrite=True)  # tri becomes the reflectors' storage
+        del tri
+        if bool(torch.isinf(times).any()):
+            _resolved_or_raise(eigen.evals)
+        return eigen.apply(_phi(eigen.evals, times, self.normalization), first)
+
+    def _watched(self, coefficients, forms):
+        """What convergence is judged on: the forms V^T phi(A) V ~ r^T (E_1^T phi(T) E_1 r), or the coefficients."""
+        return self.r.mT @ coefficients[:, : self.r.shape[0]] if forms else coefficients
+
+    def _change(self, watched, previous, forms):
+        if forms:
+            return (watched - previous).abs().amax((1, 2)) / watched.abs().amax((1, 2)).clamp_min(self.eps)
+        padded = torch.nn.functional.pad(previous, (0, 0, 0, watched.shape[1] - previous.shape[1]))
+        return (watched - padded).norm(dim=1) / watched.norm(dim=1).clamp_min(self.eps)
+
+    def solve(self, times, forms: bool = False, max_steps: Optional[int] = None) -> torch.Tensor:
+        """(T, n, c): phi_t(A) V for times (T, 1), extending the space until the result changes by less than tol
+        between checks (for every time and column), or the space is exhausted."""
+        n, c = self.v.shape
+        if not self.blocks:
+            return self.v.new_zeros(times.shape[0], n, c)
+        previous = None
+        earlier = [j for j in self.checks if j < len(self.blocks)]
+        if earlier and len(self.diagonal) == len(self.blocks):
+            # A kept run: judge these times between its last two checks (two different spaces) before stepping on.
+            previous = self._watched(self._coefficients(times, earlier[-1]), forms)
+        first, steps_since, last_dim = True, 0, self.dim
+        while True:
+            if len(self.diagonal) < len(self.blocks):
+                self._step()
+                steps_since += 1
+            last = self.closed or (max_steps is not None and self.steps >= max_steps)
+            # A check diagonalizes T (measured on 2 CPU cores: about dim^3 / 8e9 s, against 2 n^2 p / 5e10 s for
+            # a step's product), so checks come once the steps since the last one cost about as much as the next
+            # check (with room to spare: overshooting costs steps, and basis memory), or once the space has grown
+            # by a tenth. The rule counts work, not seconds, so the result does not depend on the machine's load.
+            due = steps_since * n * n * self.blocks[-1].shape[1] >= self.dim ** 3 or self.dim >= 1.1 * last_dim
+            if last or first or previous is None or due:
+                coefficients = self._coefficients(times, len(self.blocks))  # (T, dim, c)
+                if not self.checks or self.checks[-1] != len(self.blocks):
+                    self.checks.append(len(self.blocks))
+                steps_since, last_dim = 0, self.dim
+                watched = self._watched(coefficients, forms)
+                if previous is not None:
+                    last = last or bool((self._change(watched, previous, forms) <= self.tol).all())
+                previous, first = watched, False
+            if last:
+                break
+            self._advance()
+        coefficients = coefficients * self.scale
+        out = self.v.new_zeros(coefficients.shape[0], n, c)
+        for start, block in zip(self.starts, self.blocks):  # in place: no (T, n, c) temporaries
+            for t in range(out.shape[0]):
+                out[t].addmm_(block, coefficients[t, start:start + block.shape[1]])
+        return out
 
 
 class _Krylov:
@@ -271,10 +547,9 @@ class _Krylov:
     them: an orthonormal basis Q (n, dim) and the block tridiagonal T = Q^T A Q (dim, dim) give
     phi(A) V ~ Q phi(T) Q^T V for every phi at once (here every requested time). Sharing the space is what makes
     covariances affordable: the cross kernels of the test points share the training kernel's leading eigenvectors,
-    which one block run finds once (with 202 columns: 17-19 block steps at n = 5,000 and 25 at n = 20,000, against
-    140-200 steps of a Lanczos run per column). Each step is one product of A with a block (p, at most c, columns)
-    plus one reorthogonalization against the whole basis (matrix products; a second pass only where the first
-    removed much of a column).
+    which one block run finds once (tens of block steps, against hundreds of steps of a Lanczos run per column).
+    Each step is one product of A with a block (p, at most c, columns) plus one reorthogonalization against the
+    whole basis (matrix products; a second pass only where the first removed much of a column).
     Directions that vanish (rank-deficient columns, an exhausted space) are dropped from the block (SVD of the new
     block), so duplicated columns and small n are exact rather than unstable.
 
@@ -282,22 +557,48 @@ class _Krylov:
     between checks (their difference is the change of the result): the run stops when that change is below `tol`
     relative to the result, for every time and column, or when the space is exhausted (then it is exact). Checks
     diagonalize T, so they come when the products since the last one cost about as much as the next check will.
+    Infinite time is phi = 1 / lambda on the Ritz values; a Ritz value within rounding of zero raises (SINGULAR),
+    as the exact solver does.
+
+    Reuse: a run started from the same columns (a later call for other times: `key` names it) is kept while the
+    kept bases fit `keep_bytes`, and serves the new times from its space, stepping on only if they have not
+    converged there (a check between the run's last two checks decides).
     """
 
     def __init__(self, matmul: Callable[[torch.Tensor], torch.Tensor], n: int, normalization: int, tol: float = 1e-10,
-                 max_steps: Optional[int] = None, memory_bytes: int = 2 ** 31):
+                 max_steps: Optional[int] = None, memory_bytes: int = 2 ** 31, keep_bytes: int = 0):
         self.matmul, self.n, self.normalization, self.tol = matmul, n, normalization, tol
         self.max_steps = max_steps
         self.memory_bytes = memory_bytes
+        self.keep_bytes = keep_bytes
         self.steps_used = 0  # the most block steps a run needed, for reports
+        self.runs = {}  # key -> list of kept _KrylovRun (one per column group)
 
-    def phi(self, times, v, forms: bool = False):
+    def phi(self, times, v, forms: bool = False, key=None):
         """(T, n, c): phi_t(A) v for times (T, 1) and v (n, c); columns in groups whose basis fits memory_bytes
         (assuming 32 block steps; the basis grows past that if a run needs it). forms=True stops on the forms
         v^T phi_t(A) v instead of the vectors (Gauss quadrature: they converge about twice as fast), for callers
-        that use the result only through products with kernels that share A's leading eigenvectors."""
+        that use the result only through products with kernels that share A's leading eigenvectors. key: keep the
+        runs under this name for a later call with the same columns."""
         group = max(1, self.memory_bytes // (8 * self.n * 32))
-        return torch.cat([self._run(times, v[:, s:s + group], forms) for s in range(0, v.shape[-1], group)], dim=-1)
+        kept = self.runs.get((key, forms)) if key is not None else None
+        starts = range(0, v.shape[-1], group)
+        if kept is None or len(kept) != len(starts) or not all(
+                run.v.shape == v[:, s:s + group].shape and torch.equal(run.v, v[:, s:s + group])
+                for run, s in zip(kept, starts)):
+            kept = [self._new_run(v[:, s:s + group]) for s in starts]
+        out = torch.cat([run.solve(times, forms, self.max_steps) for run in kept], dim=-1) if kept else \
+            v.new_zeros(times.shape[0], self.n, 0)
+        self.steps_used = max([self.steps_used] + [run.steps for run in kept])
+        if key is not None:
+            self.runs.pop((key, forms), None)
+            if sum(run.nbytes for runs in self.runs.values() for run in runs) + sum(r.nbytes for r in kept) <= \
+                    self.keep_bytes:
+                self.runs[(key, forms)] = kept
+        return out
+
+    def _new_run(self, v):
+        return _KrylovRun(self.matmul, v, self.tol, self.normalization)
 
     @staticmethod
     def _orthonormal(w, floor):
@@ -307,95 +608,12 @@ class _Krylov:
         keep = sv > floor
         return u[:, keep], sv[keep, None] * vt[keep]
 
-    def _run(self, times, v, forms=False):
-        n, c = v.shape
-        eps = torch.finfo(v.dtype).eps
-        scale = v.norm().clamp_min(torch.finfo(v.dtype).tiny)
-        # Deflation floors at rounding level (10 eps of the block's, or A's, scale): an n eps floor dropped real
-        # directions in float32 and gave answers 150 % off.
-        q, r = self._orthonormal(v / scale, 10 * eps)  # r (p, c): V = scale Q_1 r
-        tol = max(self.tol, 100 * eps)  # float32 cannot resolve changes of 1e-10: stop at its rounding level
-        if q.shape[1] == 0:
-            return v.new_zeros(times.shape[0], n, c)
-        # The basis as a list of blocks (no n x dim buffer to grow and copy: the memory is the basis itself).
-        blocks, dim = [q], q.shape[1]
-        starts, diagonal, below = [0], [], []  # block offsets, Q_j^T A Q_j, Q_(j+1)^T A Q_j
-        previous, coefficients, norm_a = None, None, 0.0
-        step, steps_since, last_dim = 0, 0, 1
-        while True:
-            q = blocks[-1]
-            w = self.matmul(q)  # (n, p)
-            a = q.mT @ w
-            diagonal.append((a + a.mT) / 2)
-            norm_a = max(norm_a, float(torch.linalg.matrix_norm(a, 2)))
-            w = w - q @ diagonal[-1]  # the block three-term recurrence takes the large components out cheaply
-            if below:
-                w = w - blocks[-2] @ below[-1].mT
-            before = w.norm(dim=0)
-            w = self._reorthogonalize(w, blocks)
-            if bool((w.norm(dim=0) < 0.7 * before).any()):
-                w = self._reorthogonalize(w, blocks)
-            step += 1
-            q_next, b = self._orthonormal(w, 10 * eps * max(norm_a, 1e-300))
-            q_next, b = q_next[:, : n - dim], b[: n - dim]
-            last = q_next.shape[1] == 0 or (self.max_steps is not None and step >= self.max_steps)
-            # A check diagonalizes T (measured on 2 CPU cores: about dim^3 / 8e9 s, against 2 n^2 p / 5e10 s for
-            # a step's product), so checks come once the steps since the last one cost about as much as the next
-            # check (with room to spare: overshooting costs steps, and basis memory), or once the space has grown
-            # by a tenth. The rule counts work, not seconds, so the result does not depend on the machine's load.
-            steps_since += 1
-            due = steps_since * n * n * q.shape[1] >= dim ** 3 or dim >= 1.1 * last_dim
-            if last or previous is None or due:
-                coefficients = self._coefficients(times, diagonal, below, starts, dim, r)  # (T, dim, c)
-                steps_since, last_dim = 0, dim
-                if forms:  # V^T phi(A) V ~ r^T (E_1^T phi(T) E_1 r), per time
-                    watched = r.mT @ coefficients[:, : r.shape[0]]
-                    if previous is not None:
-                        change = (watched - previous).abs().amax((1, 2)) / watched.abs().amax((1, 2)).clamp_min(eps)
-                        last = last or bool((change <= tol).all())
-                else:  # the coefficients in the orthonormal basis: their change is the result's
-                    watched = coefficients
-                    if previous is not None:
-                        padded = torch.nn.functional.pad(previous, (0, 0, 0, dim - previous.shape[1]))
-                        change = (coefficients - padded).norm(dim=1) / coefficients.norm(dim=1).clamp_min(eps)
-                        last = last or bool((change <= tol).all())
-                previous = watched
-            if last:
-                break
-            blocks.append(q_next)
-            below.append(b)
-            starts.append(dim)
-            dim += q_next.shape[1]
-        self.steps_used = max(self.steps_used, step)
-        coefficients = coefficients * scale
-        out = v.new_zeros(coefficients.shape[0], n, c)
-        for start, block in zip(starts, blocks):  # in place: no (T, n, c) temporaries
-            for t in range(out.shape[0]):
-                out[t].addmm_(block, coefficients[t, start:start + block.shape[1]])
-        return out
-
     @staticmethod
     def _reorthogonalize(w, blocks):
         """w minus its components in every block of the basis, block after block (block modified Gram-Schmidt)."""
         for block in blocks:
             w = w - block @ (block.mT @ w)
         return w
-
-    def _coefficients(self, times, diagonal, below, starts, dim, r):
-        """(T, dim, c): phi_t(T) E_1 r, T the block tridiagonal of the blocks so far."""
-        tri = r.new_zeros(dim, dim)
-        for j, a in enumerate(diagonal):
-            s0 = starts[j]
-            tri[s0:s0 + a.shape[0], s0:s0 + a.shape[0]] = a
-            if j < len(below) and j + 1 < len(starts):
-                b = below[j]
-                tri[starts[j + 1]:starts[j + 1] + b.shape[0], s0:s0 + b.shape[1]] = b
-                tri[s0:s0 + b.shape[1], starts[j + 1]:starts[j + 1] + b.shape[0]] = b.mT
-        first = r.new_zeros(dim, r.shape[1])
-        first[: r.shape[0]] = r
-        eigen = _Eigen(tri, self.normalization, overwrite=True)  # tri becomes the reflectors' storage
-        del tri
-        return eigen.apply(_phi(eigen.evals, times, self.normalization), first)
 
 
 # -- one linearized network ----------------------------------------------------------------------------------------
@@ -405,49 +623,38 @@ def gradient_descent_mse(k_train_train: torch.Tensor, y_train: torch.Tensor, lea
 
     Args:
         k_train_train: (n, n) tangent kernel on the training inputs (an infinite-width NTK, or a network's own
-            finite NTK, e.g. `FiniteNTKKernel(model)(x).to_dense()`).
+            finite NTK, e.g. `FiniteNTKKernel(model)(x).to_dense()`): finite, symmetric, in y_train's dtype.
         y_train: (n, k) targets.
         learning_rate, diag_reg, diag_reg_absolute_scale: as in the module docstring.
 
     Returns:
         `predict_fn(t=None, fx_train_0=0.0, fx_test_0=None, k_test_train=None)`: fx_train_t (*t_shape, n, k), or
         (fx_train_t, fx_test_t) when fx_test_0 (m, k) and k_test_train (m, n) are given; fx_train_0=None leaves the
-        training outputs out. t=None is infinite time.
+        training outputs out. t=None is infinite time, the same as math.inf (it needs a non-singular regularized
+        kernel).
     """
     _check_training(None, y_train, learning_rate, diag_reg)
-    k = check_finite_kernel(torch.as_tensor(k_train_train).to(y_train), y_train)
-    if k.shape != (y_train.shape[0],) * 2:
-        raise ValueError(f"k_train_train must be ({y_train.shape[0]}, {y_train.shape[0]}) for y_train of shape "
-                         f"{tuple(y_train.shape)}, got {tuple(k.shape)}")
-    k_reg = _regularized(k, diag_reg, diag_reg_absolute_scale)
-    cache = {}
+    n = y_train.shape[0]
+    k = _check_matrix("k_train_train", k_train_train, (n, n), y_train, symmetric=True)
+    spectral = _Spectral(_regularized(k, diag_reg, diag_reg_absolute_scale), y_train.numel())
 
     def predict_fn(t=None, fx_train_0=0.0, fx_test_0=None, k_test_train=None):
         if fx_test_0 is not None and k_test_train is None:
             raise ValueError("fx_test_0 is given but k_test_train is None: pass the (m, n) test-train kernel")
-        f0 = None if fx_train_0 is None else torch.as_tensor(fx_train_0).to(y_train).expand_as(y_train)
+        k_td = None
+        if fx_test_0 is not None:
+            k_td = _check_cross("k_test_train", k_test_train, n, y_train)
+            fx_test_0 = _check_outputs("fx_test_0", fx_test_0, (k_td.shape[0], y_train.shape[1]), y_train)
+        f0 = None if fx_train_0 is None else _check_outputs("fx_train_0", fx_train_0, y_train.shape, y_train)
         residual = y_train if f0 is None else y_train - f0
-        if t is None:
-            fx_train = None if f0 is None else y_train.clone()
-            fx_test = None
-            if fx_test_0 is not None:
-                if "cholesky" not in cache:
-                    cache["cholesky"] = _cholesky(k_reg)
-                fx_test = fx_test_0 + k_test_train.to(y_train) @ torch.cholesky_solve(residual, cache["cholesky"])
-        else:
-            times, shape = _times(t, learning_rate, y_train)
-            if "eigen" not in cache:
-                cache["eigen"] = _Eigen(k_reg, y_train.numel())
-            eigen = cache["eigen"]
-            eigen.check_times(times)
-            fx_train = fx_test = None
-            if f0 is not None:  # f0 + (exp(-k t / N) - 1)(f0 - y)
-                fx_train = f0 + eigen.apply(eigen.grown(times), residual)
-                fx_train = fx_train.reshape(*shape, *y_train.shape)
-            if fx_test_0 is not None:
-                moved = eigen.apply(eigen.phi(times), residual)  # (T, n, k)
-                fx_test = fx_test_0 + torch.einsum("mn,tnk->tmk", k_test_train.to(y_train), moved)
-                fx_test = fx_test.reshape(*shape, *fx_test.shape[-2:])
+        times, shape = _times(math.inf if t is None else t, learning_rate, y_train)
+        fx_train = fx_test = None
+        if f0 is not None:  # f0 + (I - exp(-k t / N))(y - f0)
+            fx_train = (f0 + spectral.grown(times, residual)).reshape(*shape, *y_train.shape)
+        if fx_test_0 is not None:
+            moved = spectral.phi(times, residual)  # (T, n, k)
+            fx_test = fx_test_0 + torch.einsum("mn,tnk->tmk", k_td, moved)
+            fx_test = fx_test.reshape(*shape, *fx_test.shape[-2:])
         if fx_test_0 is None:
             return fx_train
         return fx_test if fx_train is None else (fx_train, fx_test)
@@ -489,10 +696,7 @@ def gradient_descent(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     if momentum is not None and (not isinstance(momentum, (int, float)) or isinstance(momentum, bool)
                                  or not 0 <= momentum < 1):
         raise ValueError(f"momentum must be None or a number in [0, 1), got {momentum!r}")
-    k = check_finite_kernel(torch.as_tensor(k_train_train).to(y_train), y_train)
-    if k.shape != (y_train.shape[0],) * 2:
-        raise ValueError(f"k_train_train must be ({y_train.shape[0]}, {y_train.shape[0]}) for y_train of shape "
-                         f"{tuple(y_train.shape)}, got {tuple(k.shape)}")
+    k = _check_matrix("k_train_train", k_train_train, (y_train.shape[0],) * 2, y_train, symmetric=True)
     rate = math.sqrt(learning_rate) if momentum is not None else learning_rate
     friction = None if momentum is None else (momentum - 1.0) / rate
 
@@ -515,18 +719,19 @@ def gradient_descent(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
             raise ValueError("fx_train_0 and fx_test_0 are both None: nothing to predict")
         times, shape = _times(t, rate, y_train, infinite=False)
         times = times.reshape(-1)
-        order, inverse = torch.unique(times, sorted=True, return_inverse=True)
-        # The solver starts where the initial outputs are given: time 0, prepended unless asked for.
-        start = order if order[0] == 0 else torch.cat([torch.zeros_like(order[:1]), order])
         f_train = torch.zeros_like(y_train) if fx_train_0 is None else \
-            torch.as_tensor(fx_train_0).to(y_train).expand_as(y_train).clone()
+            _check_outputs("fx_train_0", fx_train_0, y_train.shape, y_train).clone()
         k_td = None
         state = [f_train]
         if fx_test_0 is not None:
-            k_td = torch.as_tensor(k_test_train).to(y_train)
-            if k_td.dim() != 2 or k_td.shape[1] != y_train.shape[0]:
-                raise ValueError(f"k_test_train must be (m, {y_train.shape[0]}), got {tuple(k_td.shape)}")
-            state.append(torch.as_tensor(fx_test_0).to(y_train).expand(k_td.shape[0], y_train.shape[1]).clone())
+            k_td = _check_cross("k_test_train", k_test_train, y_train.shape[0], y_train)
+            state.append(_check_outputs("fx_test_0", fx_test_0, (k_td.shape[0], y_train.shape[1]), y_train).clone())
+        if times.numel() == 0:  # no time asked: empty outputs, as the closed forms give
+            empty = [s.new_zeros(*shape, *s.shape) for s in state]
+            return empty[0] if fx_test_0 is None else empty[1] if fx_train_0 is None else tuple(empty)
+        order, inverse = torch.unique(times, sorted=True, return_inverse=True)
+        # The solver starts where the initial outputs are given: time 0, prepended unless asked for.
+        start = order if order[0] == 0 else torch.cat([torch.zeros_like(order[:1]), order])
         if friction is not None:
             state += [torch.zeros_like(s) for s in state]
 
@@ -560,30 +765,39 @@ def gp_inference(k_train_train, y_train: torch.Tensor, diag_reg: float = 0.0,
     """The NNGP posterior, the infinite-time NTK ensemble, or the NTK-GP (He et al. 2020), by Cholesky solves.
 
     Args:
-        k_train_train: (n, n) tensor, or a namedtuple / dict with `nngp` and `ntk` (n, n) tensors.
+        k_train_train: (n, n) tensor, or a namedtuple / dict with `nngp` and `ntk` (n, n) tensors (finite,
+            symmetric, in y_train's dtype; each is checked when first used).
         y_train: (n, k) targets.
 
     Returns:
         `predict_fn(get=None, k_test_train=None, k_test_test=None)` with get in "nngp", "ntk", "ntkgp", a tuple or
         None (both "nngp" and "ntk"); k_test_train (m, n) (tensor or namedtuple/dict like k_train_train), k_test_test
         (m, m) NNGP (the NTK for "ntkgp") to get Gaussian(mean, covariance). k_test_train=None gives the training
-        targets (with zero covariance), as neural-tangents does.
+        targets (with zero covariance), as neural-tangents does -- once the training kernel is known to be
+        non-singular, since that is the infinite-time limit only then.
     """
     _check_training(None, y_train, 1.0, diag_reg)
-    factors = {}
+    n = y_train.shape[0]
+    factors, checked = {}, {}
 
-    def part(k, g):
-        if isinstance(k, torch.Tensor):
-            return k.to(y_train)
-        value = k.get(g) if isinstance(k, dict) else getattr(k, g, None)
+    def part(k, g, name, shape=None):
+        value = k if isinstance(k, torch.Tensor) else k.get(g) if isinstance(k, dict) else getattr(k, g, None)
         if value is None:
-            raise ValueError(f"the {g!r} kernel is needed here but not given")
-        return torch.as_tensor(value).to(y_train)
+            raise ValueError(f"the {g!r} kernel of {name} is needed here but not given")
+        label = name if isinstance(k, torch.Tensor) else f"{name}.{g}"
+        if shape is None:
+            return _check_cross(label, value, n, y_train)
+        return _check_matrix(label, value, shape, y_train, symmetric=shape == (n, n) and name == "k_train_train")
+
+    def train(kind):
+        if kind not in checked:
+            checked[kind] = part(k_train_train, kind, "k_train_train", (n, n))
+        return checked[kind]
 
     def solve(g, rhs):
         kind = "ntk" if g == "ntkgp" else g
         if kind not in factors:
-            factors[kind] = _cholesky(_regularized(part(k_train_train, kind), diag_reg, diag_reg_absolute_scale))
+            factors[kind] = _cholesky(_regularized(train(kind), diag_reg, diag_reg_absolute_scale))
         return torch.cholesky_solve(rhs, factors[kind])
 
     def predict_fn(get=None, k_test_train=None, k_test_test=None):
@@ -592,24 +806,25 @@ def gp_inference(k_train_train, y_train: torch.Tensor, diag_reg: float = 0.0,
         for g in kinds:
             kind = "ntk" if g == "ntkgp" else g
             if k_test_train is None:
+                solve(g, y_train[:1].mT)  # the targets are the limit only for a non-singular kernel
                 mean = y_train.clone()
                 out[g] = mean if k_test_test is None else Gaussian(mean, torch.zeros(
                     y_train.shape[0], y_train.shape[0], dtype=y_train.dtype, device=y_train.device))
                 continue
-            k_td = part(k_test_train, kind)
+            k_td = part(k_test_train, kind, "k_test_train")
             mean = k_td @ solve(g, y_train)
             if k_test_test is None:
                 out[g] = mean
                 continue
             start = "ntk" if g == "ntkgp" else "nngp"
-            k_tt = part(k_test_test, start)
-            k_td_start = part(k_test_train, start)
+            k_tt = part(k_test_test, start, "k_test_test", (k_td.shape[0],) * 2)
+            k_td_start = part(k_test_train, start, "k_test_train")
             if g in ("nngp", "ntkgp"):
                 cov = k_tt - k_td @ solve(g, k_td_start.mT)
             else:
                 term_1 = solve(g, k_td.mT)  # Theta^-1 Theta_X*
                 term_2 = k_td @ solve(g, k_td_start.mT)  # Theta_*X Theta^-1 K_X*
-                cov = k_tt + term_1.mT @ part(k_train_train, "nngp") @ term_1 - term_2 - term_2.mT
+                cov = k_tt + term_1.mT @ train("nngp") @ term_1 - term_2 - term_2.mT
             out[g] = Gaussian(mean, cov)
         return _pack(out, kinds, single)
 
@@ -631,13 +846,15 @@ def gradient_descent_mse_ensemble(kernel, x_train: torch.Tensor, y_train: torch.
     Args:
         kernel: an NTKKernel (fully connected or from `from_module`), which gives the NNGP and the NTK of one
             architecture; an NNGPKernel serves get="nngp" only.
-        x_train: (n, d) training inputs; y_train: (n, k) targets (the k outputs share the kernel).
+        x_train: (n, d) training inputs; y_train: (n, k) targets (the k outputs share the kernel). Both in the
+            kernel's dtype (a mismatch raises, naming them: nothing is cast silently).
         learning_rate, diag_reg, diag_reg_absolute_scale: as in the module docstring.
-        solver: "eigh" (one eigendecomposition of each n x n training kernel, as neural-tangents), "krylov"
-            (Lanczos through the kernel's products: lazy, KeOps and distributed backends, no n x n matrix of its
-            own; every time of a call from one run; infinite time is phi = 1 / lambda, the same run), or "auto"
-            (eigh for a dense kernel of at most EIGH_MAX_POINTS points, else krylov). Keyword only, as the two below.
-        krylov_tol: Lanczos stops when the result changes by less than this (relative) over its last 10 steps.
+        solver: "eigh" (one eigendecomposition of each n x n training kernel, as neural-tangents; infinite time by a
+            Cholesky solve), "krylov" (Lanczos through the kernel's products: lazy, KeOps and distributed backends,
+            no n x n matrix of its own; every time of a call from one run; infinite time is phi = 1 / lambda, the
+            same run), or "auto" (eigh for a dense kernel of at most EIGH_MAX_POINTS points, else krylov). Keyword
+            only, as the three below.
+        krylov_tol: Lanczos stops when the result changes by less than this (relative) between checks.
         test_block: test points per block for the mean (the covariance needs all test points at once).
         krylov_dense_bytes: the Krylov path evaluates a training kernel of at most this many bytes into one dense
             matrix (one kind at a time), so that a Lanczos step is a matrix product instead of a re-evaluation of the
@@ -646,17 +863,27 @@ def gradient_descent_mse_ensemble(kernel, x_train: torch.Tensor, y_train: torch.
     Returns:
         `predict_fn(t=None, x_test=None, get=None, compute_cov=False)`: for get "nngp" (readout trained) or "ntk" (all
         layers), the mean (*t_shape, m, k), or Gaussian(mean, covariance (*t_shape, m, m)) with compute_cov=True;
-        get=None or a tuple gives a namedtuple with one field per kind. t: None (infinite time), a number or a 1-D
-        sequence of steps, math.inf among them for infinite time (with solver="krylov", one call for every time
-        runs one Lanczos per kind). x_test=None predicts on the training inputs (without diag_reg).
+        get=None or a tuple gives a namedtuple with one field per kind. t: None (infinite time), a number or a
+        sequence of steps (any shape, empty included), math.inf among them for infinite time. x_test=None predicts
+        on the training inputs (without diag_reg). Calls are cached as neural-tangents' are: the training kernels
+        and their decompositions (eigh), or the Lanczos runs (krylov: the run from y_train serves the mean at every
+        later time, the run from the test points' cross kernels the same x_test; see _Krylov), so a loop of calls
+        one time each costs about one call with all the times.
+
+    Infinite time. t=None and math.inf are one request: the limit of training, kernel regression with the
+    regularized training kernel, on the training inputs the targets with zero covariance. It exists when that
+    kernel is non-singular to working precision; otherwise (duplicated points without diag_reg, or a condition
+    number near 1 / eps, as float32 reaches at diag_reg 1e-5) both solvers raise a ValueError that says to pass
+    diag_reg > 0, rather than return rounding noise.
 
     Raises:
-        TypeError: a kernel that is not a network kernel. ValueError: shapes, t < 0, learning_rate <= 0, an unknown
-            get, or the NTK asked of an NNGP kernel.
+        TypeError: a kernel that is not a network kernel. ValueError: shapes, dtypes, t < 0, learning_rate <= 0, an
+            unknown get, the NTK asked of an NNGP kernel, or infinite time on a singular kernel.
     """
     _check_training(x_train, y_train, learning_rate, diag_reg)
     available = _kinds_of(kernel)
-    x_train = x_train.to(y_train)
+    _check_dtypes(kernel, x_train=x_train, y_train=y_train)
+    x_train = x_train.to(y_train.device)
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {', '.join(map(repr, SOLVERS))}, got {solver!r}")
     if not isinstance(krylov_tol, (int, float)) or isinstance(krylov_tol, bool) or not 0 < krylov_tol < math.inf:
@@ -672,67 +899,65 @@ def gradient_descent_mse_ensemble(kernel, x_train: torch.Tensor, y_train: torch.
         return _krylov_ensemble(kernel, available, x_train, y_train, learning_rate, diag_reg, diag_reg_absolute_scale,
                                 krylov_tol, test_block, krylov_dense_bytes)
     train = {}  # kind -> (n, n) training kernel, unregularized
-    eigen = {}
+    spaces = {}
 
     def k_dd(g):
         if g not in train:
             train[g] = _matrix(kernel, g, x_train)
         return train[g]
 
-    def eigenspace(g):
-        if g not in eigen:
-            eigen[g] = _Eigen(_regularized(k_dd(g), diag_reg, diag_reg_absolute_scale), y_train.numel())
-        return eigen[g]
-
-    inference = {}
+    def space(g) -> _Spectral:
+        if g not in spaces:
+            spaces[g] = _Spectral(_regularized(k_dd(g), diag_reg, diag_reg_absolute_scale), y_train.numel())
+        return spaces[g]
 
     def predict_fn(t=None, x_test=None, get=None, compute_cov=False):
         kinds, single, x_test = _ensemble_request(get, available, x_test, x_train, y_train)
+        times, shape = _times(math.inf if t is None else t, learning_rate, y_train)
+        if times.shape[0] == 0:
+            return _empty(kinds, single, shape, x_train if x_test is None else x_test, y_train, compute_cov)
         need = set(kinds) | ({"nngp"} if compute_cov else set())
         k_td = None if x_test is None else {g: _matrix(kernel, g, x_test, x_train) for g in need}
         k_tt = _matrix(kernel, "nngp", x_test) if compute_cov and x_test is not None else None
-        if t is None:
-            key = frozenset(need)  # the kernels this call needs (a later call may need the NNGP too)
-            if key not in inference:
-                inference[key] = gp_inference({g: k_dd(g) for g in need}, y_train, diag_reg, diag_reg_absolute_scale)
-            asked = kinds[0] if single else kinds
-            if x_test is None:
-                return inference[key](asked, None, True if compute_cov else None)
-            return inference[key](asked, k_td, k_tt)
-        times, shape = _times(t, learning_rate, y_train)
         out = {}
         for g in kinds:
-            e = eigenspace(g)
-            e.check_times(times)
+            e = space(g)
             if x_test is None:
-                mean = e.apply(e.grown(times), y_train)
+                mean = e.grown(times, y_train)
             else:
-                mean = torch.einsum("mn,tnk->tmk", k_td[g], e.apply(e.phi(times), y_train))
+                mean = torch.einsum("mn,tnk->tmk", k_td[g], e.phi(times, y_train))
             mean = mean.reshape(*shape, *mean.shape[-2:])
             if not compute_cov:
                 out[g] = mean
                 continue
-            nngp_dd = k_dd("nngp")
             if x_test is None:
+                eye = torch.eye(x_train.shape[0], dtype=y_train.dtype, device=y_train.device)
                 if g == "nngp":  # K exp(-2 K t / N), in the regularized eigenbasis (as neural-tangents)
-                    cov = e.apply(e.positive * torch.exp(-2 * e.positive * times / e.n), torch.eye(
-                        e.evals.shape[0], dtype=y_train.dtype, device=y_train.device))
+                    cov = e.spread(times, eye)
                 else:
-                    decay = e.apply(e.decay(times), torch.eye(e.evals.shape[0], dtype=y_train.dtype,
-                                                               device=y_train.device))  # (T, n, n)
-                    cov = decay @ nngp_dd @ decay.mT
+                    decay = e.decayed(times, eye)  # (T, n, n)
+                    cov = decay @ k_dd("nngp") @ decay.mT
             else:
                 k_g = k_td[g]
                 if g == "nngp":
-                    cov = k_tt - k_g @ e.apply(e.phi(2 * times), k_g.mT)
+                    cov = k_tt - k_g @ e.phi(2 * times, k_g.mT)
                 else:
-                    term_1 = e.apply(e.phi(times), k_g.mT)  # (T, n, m): phi_t(Theta) Theta_X*
+                    term_1 = e.phi(times, k_g.mT)  # (T, n, m): phi_t(Theta) Theta_X*
                     term_2 = term_1.mT @ k_td["nngp"].mT  # (T, m, m): Theta_*X phi_t(Theta) K_X*, phi symmetric
-                    cov = term_1.mT @ nngp_dd @ term_1 - term_2 - term_2.mT + k_tt
+                    cov = term_1.mT @ k_dd("nngp") @ term_1 - term_2 - term_2.mT + k_tt
             out[g] = Gaussian(mean, cov.reshape(*shape, *cov.shape[-2:]))
         return _pack(out, kinds, single)
 
     return predict_fn
+
+
+def _empty(kinds, single, shape, points, y_train, compute_cov):
+    """The outputs of a call with no time (t=[]): means (*shape, m, k) and covariances (*shape, m, m) with a zero
+    in shape, whichever the solver."""
+    m = points.shape[0]
+    mean = y_train.new_zeros(*shape, m, y_train.shape[1])
+    out = {g: Gaussian(mean.clone(), y_train.new_zeros(*shape, m, m)) if compute_cov else mean.clone() for g in kinds}
+    return _pack(out, kinds, single)
 
 
 def _materialized(kernel, kind: str, x: torch.Tensor, block_bytes: int = 2 ** 26) -> torch.Tensor:
@@ -746,69 +971,97 @@ def _materialized(kernel, kind: str, x: torch.Tensor, block_bytes: int = 2 ** 26
     return out
 
 
+KRYLOV_KEEP_BYTES = 2 ** 31  # the most memory the kept Lanczos runs of one predict_fn hold (also capped by the budget)
+
+
 def _krylov_ensemble(kernel, available, x_train, y_train, learning_rate, diag_reg, absolute, tol, test_block,
                      dense_bytes):
     """gradient_descent_mse_ensemble's predict_fn through operator products and Lanczos (see _Krylov)."""
+    from .backends.budget import cache_bytes
+
     n = x_train.shape[0]
     operators, solvers = {}, {}
-    # A training kernel small enough is evaluated once into a dense matrix (one kind at a time): each Lanczos step is
-    # then a matrix product, not a re-evaluation of the kernel. A sharded (distributed) kernel stays sharded.
+    # A training kernel small enough is evaluated once into a dense matrix (both kinds if they fit dense_bytes
+    # together, else one at a time): each Lanczos step is then a matrix product, not a re-evaluation of the kernel,
+    # and a later call that extends a kept run finds its matrix still there. A sharded kernel stays sharded.
     sharded = not isinstance(getattr(kernel, "backend", "dense"), str)
     materialize = not sharded and n * n * y_train.element_size() <= dense_bytes
+    both = 2 * n * n * y_train.element_size() <= dense_bytes  # the NNGP's and the NTK's matrices held together
     dense = {}
+    keep = min(KRYLOV_KEEP_BYTES, cache_bytes(x_train.device))
+    tests = {}  # the last x_test's cross kernels (kind -> (n, m)) and prior covariance, for repeated calls
 
     def train_operator(g):
         if materialize:
             if g not in dense:
-                dense.clear()  # one n x n matrix at a time
+                if not both:
+                    dense.clear()  # one n x n matrix at a time
                 dense[g] = _materialized(kernel, g, x_train)
             return dense[g]
         if g not in operators:
             operators[g] = _operator(kernel, g, x_train)
         return operators[g]
 
-    def phi(g, times, v, forms=False):
+    def phi(g, times, v, forms=False, key=None):
         if g not in solvers:
             with _as_kind(kernel, g) as k:
                 scale = diag_reg if absolute else diag_reg * k(x_train, diag=True).mean().item()
             solvers[g] = _Krylov(lambda u, g=g, scale=scale: train_operator(g) @ u + scale * u, n, y_train.numel(),
-                                 tol=tol)
+                                 tol=tol, keep_bytes=keep)
         with torch.no_grad():
-            return solvers[g].phi(times, v, forms)
+            return solvers[g].phi(times, v, forms, key)
 
     def cross(g, x_test):
         """(m, n) test-train kernel as a dense matrix, block by block."""
         blocks = [_operator(kernel, g, x_test[s:s + test_block], x_train) for s in range(0, len(x_test), test_block)]
         return torch.cat([b.to_dense() if hasattr(b, "to_dense") else b for b in blocks])
 
+    def test_kernels(x_test, kinds):
+        """The cross kernels (n, m) of `kinds` and the NNGP prior (m, m) at x_test, kept for the same x_test."""
+        if "x" not in tests or tests["x"].shape != x_test.shape or not torch.equal(tests["x"], x_test):
+            tests.clear()
+            tests.update(x=x_test.clone(), crosses={}, prior=None)
+        for g in kinds:
+            if g not in tests["crosses"]:
+                tests["crosses"][g] = cross(g, x_test).mT
+        if tests["prior"] is None:
+            tests["prior"] = _matrix(kernel, "nngp", x_test)
+        return tests["crosses"], tests["prior"]
+
     def predict_fn(t=None, x_test=None, get=None, compute_cov=False):
         kinds, single, x_test = _ensemble_request(get, available, x_test, x_train, y_train)
         times, shape = _times(math.inf if t is None else t, learning_rate, y_train)
-        if x_test is None and compute_cov:
-            if t is None:  # infinite time on the training inputs: the targets, without variance
-                cov = torch.zeros(n, n, dtype=y_train.dtype, device=y_train.device)
-                return _pack({g: Gaussian(y_train.clone(), cov) for g in kinds}, kinds, single)
-            raise ValueError("the covariance on the training inputs is an n x n matrix that solver='krylov' does not "
-                             "form: pass x_test (x_train itself for the regularized one), or use solver='eigh'")
         count, k = times.shape[0], y_train.shape[-1]
+        if count == 0:
+            return _empty(kinds, single, shape, x_train if x_test is None else x_test, y_train, compute_cov)
+        if x_test is None and compute_cov and not bool(torch.isinf(times).all()):
+            raise ValueError("the covariance on the training inputs at a finite time is an n x n matrix that "
+                             "solver='krylov' does not form: pass x_test (x_train itself for the regularized one), "
+                             "or use solver='eigh'")
         # With the covariance, the cross kernels join y_train as columns of ONE Lanczos run per kind (every time,
         # and 2t for the NNGP, from the same tridiagonals): one pass over the training kernel per step.
-        crosses = {g: cross(g, x_test).mT for g in (set(kinds) | {"nngp"})} if compute_cov else {}  # (n, m)
-        k_tt = _matrix(kernel, "nngp", x_test) if compute_cov else None  # the prior at the test points, (m, m)
+        with_test_cov = compute_cov and x_test is not None
+        crosses, k_tt = test_kernels(x_test, set(kinds) | {"nngp"}) if with_test_cov else ({}, None)
         out = {}
         # The NTK first: its covariance needs one product with K_XX, which then evaluates the NNGP's matrix that the
         # NNGP's own run reuses (one n x n matrix held at a time, each evaluated once).
-        for g in sorted(kinds, key=lambda kind: kind != "ntk") if compute_cov else kinds:
-            if compute_cov:
+        for g in sorted(kinds, key=lambda kind: kind != "ntk") if with_test_cov else kinds:
+            if with_test_cov:
                 run_times = torch.cat([times, 2 * times]) if g == "nngp" else times
-                result = phi(g, run_times, torch.cat([y_train, crosses[g]], dim=-1), forms=True)  # (T', n, k + m)
-                moved, spread_by = result[:count, :, :k], result[-count:, :, k:]
+                # The NNGP's covariance is a quadratic form of phi(K), judged as one (Gauss quadrature converges
+                # about twice as fast); the NTK's multiplies phi(Theta) Theta_X* by the NNGP's matrix, which forms of
+                # Theta do not control (a single finite time was 2e-6 off with them), so its run watches the vectors.
+                result = phi(g, run_times, torch.cat([y_train, crosses[g]], dim=-1), forms=g == "nngp", key="cov")
+                moved, spread_by = result[:count, :, :k], result[-count:, :, k:]  # (T, n, k), (T, n, m)
             else:
-                moved = phi(g, times, y_train)  # (T, n, k)
+                moved = phi(g, times, y_train, key="mean")  # (T, n, k)
             if x_test is None:  # (I - exp(-K t / N)) y = K phi_t(K) y, K regularized (as neural-tangents)
                 mean = torch.stack([solvers[g].matmul(m) for m in moved])
-            elif compute_cov:
+            elif with_test_cov:
                 mean = crosses[g].mT @ moved
+            elif "x" in tests and tests["x"].shape == x_test.shape and g in tests["crosses"] and \
+                    torch.equal(tests["x"], x_test):
+                mean = tests["crosses"][g].mT @ moved
             else:  # test points in blocks: any number of them fits in memory
                 flat = moved.permute(1, 0, 2).reshape(n, -1)  # (n, T k)
                 rows = [_operator(kernel, g, x_test[s:s + test_block], x_train) @ flat
@@ -817,6 +1070,9 @@ def _krylov_ensemble(kernel, available, x_train, y_train, learning_rate, diag_re
             mean = mean.reshape(*shape, *mean.shape[-2:])
             if not compute_cov:
                 out[g] = mean
+                continue
+            if x_test is None:  # infinite time on the training inputs: the targets, without variance
+                out[g] = Gaussian(mean, y_train.new_zeros(*shape, n, n))
                 continue
             nngp_xt = crosses["nngp"]
             if g == "nngp":  # K_** - K_*X phi_2t(K) K_X*

@@ -42,11 +42,14 @@ def _values(adjacency: torch.Tensor) -> torch.Tensor:
 
 
 def adjacency_from_edges(edge_index: torch.Tensor, num_nodes: int, edge_weight: Optional[torch.Tensor] = None,
-                         symmetric: bool = False, sparse: bool = True) -> torch.Tensor:
+                         symmetric: bool = False, sparse: bool = True,
+                         dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """A (V, V) adjacency from a (2, E) edge list of (source, target) rows, as torch_geometric's `edge_index`.
 
     A[target, source] = the edge's weight (1 by default; repeated edges add up). symmetric: add each edge's reverse
     too (for an undirected graph given once per edge). sparse: a coalesced sparse COO tensor, else dense.
+    dtype: the adjacency's dtype; by default edge_weight's own (float64 weights stay float64), or torch's default
+    dtype for unit or integer weights.
     """
     if not isinstance(edge_index, torch.Tensor) or edge_index.dim() != 2 or edge_index.shape[0] != 2:
         raise ValueError(f"edge_index must be a (2, E) tensor of (source, target) node indices, got "
@@ -57,7 +60,9 @@ def adjacency_from_edges(edge_index: torch.Tensor, num_nodes: int, edge_weight: 
     if edge_index.numel() and (edge_index.min() < 0 or edge_index.max() >= num_nodes):
         raise ValueError(f"edge_index has node indices outside [0, {num_nodes}): min {edge_index.min().item()}, "
                          f"max {edge_index.max().item()}")
-    weight = torch.ones(edge_index.shape[1]) if edge_weight is None else torch.as_tensor(edge_weight).float()
+    weight = torch.ones(edge_index.shape[1], dtype=dtype) if edge_weight is None else torch.as_tensor(edge_weight)
+    if dtype is not None or not weight.is_floating_point():
+        weight = weight.to(dtype or torch.get_default_dtype())
     if weight.shape != (edge_index.shape[1],):
         raise ValueError(f"edge_weight must have one weight per edge ({edge_index.shape[1]}), got "
                          f"{tuple(weight.shape)}")
@@ -96,15 +101,27 @@ def normalized_adjacency(adjacency: torch.Tensor, self_loops: bool = True, kind:
     return torch.sparse_coo_tensor(a.indices(), a.values() * scale, (v, v), check_invariants=False).coalesce()
 
 
-def from_pyg(data) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(features (N, d), sparse adjacency (N, N)) of a torch_geometric `Data` object (its `x` and `edge_index`,
-    with `edge_weight` or a one-dimensional `edge_attr` as weights when present)."""
+def from_pyg(data, ignore_edge_attr: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(features (N, d), sparse adjacency (N, N)) of a torch_geometric `Data` object: its `x` (in its own floating
+    dtype; integer features become torch's default dtype) and `edge_index`, weighted by `edge_weight`, or else by
+    an `edge_attr` of one value per edge ((E,) or (E, 1)), in that tensor's dtype; unit weights in x's dtype.
+
+    An `edge_attr` with several features per edge (E, k) has no single weight: it is refused (ValueError) unless
+    ignore_edge_attr=True (unit weights, or edge_weight's), rather than silently dropped."""
     if not hasattr(data, "edge_index") or not hasattr(data, "x"):
         raise TypeError(f"expected a torch_geometric Data object with x and edge_index, got {type(data).__name__}")
     if data.x is None:
         raise ValueError("the Data object has no node features (data.x is None)")
+    x = data.x if data.x.is_floating_point() else data.x.to(torch.get_default_dtype())
     weight = getattr(data, "edge_weight", None)
     attr = getattr(data, "edge_attr", None)
-    if weight is None and attr is not None and attr.dim() == 1:
+    if weight is None and attr is not None and not ignore_edge_attr:
+        if attr.dim() == 2 and attr.shape[1] == 1:
+            attr = attr[:, 0]
+        if attr.dim() != 1:
+            raise ValueError(f"data.edge_attr has shape {tuple(attr.shape)}: {attr.shape[-1]} features per edge, "
+                             "not one weight. Set data.edge_weight to the weights you mean (e.g. edge_attr[:, 0]), "
+                             "or pass ignore_edge_attr=True for unit weights")
         weight = attr
-    return data.x.float(), adjacency_from_edges(data.edge_index, data.num_nodes, weight)
+    return x, adjacency_from_edges(data.edge_index, data.num_nodes, weight,
+                                   dtype=None if weight is not None else x.dtype)

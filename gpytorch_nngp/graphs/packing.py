@@ -94,12 +94,13 @@ class GraphInputs:
             rows.append(torch.cat([padded.reshape(-1), self._pack_edges(a, k, dtype)]))
         return torch.stack(rows)
 
-    def pack_pyg(self, graphs) -> torch.Tensor:
+    def pack_pyg(self, graphs, ignore_edge_attr: bool = False) -> torch.Tensor:
         """Rows (n, dim) from torch_geometric `Data` objects (a list, or a dataset of whole graphs): each graph's
-        node features `x` (V_i, C) and its `edge_index` (weights from `edge_weight` when present)."""
+        node features `x` (V_i, C) and its `edge_index`, weighted as `from_pyg` weighs them (ignore_edge_attr as
+        there), in the features' dtype."""
         features, adjacencies = [], []
         for data in graphs:
-            x, adjacency = from_pyg(data)
+            x, adjacency = from_pyg(data, ignore_edge_attr)
             features.append(x.T)
             adjacencies.append(adjacency)
         return self.pack(features, adjacencies)

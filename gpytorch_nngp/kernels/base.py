@@ -145,5 +145,39 @@ class NetworkKernel(Kernel):
         if value.numel() not in (1, raw.numel()):
             raise ValueError(f"{name} must be one value or {raw.numel()} values (shape {tuple(raw.shape)}), got shape "
                              f"{tuple(value.shape)}")
+        self._set_raw(name, value)
+
+    def _set_lengthscale(self, value):
+        value = torch.as_tensor(value)
+        self._set_raw("lengthscale", value if torch.is_floating_point(value) else value.double())
+
+    def _set_raw(self, name: str, value: torch.Tensor) -> None:
+        """Sets raw_<name> from the value asked for, and remembers that value (float64) until the raw parameter
+        changes: a kernel built in float32 and moved to float64 before any optimizer step (or any assignment) then
+        holds the variances the user wrote, not their float32 roundings (see _apply)."""
+        raw = getattr(self, f"raw_{name}")
+        exact = value.detach().to(device=raw.device, dtype=torch.float64)
         value = value.to(raw).expand(raw.shape) if value.numel() == 1 else value.to(raw).view(raw.shape)
         self.initialize(**{f"raw_{name}": getattr(self, f"raw_{name}_constraint").inverse_transform(value)})
+        if "_asked" not in vars(self):
+            self._asked = {}
+        self._asked[name] = (exact, getattr(self, f"raw_{name}").detach().clone())
+
+    def _apply(self, fn, *args, **kwargs):
+        """nn.Module._apply (.double(), .to(dtype), .cuda()), then the values asked for set again in the new dtype
+        for every raw parameter nothing has changed since they were set. Without this, Python floats would pass
+        through float32 at construction: weight_var=1.5 read back 1.500000034710427 after .double(), so float64
+        kernels were 1e-7 off neural-tangents instead of 1e-15."""
+        asked = vars(self).get("_asked", {})
+        untouched = [name for name, (_, then) in asked.items()
+                     if getattr(self, f"raw_{name}").shape == then.shape
+                     and torch.equal(getattr(self, f"raw_{name}").detach(), then)]
+        out = super()._apply(fn, *args, **kwargs)
+        for name in list(asked):
+            if name in untouched:
+                exact = asked[name][0]
+                raw = getattr(self, f"raw_{name}")
+                self._set_raw(name, exact.to(device=raw.device) if exact.numel() == 1 else exact.to(raw.device))
+            else:
+                del asked[name]  # trained or loaded since: the parameter is the truth now
+        return out
