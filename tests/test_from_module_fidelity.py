@@ -241,13 +241,13 @@ def test_a_residual_block_on_the_raw_input_is_exact_before_a_linear_layer():
                    nn.Linear(2, 1)), (1, 4, 4), "averages of activations over all positions"),
     # a residual block on the raw input, then an activation: input plus a Gaussian branch
     (nn.Sequential(Residual(nn.Linear(3, 3)), nn.ReLU(), nn.Linear(3, 1)), (3,),
-     "sum of the input and a Gaussian residual branch.*Linear or Conv layer before it"),
+     "adds the input and a weighted branch: a Gaussian with a nonzero mean.*start the network with a Linear/Conv"),
+    # ... or after a Linear layer after it: the sum has the data's width, so its randomness never averages out
+    (nn.Sequential(Residual(nn.Linear(3, 3)), nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1)), (3,),
+     r"kernel is random in the infinite-width limit.*data's width \(3 channels\)"),
     # a post-activation residual block (ResNet v1): the skip path carries activations
     (nn.Sequential(nn.Linear(3, 4), nn.ReLU(), Residual(nn.Linear(4, 4)), nn.ReLU(), nn.Linear(4, 1)), (3,),
      "sum of non-Gaussian values and a Gaussian residual branch.*pre-activation blocks"),
-    # an activation inside a residual branch that starts at the input
-    (nn.Sequential(Residual(nn.Sequential(nn.ReLU(), nn.Linear(3, 3))), nn.Linear(3, 1)), (3,),
-     "residual block whose skip path starts at the input"),
 ])
 def test_activations_on_values_that_are_not_gaussian_are_refused(module, shape, match):
     for cls in (NNGPKernel, NTKKernel):

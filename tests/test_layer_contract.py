@@ -49,6 +49,14 @@ def _cases():
                                    conv(c, c), Parallel(nn.Sequential(nn.ReLU(), conv(c, c)),
                                                         nn.Sequential(nn.Tanh(), conv(c, c)), merge="prod"),
                                    nn.Flatten(), nn.Linear(c * 9, 1)), (2, 3, 3)),
+        # Blocks on the input itself: their branches' leading layers act on the input's values (InputMap), an
+        # activation after the concatenation moves into the branches; the residual sum keeps the data's width, so
+        # only linear layers follow it.
+        "InputMap": (nn.Sequential(Parallel(nn.Sequential(nn.ReLU(), conv(2, c)),
+                                            nn.Sequential(nn.Tanh(), nn.AvgPool2d(1), conv(2, 2, 1)), merge="concat"),
+                                   nn.ReLU(), conv(c + 2, c), nn.GELU(), nn.Flatten(), nn.Linear(c * 9, 1)), (2, 3, 3)),
+        "InputMapResidual": (nn.Sequential(Residual(nn.Sequential(nn.ReLU(), conv(2, 2))), conv(2, c),
+                                           nn.AvgPool2d(3), nn.Flatten(), nn.Linear(c, 1)), (2, 3, 3)),
         "ConvTranspose": (nn.Sequential(nn.Conv2d(2, c, 2, stride=2), nn.ReLU(),
                                         nn.ConvTranspose2d(c, c, 3, stride=2, padding=1, output_padding=1), nn.ReLU(),
                                         nn.ConvTranspose2d(c, c, 2, stride=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),

@@ -44,6 +44,8 @@ class SelfAttention(Layer):
         in_channels, out_channels: the finite module's widths, for shape checks.
     """
 
+    nonlinear_in_state = True
+
     weighted = True
 
     def __init__(self, mechanism: str, qk: float, ov: float, bias_var: Optional[float] = None,

@@ -13,6 +13,8 @@ from .state import ACTIVATED, GAUSSIAN, INPUT, diagonal, layout
 class Nonlinearity(Layer):
     """An elementwise activation (functional/activations.py holds its dual maps)."""
 
+    nonlinear_in_state = True
+
     def __init__(self, activation: Activation):
         self.activation = activation
 
@@ -21,9 +23,8 @@ class Nonlinearity(Layer):
             return replace(geometry, law=ACTIVATED)
         if self.on_input:
             return geometry
-        if geometry.law == INPUT:
-            raise ValueError(f"the activation {self.activation!r} acts on the input inside a residual block whose "
-                             "skip path starts at the input: put a Linear or Conv layer before the residual block")
+        if geometry.law == INPUT:  # the input's values are mapped exactly (Network's prefix, or an InputMap)
+            raise RuntimeError(f"the activation {self.activation!r} got the input's values outside an InputMap")
         what = "the output of another activation" if geometry.law == ACTIVATED else geometry.why
         raise ValueError(f"the activation {self.activation!r} acts on {what}, which is neither Gaussian nor a "
                          "fixed function of the input in the infinite-width limit, so its kernel has no closed form "

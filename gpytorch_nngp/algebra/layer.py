@@ -8,6 +8,7 @@ variances, its P x P covariance) says how many axes the record has (`record_axes
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional
 
 import torch
@@ -25,12 +26,19 @@ class Layer:
     tied: Optional[str] = None  # weighted layers: the first use of the module, when the module is used again
     weighted: bool = False  # it multiplies by fresh zero-mean weights (its output is centred and independent)
     linear: bool = False  # a fixed linear map of its input (pooling, flatten, normalization): keeps centring
+    nonlinear_in_state: bool = False  # its map of the pair state is not linear (activations, normalization, ...)
     input: Geometry
     output: Geometry
 
     def build(self, geometry: Geometry) -> Geometry:
         self.input = geometry
+        if geometry.random and self.nonlinear_in_state and not self.on_input:
+            raise ValueError(f"{self.describe()} acts on values whose kernel is random in the infinite-width limit "
+                             f"({geometry.random}), so it has no closed-form kernel here: only linear layers "
+                             "(Linear/Conv, pooling, flatten, sums) may follow such a block")
         self.output = self._output(geometry)
+        if geometry.random and not self.output.random:
+            self.output = replace(self.output, random=geometry.random)
         return self.output
 
     def _output(self, geometry: Geometry) -> Geometry:

@@ -11,25 +11,33 @@ import torch
 
 from ..functional.activations import Activation, Numerical, compose
 from ..functional.workspace import Workspace
-from .branches import Parallel
+from .branches import InputMap, Parallel, Residual
 from .elementwise import Nonlinearity
 from .flat import FlatProgram
 from .graph import Aggregate
 from .layer import Layer, build_one, needs_full, walk
 from .linear import Dense
 from .pooling import Flatten, ToDiagonal
-from .state import INPUT, Context, Geometry, PairState, Records
+from .state import INPUT, Context, Geometry, PairState, Records, pair_gram
 
 
 def _simplify(layers: List[Layer]) -> List[Layer]:
     """The layers with consecutive activations composed into one and activations moved before a flatten (also in
-    residual branches); see Network."""
+    branches); an activation before a block whose branches start with activations moved into every branch, and an
+    activation after a concatenation moved into every branch (both exact: an elementwise function commutes with
+    fanning out and with concatenating channels); see Network."""
     out: List[Layer] = []
     for layer in layers:
         if isinstance(layer, Parallel):
             layer.branches = [_simplify(branch) for branch in layer.branches]
+            if out and isinstance(out[-1], Nonlinearity) and any(
+                    b and isinstance(b[0], Nonlinearity) for b in layer.branches):
+                layer = _into_branches(out.pop(), layer, first=True)
         if not isinstance(layer, Nonlinearity):
             out.append(layer)
+            continue
+        if out and isinstance(out[-1], Parallel) and out[-1].merge == "concat":
+            out.append(_into_branches(layer, out.pop(), first=False))
             continue
         moved = []
         while out and isinstance(out[-1], Flatten):  # flatten(phi(x)) = phi(flatten(x)), position by position
@@ -43,8 +51,20 @@ def _simplify(layers: List[Layer]) -> List[Layer]:
     return out
 
 
-
-_LETTERS = ("pqr", "PQR")
+def _into_branches(activation: Nonlinearity, block: Parallel, first: bool) -> Parallel:
+    """The block with `activation` at the start (first) or the end of every branch, composed there. A residual
+    block then has a skip path that is no longer the identity: it becomes the sum it is."""
+    if isinstance(block, Residual):
+        merged = Parallel(block.branches, "sum")
+        merged.origin = block.origin
+        block = merged
+    branches = []
+    for branch in block.branches:
+        copy = Nonlinearity(activation.activation)
+        copy.origin = activation.origin
+        branches.append(_simplify([copy] + branch if first else branch + [copy]))
+    block.branches = branches
+    return block
 
 
 class Network:
@@ -91,7 +111,8 @@ class Network:
             raise ValueError(f"input_shape must be (d,), (C, L) or (C, H, W) with positive sizes, got {input_shape!r}")
         self.num_parameters = num_parameters
         layers = _simplify(list(layers))
-        starts = [i for i, layer in enumerate(layers) if layer.weighted or isinstance(layer, Parallel)]
+        starts = [i for i, layer in enumerate(layers) if layer.weighted or isinstance(layer, Parallel)
+                  and not layer.weightless]
         split = starts[0] if starts else len(layers)
         if split == len(layers):
             raise ValueError("the network has no Linear, Conv or residual layer: its output is a fixed function of "
@@ -120,6 +141,8 @@ class Network:
                                  f"{where}: one of its widths is "
                                  "then the data dimension or the output size, which the infinite-width limit cannot "
                                  "send to infinity. Reuse only hidden-to-hidden layers, or give each use a module")
+        # Layers that act on the input's values inside a block on the input: the states then carry the values.
+        self.reads_input = any(isinstance(layer, InputMap) for layer in walk(self.layers))
         self._keys = 0
         for layer in walk(self.layers):
             layer.key = self._keys
@@ -161,20 +184,19 @@ class Network:
         x1 (..., n, F), x2 (..., m, F) with F = C * prod(spatial); lead 2 gives (..., n, m, *pair axes), lead 1
         pairs row k of x1 with row k of x2 (n == m): (..., n, *pair axes).
         """
-        spatial = self.state_shape[1:]
-        nd = len(spatial)
-        geometry = Geometry(spatial, full=bool(spatial) and self.layers[0].input.full)
+        return self._input(x1, x2, lead)[0]
+
+    def _input(self, x1: torch.Tensor, x2: torch.Tensor, lead: int):
+        """(the input state, the two inputs' values where a layer reads them (see reads_input), else None)."""
+        geometry = Geometry(self.state_shape[1:], full=bool(self.state_shape[1:]) and self.layers[0].input.full)
         a, b = self.transform_input(x1), (None if x2 is x1 else self.transform_input(x2))
         b = a if b is None else b
-        s1, s2 = _LETTERS[0][:nd], (_LETTERS[1][:nd] if geometry.full else _LETTERS[0][:nd])
-        out = "".join(p + q for p, q in zip(s1, s2)) if geometry.full else s1
-        if lead == 2:
-            spec = f"...nc{s1},...mc{s2}->...nm{out}"
-        else:
-            spec = f"...nc{s1},...nc{s2}->...n{out}"
-        # Contiguous: layers then see the same memory layout for a kernel matrix and for a diagonal, so that
-        # reductions (flatten, pooling) add in the same order and diag=True is the matrix diagonal to the bit.
-        return (torch.einsum(spec, a, b) / self.channels).contiguous()
+        return pair_gram(a, b, geometry, lead), ((a, b) if self.reads_input else None)
+
+    def _start(self, x1: torch.Tensor, x2: torch.Tensor, lead: int, batch, own=None) -> PairState:
+        """The state a propagation starts from, with its side data (and values where a layer reads them)."""
+        cov, values = self._input(x1, x2, lead)
+        return PairState(cov, lead=lead, own=own, side=self.side(x1, x2, batch), values=values)
 
     def transform_input(self, x: torch.Tensor) -> torch.Tensor:
         """Input points (..., n, F) as per-point tensors (..., n, *state_shape), after the prefix layers."""
@@ -205,7 +227,7 @@ class Network:
         if chunk is not None and n > chunk:
             parts = [self.records(x[..., i:i + chunk, :], weight_var, bias_var) for i in range(0, n, chunk)]
             return {key: torch.cat([p[key] for p in parts], dim=-1 - self._record_axes[key]) for key in parts[0]}
-        state = PairState(self.input_state(x, x, lead=1), lead=1, side=self.side(x, x, weight_var.shape[:-1]))
+        state = self._start(x, x, 1, weight_var.shape[:-1])
         self.propagate(state, Context(weight_var, bias_var, lead=1, ntk=False))
         return state.recorded
 
@@ -217,20 +239,21 @@ class Network:
         start from the same input state as the records did, so that their correlation is 1 to the last bit.
         workspace: buffers for an evaluation without autograd (functional/workspace.py), or None.
         """
-        cov = self.input_state(x1, x2, lead=2)
+        state = self._start(x1, x2, 2, weight_var.shape[:-1], own=records)
+        pairs = None
         if same_points is not None:
             r, c = same_points
             first, last = max(r, c), min(r + x1.shape[-2], c + x2.shape[-2])
             if first < last:
-                rows = torch.arange(first, last, device=cov.device)
+                rows = torch.arange(first, last, device=state.cov.device)
+                pairs = (rows - r, rows - c)
                 nd = self.layers[0].input.axes
                 tail = (slice(None),) * nd
                 own = self.input_state(x1[..., rows - r, :], x1[..., rows - r, :], lead=1)
-                cov = cov.clone() if cov.requires_grad else cov
-                cov[(Ellipsis, rows - r, rows - c) + tail] = own
-        side = self.side(x1, x2, weight_var.shape[:-1])
-        out = self.propagate(PairState(cov, lead=2, own=records, side=side),
-                             Context(weight_var, bias_var, 2, ntk, workspace))
+                cov = state.cov.clone() if state.cov.requires_grad else state.cov
+                cov[(Ellipsis, *pairs) + tail] = own
+                state.cov = cov
+        out = self.propagate(state, Context(weight_var, bias_var, 2, ntk, workspace, self_pairs=pairs))
         return out.theta if ntk else out.cov
 
     def paired(self, x1, x2, weight_var, bias_var, ntk: bool, same_points: bool = False,
@@ -244,12 +267,10 @@ class Network:
         ctx = Context(weight_var, bias_var, lead=1, ntk=ntk)
         batch = weight_var.shape[:-1]
         if same_points:
-            out = self.propagate(PairState(self.input_state(x1, x1, lead=1), lead=1, side=self.side(x1, x1, batch)),
-                                 ctx)
+            out = self.propagate(self._start(x1, x1, 1, batch), ctx)
         else:
             own = (self.records(x1, weight_var, bias_var), self.records(x2, weight_var, bias_var))
-            out = self.propagate(PairState(self.input_state(x1, x2, lead=1), lead=1, own=own,
-                                           side=self.side(x1, x2, batch)), ctx)
+            out = self.propagate(self._start(x1, x2, 1, batch, own=own), ctx)
         return out.theta if ntk else out.cov
 
 

@@ -15,6 +15,8 @@ from .state import GAUSSIAN, diagonal
 class LayerNorm(Layer):
     """torch.nn.LayerNorm over all of a point's features, elementwise_affine=False."""
 
+    nonlinear_in_state = True
+
     linear = True
 
     def __init__(self, eps: float = 1e-5, normalized_shape: Optional[Sequence[int]] = None):

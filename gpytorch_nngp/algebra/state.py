@@ -50,6 +50,11 @@ class Geometry:
     why: for MIXED values, what they are (for error messages).
     pooled_axes: size-1 spatial axes that torch still has after a global average pooling (AdaptiveAvgPool2d(1)
         gives (C, 1, 1)) until a flatten: a Linear there would act on the last of them, not on the channels.
+    random: why the kernel of these values is itself random in the limit ("" when it is a fixed function of the
+        inputs): after a sum or product with weighted branches on the input itself, whose width is the data's
+        (finite), no later layer averages that randomness out. The state is then the kernel's expectation, which
+        layers linear in the state (weighted layers, pooling, sums, concatenations) map exactly and the others
+        (activations, normalization, attention, products) cannot; it stays set up to the output.
     """
 
     spatial: Tuple[int, ...]
@@ -58,6 +63,7 @@ class Geometry:
     channels: Optional[int] = None
     why: str = ""
     pooled_axes: int = 0
+    random: str = ""
 
     @property
     def axes(self) -> int:
@@ -101,18 +107,24 @@ class PairState:
         side: per-input side data of the two inputs (name -> tensor), shared by every state of the propagation.
     """
 
-    __slots__ = ("cov", "theta", "lead", "own", "recorded", "side")
+    __slots__ = ("cov", "theta", "lead", "own", "recorded", "side", "values")
 
     def __init__(self, cov: torch.Tensor, theta: Optional[torch.Tensor] = None, *, lead: int,
                  own: Optional[Tuple[Records, Records]] = None, recorded: Optional[Records] = None,
-                 side: Tuple[dict, dict] = ({}, {})):
+                 side: Tuple[dict, dict] = ({}, {}), values: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
         self.cov, self.theta, self.lead = cov, theta, lead
         self.own, self.side = own, side
         self.recorded = ({} if recorded is None else recorded) if own is None else None
+        # While the values are a fixed function of the input (law INPUT, before any weighted layer): the two inputs'
+        # per-point values themselves, (..., n, C, *spatial) each, for layers that act on them exactly (InputMap).
+        self.values = values
 
-    def with_(self, cov: torch.Tensor, theta: Optional[torch.Tensor]) -> PairState:
-        """A state of the same pair with new values (the records and side data are shared)."""
-        return PairState(cov, theta, lead=self.lead, own=self.own, recorded=self.recorded, side=self.side)
+    def with_(self, cov: torch.Tensor, theta: Optional[torch.Tensor],
+              values: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> PairState:
+        """A state of the same pair with new values (the records and side data are shared); `values` only where the
+        new state is still a fixed function of the input."""
+        return PairState(cov, theta, lead=self.lead, own=self.own, recorded=self.recorded, side=self.side,
+                         values=values)
 
     def records(self, key: int, compute: Callable[[torch.Tensor], torch.Tensor], axes: int):
         """Layer `key`'s records of the two inputs, shaped to broadcast against the state's point axes.
@@ -131,6 +143,24 @@ class PairState:
         return r1, r2
 
 
+_LETTERS = ("pqr", "PQR")
+
+
+def pair_gram(a: torch.Tensor, b: torch.Tensor, geometry: Geometry, lead: int) -> torch.Tensor:
+    """The state of values that are a fixed function of the input: <a_i, b_j> / C per position pair (i, j).
+
+    a (..., n, C, *spatial) and b (..., m, C, *spatial) per-point values; lead 2 gives (..., n, m, *pair axes),
+    lead 1 pairs row k of a with row k of b (n == m): (..., n, *pair axes); the pair axes are geometry's (full or
+    diagonal)."""
+    nd = len(geometry.spatial)
+    s1, s2 = _LETTERS[0][:nd], (_LETTERS[1][:nd] if geometry.full else _LETTERS[0][:nd])
+    out = "".join(p + q for p, q in zip(s1, s2)) if geometry.full else s1
+    spec = f"...nc{s1},...mc{s2}->...nm{out}" if lead == 2 else f"...nc{s1},...nc{s2}->...n{out}"
+    # Contiguous: layers then see the same memory layout for a kernel matrix and for a diagonal, so that
+    # reductions (flatten, pooling) add in the same order and diag=True is the matrix diagonal to the bit.
+    return (torch.einsum(spec, a, b) / a.shape[-1 - nd]).contiguous()
+
+
 class Context:
     """What a propagation needs besides the state: the variances, whether the NTK is wanted, and the workspace.
 
@@ -138,13 +168,18 @@ class Context:
     lead: point axes of the states (2 for a matrix, 1 for paired inputs).
     workspace: a Workspace for an evaluation without autograd (layers may then update their own intermediates in
         place and recycle buffers), or None with autograd.
+    self_pairs: see __init__.
     """
 
     def __init__(self, weight_var: torch.Tensor, bias_var: torch.Tensor, lead: int, ntk: bool,
-                 workspace: Optional[Workspace] = None):
+                 workspace: Optional[Workspace] = None, self_pairs: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
         self.weight_var, self.bias_var = weight_var, bias_var
         self.lead, self.ntk = lead, ntk
         self.workspace = workspace
+        # For a matrix of two slices of one point set: (rows, columns) of its entries of a point with itself, which
+        # states made from the input's values take from the paired (lead 1) computation, as the input state does,
+        # so that diag=True is the matrix diagonal to the bit.
+        self.self_pairs = self_pairs
 
     @property
     def inplace(self) -> bool:

@@ -157,7 +157,8 @@ class NetworkKernel(Kernel):
         holds the variances the user wrote, not their float32 roundings (see _apply)."""
         raw = getattr(self, f"raw_{name}")
         exact = value.detach().to(device=raw.device, dtype=torch.float64)
-        value = value.to(raw).expand(raw.shape) if value.numel() == 1 else value.to(raw).view(raw.shape)
+        value = value.to(raw)
+        value = value.view(raw.shape) if value.numel() == raw.numel() else value.expand(raw.shape)
         self.initialize(**{f"raw_{name}": getattr(self, f"raw_{name}_constraint").inverse_transform(value)})
         if "_asked" not in vars(self):
             self._asked = {}

@@ -63,6 +63,14 @@ ARCHITECTURES = {
                                     ("gap",), ("dense",)], 1.7, 0.2),
     "conv_transpose_k1": (IMAGE, [CONV, ("conv_transpose", 1, 2, "valid"), ("act", "erf"), ("flatten",), ("dense",)],
                           1.3, 0.2),
+    # Branches that end in activations, concatenated: a weighted layer after the concatenation has independent
+    # weights per channel, so their correlation never enters (once refused).
+    "concat_activated": (IMAGE, [CONV, RELU, ("parallel", "concat", [[CONV, RELU], [("conv", 1, 1, "same"),
+                                                                                   ("act", "erf")]]),
+                                 ("gap",), ("dense",)], 1.6, 0.15),
+    # A product of branches that each start with their own weights: independent outputs (once refused).
+    "prod_independent": (SEQUENCE, [CONV, RELU, ("parallel", "prod", [[CONV, RELU], [CONV, ("act", "erf")]]),
+                                    ("flatten",), ("dense",)], 1.4, 0.1),
     "parallel_three": (SEQUENCE, [CONV, ("parallel", "sum", [[], [RELU, CONV], [("act", "erf"), CONV]]), RELU,
                                   ("gap",), ("dense",)], 1.4, 0.1),
 }
