@@ -13,6 +13,11 @@ solver="eigh" (dense kernel; neural-tangents' two calls, finite times then t=Non
 --ours-only sizes get two rows of ours alone: solver="krylov" as above, and its means (no covariance) at 1,000 test
 points. The table gives seconds, peak memory
 and ours / neural-tangents time, and the largest difference of our means from neural-tangents'.
+
+--loop adds the pattern neural-tangents users write, one call per time (`for t in times: predict_fn(t=t, ...)`,
+infinity as t=None), for neural-tangents and both of our solvers; their ratio column is against neural-tangents'
+loop. neural-tangents caches its eigendecompositions between calls, ours its decompositions (eigh) or its Lanczos
+runs (krylov), so a loop should cost about what one call with every time costs.
 """
 import argparse
 import json
@@ -37,7 +42,7 @@ def data(n, tests=TESTS):
     return x[:n], x[n:], y
 
 
-def run_nt(n):
+def run_nt(n, loop=False):
     import jax
 
     jax.config.update("jax_enable_x64", True)
@@ -50,15 +55,22 @@ def run_nt(n):
     x, x_test, y = data(n)
     start = time.perf_counter()
     fn = predict.gradient_descent_mse_ensemble(kernel_fn, x, y, diag_reg=REG)
-    finite = fn(t=np.array(TIMES), x_test=x_test, get=("nngp", "ntk"), compute_cov=True)
+    if loop:
+        each = [fn(t=t, x_test=x_test, get=("nngp", "ntk"), compute_cov=True) for t in TIMES]
+        jax.block_until_ready(each)
+        finite_mean = np.stack([np.asarray(e.ntk.mean) for e in each])
+    else:
+        finite = fn(t=np.array(TIMES), x_test=x_test, get=("nngp", "ntk"), compute_cov=True)
+        jax.block_until_ready(finite)
+        finite_mean = np.asarray(finite.ntk.mean)
     infinite = fn(t=None, x_test=x_test, get=("nngp", "ntk"), compute_cov=True)
-    jax.block_until_ready((finite, infinite))
+    jax.block_until_ready(infinite)
     seconds = time.perf_counter() - start
-    return seconds, {"finite_ntk_mean": np.asarray(finite.ntk.mean).tolist(),
+    return seconds, {"finite_ntk_mean": finite_mean.tolist(),
                      "infinite_ntk_mean": np.asarray(infinite.ntk.mean).tolist()}
 
 
-def run_ours(n, kind):
+def run_ours(n, kind, loop=False):
     import torch
 
     from gpytorch_nngp import NTKKernel
@@ -71,7 +83,10 @@ def run_ours(n, kind):
     kernel.weight_var, kernel.bias_var = WV, BV
     start = time.perf_counter()
     fn = gradient_descent_mse_ensemble(kernel, x, y, diag_reg=REG, solver=solver)
-    if solver == "eigh":  # as neural-tangents: finite times, then t=None by Cholesky
+    if loop:  # one call per time, infinity last, as in a neural-tangents loop
+        each = [fn(t=t, x_test=x_test, get=("nngp", "ntk"), compute_cov=True) for t in TIMES + [None]]
+        means = torch.stack([e.ntk.mean for e in each[:-1]]), each[-1].ntk.mean
+    elif solver == "eigh":  # as neural-tangents: finite times, then t=None by Cholesky
         finite = fn(t=TIMES, x_test=x_test, get=("nngp", "ntk"), compute_cov=True)
         infinite = fn(t=None, x_test=x_test, get=("nngp", "ntk"), compute_cov=True)
         means = finite.ntk.mean, infinite.ntk.mean
@@ -86,7 +101,8 @@ def run_ours(n, kind):
 
 
 def row(kind, n):
-    seconds, extra = run_nt(n) if kind == "nt" else run_ours(n, kind)
+    base, loop = kind.removesuffix("-loop"), kind.endswith("-loop")
+    seconds, extra = run_nt(n, loop) if base == "nt" else run_ours(n, base, loop)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB -> GiB
     print(json.dumps({"kind": kind, "n": n, "seconds": seconds, "peak_gb": peak, **extra}))
 
@@ -107,9 +123,11 @@ def main():
                         help=f"sizes for our Krylov rows alone (with covariances, and means only at {MEAN_ONLY_TESTS} "
                              "test points)")
     parser.add_argument("--no-krylov", action="store_true", help="leave our Krylov row out of the --sizes rows")
+    parser.add_argument("--loop", action="store_true", help="add the one-call-per-time rows (see above)")
     parser.add_argument("--nt-python", default=os.path.join(os.path.dirname(os.path.dirname(
         os.path.abspath(__file__))), ".venv-nt", "bin", "python"), help="a Python with neural-tangents 0.6.5")
-    parser.add_argument("--row", choices=("nt", "eigh", "krylov", "krylov-mean"), help=argparse.SUPPRESS)
+    parser.add_argument("--row", choices=("nt", "eigh", "krylov", "krylov-mean", "nt-loop", "eigh-loop",
+                                          "krylov-loop"), help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.row:
@@ -121,11 +139,14 @@ def main():
         rows = [] if n in args.ours_only else [spawn(args.nt_python, "nt", n)]
         ours = ("krylov", "krylov-mean") if n in args.ours_only else ("eigh",) if args.no_krylov else ("eigh", "krylov")
         rows += [spawn(sys.executable, kind, n) for kind in ours]
-        reference = rows[0] if rows and rows[0]["kind"] == "nt" and "error" not in rows[0] else None
+        if args.loop and n not in args.ours_only:
+            rows += [spawn(args.nt_python, "nt-loop", n)] + [spawn(sys.executable, f"{kind}-loop", n) for kind in ours]
+        references = {r["kind"]: r for r in rows if r["kind"] in ("nt", "nt-loop") and "error" not in r}
         for r in rows:
             if "error" in r:
                 print(f"{n:6d} {r['kind']:>20s} failed: {r['error']}")
                 continue
+            reference = references.get("nt-loop" if r["kind"].endswith("-loop") else "nt")
             ratio = f"{r['seconds'] / reference['seconds']:9.2f}" if reference else f"{'':>9s}"
             diff = ""
             if reference and r is not reference:
@@ -133,7 +154,8 @@ def main():
                            for key in ("finite_ntk_mean", "infinite_ntk_mean"))
                 diff = f"{diff:10.1e}"
             label = {"nt": "neural-tangents", "eigh": "ours, eigh", "krylov": "ours, krylov",
-                     "krylov-mean": "ours, krylov, means"}[r["kind"]]
+                     "krylov-mean": "ours, krylov, means", "nt-loop": "neural-tangents, loop",
+                     "eigh-loop": "ours, eigh, loop", "krylov-loop": "ours, krylov, loop"}[r["kind"]]
             steps = r.get("lanczos_steps") or ""
             print(f"{n:6d} {label:>20s} {r['seconds']:9.2f} {r['peak_gb']:8.2f} {ratio} {diff:>10s} {steps:>6}")
 

@@ -497,9 +497,11 @@ class _KrylovRun:
         padded = torch.nn.functional.pad(previous, (0, 0, 0, watched.shape[1] - previous.shape[1]))
         return (watched - padded).norm(dim=1) / watched.norm(dim=1).clamp_min(self.eps)
 
-    def solve(self, times, forms: bool = False, max_steps: Optional[int] = None) -> torch.Tensor:
+    def solve(self, times, forms: bool = False, max_steps: Optional[int] = None,
+              tol: Optional[float] = None) -> torch.Tensor:
         """(T, n, c): phi_t(A) V for times (T, 1), extending the space until the result changes by less than tol
-        between checks (for every time and column), or the space is exhausted."""
+        (the run's own by default) between checks, for every time and column, or the space is exhausted."""
+        tol = self.tol if tol is None else max(tol, 100 * self.eps)
         n, c = self.v.shape
         if not self.blocks:
             return self.v.new_zeros(times.shape[0], n, c)
@@ -526,7 +528,7 @@ class _KrylovRun:
                 steps_since, last_dim = 0, self.dim
                 watched = self._watched(coefficients, forms)
                 if previous is not None:
-                    last = last or bool((self._change(watched, previous, forms) <= self.tol).all())
+                    last = last or bool((self._change(watched, previous, forms) <= tol).all())
                 previous, first = watched, False
             if last:
                 break
@@ -574,12 +576,13 @@ class _Krylov:
         self.steps_used = 0  # the most block steps a run needed, for reports
         self.runs = {}  # key -> list of kept _KrylovRun (one per column group)
 
-    def phi(self, times, v, forms: bool = False, key=None):
+    def phi(self, times, v, forms: bool = False, key=None, tol: Optional[float] = None):
         """(T, n, c): phi_t(A) v for times (T, 1) and v (n, c); columns in groups whose basis fits memory_bytes
         (assuming 32 block steps; the basis grows past that if a run needs it). forms=True stops on the forms
         v^T phi_t(A) v instead of the vectors (Gauss quadrature: they converge about twice as fast), for callers
         that use the result only through products with kernels that share A's leading eigenvectors. key: keep the
-        runs under this name for a later call with the same columns."""
+        runs under this name for a later call with the same columns. tol: this request's tolerance (default the
+        solver's)."""
         group = max(1, self.memory_bytes // (8 * self.n * 32))
         kept = self.runs.get((key, forms)) if key is not None else None
         starts = range(0, v.shape[-1], group)
@@ -587,7 +590,7 @@ class _Krylov:
                 run.v.shape == v[:, s:s + group].shape and torch.equal(run.v, v[:, s:s + group])
                 for run, s in zip(kept, starts)):
             kept = [self._new_run(v[:, s:s + group]) for s in starts]
-        out = torch.cat([run.solve(times, forms, self.max_steps) for run in kept], dim=-1) if kept else \
+        out = torch.cat([run.solve(times, forms, self.max_steps, tol) for run in kept], dim=-1) if kept else \
             v.new_zeros(times.shape[0], self.n, 0)
         self.steps_used = max([self.steps_used] + [run.steps for run in kept])
         if key is not None:
@@ -1002,14 +1005,14 @@ def _krylov_ensemble(kernel, available, x_train, y_train, learning_rate, diag_re
             operators[g] = _operator(kernel, g, x_train)
         return operators[g]
 
-    def phi(g, times, v, forms=False, key=None):
+    def phi(g, times, v, forms=False, key=None, run_tol=None):
         if g not in solvers:
             with _as_kind(kernel, g) as k:
                 scale = diag_reg if absolute else diag_reg * k(x_train, diag=True).mean().item()
             solvers[g] = _Krylov(lambda u, g=g, scale=scale: train_operator(g) @ u + scale * u, n, y_train.numel(),
                                  tol=tol, keep_bytes=keep)
         with torch.no_grad():
-            return solvers[g].phi(times, v, forms, key)
+            return solvers[g].phi(times, v, forms, key, run_tol)
 
     def cross(g, x_test):
         """(m, n) test-train kernel as a dense matrix, block by block."""
@@ -1050,8 +1053,11 @@ def _krylov_ensemble(kernel, available, x_train, y_train, learning_rate, diag_re
                 run_times = torch.cat([times, 2 * times]) if g == "nngp" else times
                 # The NNGP's covariance is a quadratic form of phi(K), judged as one (Gauss quadrature converges
                 # about twice as fast); the NTK's multiplies phi(Theta) Theta_X* by the NNGP's matrix, which forms of
-                # Theta do not control (a single finite time was 2e-6 off with them), so its run watches the vectors.
-                result = phi(g, run_times, torch.cat([y_train, crosses[g]], dim=-1), forms=g == "nngp", key="cov")
+                # Theta do not control (a single finite time was 2e-6 off with them), so its run watches the
+                # vectors, to sqrt(tol): the covariance's error is about the square of theirs (see docs/design.md).
+                columns = torch.cat([y_train, crosses[g]], dim=-1)
+                result = phi(g, run_times, columns, forms=g == "nngp", key="cov",
+                             run_tol=None if g == "nngp" else math.sqrt(tol))
                 moved, spread_by = result[:count, :, :k], result[-count:, :, k:]  # (T, n, k), (T, n, m)
             else:
                 moved = phi(g, times, y_train, key="mean")  # (T, n, k)

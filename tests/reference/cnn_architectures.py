@@ -71,6 +71,9 @@ ARCHITECTURES = {
     # A product of branches that each start with their own weights: independent outputs (once refused).
     "prod_independent": (SEQUENCE, [CONV, RELU, ("parallel", "prod", [[CONV, RELU], [CONV, ("act", "erf")]]),
                                     ("flatten",), ("dense",)], 1.4, 0.1),
+    # neural-tangents' SAME with an even kernel at stride 1 pads the extra position at the end, as torch's "same".
+    "same_even_kernel": (SEQUENCE, [("conv", 2, 1, "same"), RELU, ("conv", 4, 1, "same"), ("act", "erf"),
+                                    ("flatten",), ("dense",)], 1.5, 0.1),
     "parallel_three": (SEQUENCE, [CONV, ("parallel", "sum", [[], [RELU, CONV], [("act", "erf"), CONV]]), RELU,
                                   ("gap",), ("dense",)], 1.4, 0.1),
 }
