@@ -30,7 +30,7 @@ SECTIONS = [
      "(``python -m gpytorch_nngp.experiments``)."),
     ("Layer algebra", "gpytorch_nngp.algebra", None, "The infinite-width maps of the layers, for adding a layer "
      "(:doc:`design`, \"Adding a layer\")."),
-    ("Functional", "gpytorch_nngp.functional", None, "Pure tensor functions of the fully connected kernel."),
+    ("Functional", "gpytorch_nngp.functional", None, "Pure tensor math below the layers."),
     ("Warnings", "gpytorch_nngp.warnings", None, "Warnings the library raises."),
 ]
 

@@ -7,8 +7,8 @@ from torch import nn
 
 from gpytorch_nngp import ArchitectureKernel, Elementwise, NNGPKernel, NTKKernel, Parallel, Residual, SelfAttention
 from gpytorch_nngp.backends import NetworkKernelOperator
-from gpytorch_nngp.backends.architecture import NetworkEvaluator, architecture_matrix
-from gpytorch_nngp.kernels.from_module import network_from_module
+from gpytorch_nngp.backends.tiling import NetworkEvaluator, architecture_matrix
+from gpytorch_nngp.frontend.translate import network_from_module
 
 
 def pooled():

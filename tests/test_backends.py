@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gpytorch_nngp import NNGPKernel, NTKKernel, activations, backends
-from gpytorch_nngp.backends import evaluators, lazy, memory_budget
+from gpytorch_nngp.backends import evaluators, lazy, memory_budget, shared_cache
 
 
 @pytest.fixture
@@ -251,7 +251,7 @@ def test_marginal_likelihood_step_evaluates_the_matrix_once(evaluations):
     assert [(start, stop) for *_, start, stop in evaluations] == [(0, 300)]
     assert model.cov.base_kernel.raw_weight_var.grad is not None
     del loss
-    assert not lazy._SHARED_DENSE
+    assert shared_cache.entries() == 0
 
 
 @pytest.mark.parametrize("cls, act", [(NNGPKernel, "relu"), (NTKKernel, "relu"), (NTKKernel, "erf")],
@@ -286,7 +286,7 @@ def test_symmetric_operator_evaluates_the_upper_triangle(cls, act, small_blocks)
     reference = cls(3, act, backend="dense").double()
     reference.weight_var, reference.bias_var = 1.7, 0.2
     wv, bv = reference.weight_var.detach().requires_grad_(True), reference.bias_var.detach().requires_grad_(True)
-    from gpytorch_nngp.functional.recursion import fully_connected_recursion, input_grams
+    from gpytorch_nngp.algebra.mlp import fully_connected_recursion, input_grams
 
     kk, theta = fully_connected_recursion(*input_grams(x, x, True), 3, reference.activation, wv, bv, ntk=k._ntk,
                                           symmetric=True)
@@ -367,7 +367,7 @@ def test_symmetric_cache_keeps_only_the_upper_triangle(small_blocks):
     with torch.no_grad(), memory_budget(cache_bytes=2 ** 30):
         product = op @ rhs
         cache = op._dense_no_grad()
-        assert isinstance(cache, lazy.CachedBlocks)
+        assert isinstance(cache, shared_cache.CachedBlocks)
         kept = sum(block.numel() for *_, block in cache)
         assert kept < 0.7 * 40 * 40, f"{kept} entries kept for a 40 x 40 matrix"
         matrix = op.to_dense()

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from gpytorch_nngp import Aggregate, GraphInputs, GraphNetwork, NNGPKernel, NTKKernel
-from gpytorch_nngp.backends.architecture import architecture_matrix
+from gpytorch_nngp.backends.tiling import architecture_matrix
 from gpytorch_nngp.graphs import adjacency_from_edges, check_adjacency, from_pyg, normalized_adjacency
 
 C, V = 2, 5

@@ -13,8 +13,8 @@ from keops_stand_in import TorchLazyTensor
 
 from gpytorch_nngp import NNGPKernel, NTKKernel, activations, backends
 from gpytorch_nngp.activations import ReLU
+from gpytorch_nngp.algebra.mlp import fully_connected_recursion, input_grams
 from gpytorch_nngp.backends import keops
-from gpytorch_nngp.functional.recursion import fully_connected_recursion, input_grams
 
 FORMULAS = ["relu", activations.LeakyReLU(0.2), activations.ABReLU(-0.3, 1.2), "abs", "identity", "erf", "sign"]
 compiled = pytest.mark.skipif(not backends.KEOPS_AVAILABLE, reason="pykeops not importable")

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from gpytorch_nngp import Aggregate, NNGPKernel, NTKKernel, Parallel, Residual, SelfAttention, algebra
-from gpytorch_nngp.backends.architecture import architecture_matrix
+from gpytorch_nngp.backends.tiling import architecture_matrix
 from gpytorch_nngp.graphs import normalized_adjacency
 
 
@@ -153,7 +153,7 @@ def test_points_in_chunks(name):
     """Own states (records, the diagonal) are propagated a few points at a time under a small memory budget (a
     point's state holds P^2 numbers below pooling): the same kernel, and diag=True still the matrix diagonal."""
     from gpytorch_nngp.backends import memory_budget
-    from gpytorch_nngp.backends.architecture import points_per_chunk
+    from gpytorch_nngp.backends.tiling import points_per_chunk
 
     k, shape = kernel(name, NNGPKernel)
     x = points(shape, 7, seed=3)

@@ -12,9 +12,9 @@ from torch import nn
 
 from gpytorch_nngp import ArchitectureKernel, Elementwise, NNGPKernel, NTKKernel
 from gpytorch_nngp.algebra import Conv, Dense, FlatProgram, Nonlinearity, mlp_program
+from gpytorch_nngp.algebra.mlp import input_grams
+from gpytorch_nngp.frontend.translate import network_from_module
 from gpytorch_nngp.functional.activations import NAMES, ABReLU, Numerical, get_activation
-from gpytorch_nngp.functional.recursion import input_grams
-from gpytorch_nngp.kernels.from_module import network_from_module
 
 ACTIVATIONS = {name: (lambda name=name: get_activation(name)) for name in NAMES}
 ACTIVATIONS["abrelu_-0.3_1.2"] = lambda: ABReLU(-0.3, 1.2)

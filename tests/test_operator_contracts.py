@@ -10,11 +10,11 @@ from linear_operator.test.linear_operator_test_case import LinearOperatorTestCas
 from test_dnn2gp import autograd_jacobian
 
 from gpytorch_nngp.activations import Erf, ReLU
+from gpytorch_nngp.algebra.mlp import fully_connected_recursion, input_grams
 from gpytorch_nngp.backends import DeviceSharding, FullyConnectedEvaluator, keops, memory_budget
 from gpytorch_nngp.backends.keops import KeOpsNetworkKernelOperator
 from gpytorch_nngp.backends.lazy import NetworkKernelOperator
 from gpytorch_nngp.dnn2gp import FiniteNTKOperator, LinearizedNetwork
-from gpytorch_nngp.functional.recursion import fully_connected_recursion, input_grams
 
 
 def dense_network_kernel(op):

@@ -32,7 +32,7 @@ MECHANISMS = {
 
 
 class SelfAttention(Layer):
-    """The kernel map of gpytorch_nngp.SelfAttention (modules.py), whose variances are fixed by the module.
+    """The kernel map of gpytorch_nngp.SelfAttention (frontend/attention.py), whose variances are fixed by the module.
 
     Args:
         mechanism: "softmax", "identity", "abs" or "relu".

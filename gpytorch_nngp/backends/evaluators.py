@@ -4,7 +4,7 @@
 evaluator says how to compute that kernel's entries: rows of the matrix, the rows a block may hold, the diagonal,
 scattered entries, and optionally a faster derivative wrt the variances. Two evaluators exist: this module's
 `FullyConnectedEvaluator` (the fully connected recursion, with its input Gram and forward-mode fast paths) and
-`NetworkEvaluator` (backends/architecture.py: any architecture of the layer algebra, in tiles).
+`NetworkEvaluator` (backends/tiling.py: any architecture of the layer algebra, in tiles).
 """
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from typing import Tuple
 
 import torch
 
+from ..algebra.mlp import fully_connected_recursion, input_grams, paired_kernel
 from ..algebra.network import mlp_program
 from ..functional.activations import Activation
-from ..functional.recursion import fully_connected_recursion, input_grams, paired_kernel
 from . import budget
 
 

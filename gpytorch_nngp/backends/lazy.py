@@ -19,14 +19,13 @@ hundreds of GB. Here the kernel matrix is evaluated in blocks of rows without au
 """
 from __future__ import annotations
 
-import weakref
 from typing import Optional, Tuple
 
 import torch
 from linear_operator.operators import LinearOperator
 
 from ..functional.workspace import Workspace
-from . import budget
+from . import budget, shared_cache
 from .distributed import RowSharding
 from .evaluators import Evaluator
 
@@ -138,17 +137,17 @@ class NetworkKernelOperator(LinearOperator):
 
     def _dense_no_grad(self):
         """The matrix without autograd, kept while it fits in the cache budget (else None): the full (..., n, m)
-        tensor, or CachedBlocks (see _keeps_blocks and _local_blocks)."""
+        tensor, or shared_cache.CachedBlocks (see _keeps_blocks and _local_blocks)."""
         if self._dense_cache is None and self._cache_fits():
-            self._dense_cache = _shared_dense(self)
+            self._dense_cache = shared_cache.find(self)
             if self._dense_cache is None:
                 self._dense_cache = self._evaluate_cache()
-                _share_dense(self, self._dense_cache)
+                shared_cache.keep(self, self._dense_cache)
         return self._dense_cache
 
     def _evaluate_cache(self):
         if self._keeps_blocks():
-            return CachedBlocks(self._evaluate_blocks(keep=True))
+            return shared_cache.CachedBlocks(self._evaluate_blocks(keep=True))
         out = torch.empty(self.shape, dtype=self.x1.dtype, device=self.x1.device)
         for start, stop, col, _, block in self._evaluate_blocks():
             out[..., start:stop, col:] = block
@@ -219,7 +218,7 @@ class NetworkKernelOperator(LinearOperator):
         if self.sharding is not None:
             return self._sharded_matmul(rhs)
         dense = self._dense_no_grad()
-        if dense is not None and not isinstance(dense, CachedBlocks):
+        if dense is not None and not isinstance(dense, shared_cache.CachedBlocks):
             return dense @ rhs
         out = rhs.new_zeros(*torch.broadcast_shapes(self._batch(), rhs.shape[:-2]), self.x1.shape[-2], rhs.shape[-1])
         for start, stop, col, _, block in (dense if dense is not None else self._evaluate_blocks()):
@@ -282,7 +281,7 @@ class NetworkKernelOperator(LinearOperator):
         if not torch.is_grad_enabled() or not any(
                 t.requires_grad for t in (self.x1, self.x2, self.weight_var, self.bias_var)):
             dense = self._dense_no_grad()
-            if isinstance(dense, CachedBlocks):
+            if isinstance(dense, shared_cache.CachedBlocks):
                 return self._assemble(dense).expand(self.shape)
             if dense is not None:
                 return dense
@@ -309,61 +308,6 @@ class NetworkKernelOperator(LinearOperator):
             return LinearOperator._expand_batch(self, batch_shape)
         x1 = self.x1.expand(*batch_shape, *self.x1.shape[-2:])
         return self._like(x1, None if self.symmetric else self.x2.expand(*batch_shape, *self.x2.shape[-2:]))
-
-
-# linear_operator's autograd functions rebuild an operator from its representation (the same tensors) in their
-# backward pass; the rebuilt one finds the matrix its original evaluated instead of evaluating it again (2.6 s of a
-# 16 s marginal-likelihood step at n = 10,000). So does any later operator on equal points with equal variances while
-# that matrix is alive. That matters for an ExactGP's predictions right after a training step: the step's `loss`
-# keeps its operator alive (linear_operator's backward keeps the preconditioner, which holds it), and the predictions'
-# operator comes with new variance tensors of equal values. Without the match a 10 GB matrix at n = 50,000 would be
-# held twice. An entry keeps its matrix while the tensors of the operator that made it live (the rebuilt operator
-# needs it after the original is gone), then lets it go with the last operator that holds it. It matches points of
-# equal values (the same tensors, or torch.equal to them) and variances of equal values.
-_SHARED_DENSE: dict = {}
-_VARIANCES = (1, 2)  # the positions of weight_var and bias_var in both operators' representations
-
-
-class CachedBlocks(list):
-    """Cached blocks (start, stop, col_start, part index, block): a list that can be weakly referenced."""
-
-
-def _points(op):
-    return [a for i, a in enumerate(op._args) if i not in _VARIANCES]
-
-
-def _dense_key(op):
-    points = tuple((tuple(a.shape), a.dtype, a.device, a.detach().sum().item()) for a in _points(op))
-    variances = tuple((tuple(op._args[i].shape), tuple(op._args[i].detach().reshape(-1).tolist())) for i in _VARIANCES)
-    return (type(op), points, variances, op.symmetric, op._kwargs["evaluator"].key(), id(op._kwargs.get("sharding")))
-
-
-def _shared_dense(op):
-    entry = _SHARED_DENSE.get(_dense_key(op))
-    dense = None if entry is None else (entry["strong"] if entry["strong"] is not None else entry["weak"]())
-    if dense is None:
-        return None
-    for ref, a in zip(entry["points"], _points(op)):
-        kept = ref()
-        if kept is None or not (kept is a or torch.equal(kept, a)):
-            return None
-    return dense
-
-
-def _share_dense(op, dense) -> None:
-    key = _dense_key(op)
-
-    def forget(_ref, key=key):
-        if key in _SHARED_DENSE and _SHARED_DENSE[key]["weak"] is _ref:
-            del _SHARED_DENSE[key]
-
-    entry = {"strong": dense, "weak": weakref.ref(dense, forget), "points": [weakref.ref(a) for a in _points(op)]}
-
-    def release(_ref, entry=entry):  # the maker's tensors are gone: keep the matrix only while operators hold it
-        entry["strong"] = None
-
-    entry["lifetime"] = [weakref.ref(a, release) for a in op._args]
-    _SHARED_DENSE[key] = entry
 
 
 class _BlockwiseMatmul(torch.autograd.Function):

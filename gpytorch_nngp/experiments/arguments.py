@@ -5,7 +5,8 @@ import argparse
 
 import torch
 
-from .. import Elementwise, NNGPKernel, NTKKernel
+from ..frontend import Elementwise
+from ..kernels import NNGPKernel, NTKKernel
 from ..models import DATASETS
 
 

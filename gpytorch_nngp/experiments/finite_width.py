@@ -17,8 +17,8 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from .. import NNGPKernel
 from ..dnn2gp import LinearizedNetwork
+from ..kernels import NNGPKernel
 from ..models import ExactNNGPClassifier, load_dataset, shifted_one_hot
 from .arguments import add_data_arguments, add_network_arguments, add_progress_argument, positive_float, positive_int
 

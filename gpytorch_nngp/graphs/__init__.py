@@ -1,6 +1,6 @@
 """Graphs: adjacency helpers and the packing of whole graphs into GPyTorch's (n, d) inputs.
 
-The aggregation layer itself is `gpytorch_nngp.Aggregate` (a torch module, modules.py) and its kernel map
+The aggregation layer itself is `gpytorch_nngp.Aggregate` (a torch module, frontend/graph_modules.py) and its kernel map
 `algebra/graph.py`; the kernel over the nodes of one graph is `gpytorch_nngp.GraphNodeKernel`.
 """
 from .adjacency import adjacency_from_edges, check_adjacency, from_pyg, normalized_adjacency

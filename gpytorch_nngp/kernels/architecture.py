@@ -11,9 +11,8 @@ from gpytorch.priors import Prior
 from .._validation import check_call, check_finite_kernel, check_inputs, one_point_set
 from ..algebra import Network
 from ..backends import NetworkKernelOperator, check_backend, make_sharding, resolve_backend
-from ..backends.architecture import NetworkEvaluator, architecture_matrix, paired
+from ..backends.tiling import NetworkEvaluator, architecture_matrix, paired
 from .base import NetworkKernel
-from .from_module import network_from_module
 
 BACKENDS = ("auto", "dense", "lazy", "distributed")
 
@@ -69,6 +68,8 @@ class ArchitectureKernel(NetworkKernel):
                     weight_var=2.0, bias_var=0.1, per_layer: bool = False, **kwargs) -> ArchitectureKernel:
         """The kernel of `module`'s infinite-width limit, for inputs of `input_shape` ((d,), (C, L) or (C, H, W)).
         per_layer: one learnable (weight_var, bias_var) per Linear/Conv layer. See NNGPKernel.from_module."""
+        from ..frontend.translate import network_from_module  # the front end sits above the kernels
+
         return cls(network_from_module(module, input_shape, per_layer), ntk, weight_var, bias_var, **kwargs)
 
     def __call__(self, x1, x2=None, diag=False, last_dim_is_batch=False, **params):

@@ -8,6 +8,7 @@ from gpytorch.constraints import Interval
 from gpytorch.priors import Prior
 
 from .._validation import check_call, check_depth, check_finite_kernel, check_inputs, one_point_set
+from ..algebra.mlp import fully_connected_recursion, input_grams, paired_kernel
 from ..backends import (
     FullyConnectedEvaluator,
     KeOpsNetworkKernelOperator,
@@ -18,9 +19,7 @@ from ..backends import (
     resolve_backend,
 )
 from ..functional.activations import Activation, Numerical, get_activation
-from ..functional.recursion import fully_connected_recursion, input_grams, paired_kernel
 from .base import NetworkKernel
-from .factory import kernel_from_module
 
 
 class _GramCache:
@@ -160,7 +159,7 @@ class _FullyConnectedKernel(NetworkKernel):
         circular padding, any stride), nn.ConvTranspose1d/2d, nn.AvgPool1d/2d, nn.AdaptiveAvgPool1d/2d(1),
         nn.Flatten, nn.LayerNorm without affine parameters, nn.Identity, nn.Dropout (the identity: evaluation mode),
         gpytorch_nngp.Residual, gpytorch_nngp.Parallel, gpytorch_nngp.SelfAttention, and the activation modules
-        (gpytorch_nngp.kernels.from_module.SUPPORTED lists them all).
+        (gpytorch_nngp.frontend.translate.SUPPORTED lists them all).
 
         Args:
             module: the network, e.g. nn.Sequential(nn.Conv2d(1, 64, 3, padding=1), nn.ReLU(), nn.Flatten(),
@@ -179,6 +178,8 @@ class _FullyConnectedKernel(NetworkKernel):
             ValueError: a module without an infinite-width limit (named, with the nearest supported one), or an
                 input_shape the layers do not fit.
         """
+        from ..frontend.factory import kernel_from_module  # the front end sits above the kernels
+
         return kernel_from_module(module, input_shape, cls._ntk, weight_var, bias_var, per_layer,
                                   fully_connected=cls, **kwargs)
 

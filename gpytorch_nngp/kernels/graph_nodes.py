@@ -10,7 +10,6 @@ from linear_operator.operators import LowRankRootLinearOperator, MatmulLinearOpe
 
 from ..backends.low_rank import low_rank_factors
 from .base import NetworkKernel
-from .from_module import network_from_module
 
 
 class GraphNodeKernel(NetworkKernel):
@@ -53,6 +52,8 @@ class GraphNodeKernel(NetworkKernel):
         if not torch.isfinite(features).all():
             raise ValueError("features contains NaN or inf")
         nodes, dim = features.shape
+        from ..frontend.translate import network_from_module  # the front end sits above the kernels
+
         self.network = network_from_module(module, (dim, nodes), per_layer, spatial_output=True)
         self.ntk, self.nodes = bool(ntk), nodes
         self.register_buffer("features", features.mT.reshape(1, -1).clone())  # one input: (d, N) channel first

@@ -5,8 +5,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from .architecture import ArchitectureKernel
-from .from_module import fully_connected_form, network_from_module
+from ..kernels.architecture import ArchitectureKernel
+from .translate import fully_connected_form, network_from_module
 
 
 def kernel_from_module(module: torch.nn.Module, input_shape: Sequence[int], ntk: bool, weight_var=2.0, bias_var=0.1,

@@ -13,7 +13,9 @@ from torch import nn
 
 from .. import algebra as L
 from ..functional.activations import TORCH_MODULES, from_torch_module, get_activation
-from ..modules import Aggregate, Elementwise, GraphNetwork, Parallel, Residual, SelfAttention
+from .attention import SelfAttention
+from .combinators import Elementwise, Parallel, Residual
+from .graph_modules import Aggregate, GraphNetwork
 
 SUPPORTED = ("nn.Sequential", "nn.Linear", "nn.Conv1d", "nn.Conv2d", "nn.ConvTranspose1d", "nn.ConvTranspose2d",
              "nn.AvgPool1d", "nn.AvgPool2d", "nn.AdaptiveAvgPool1d(1)", "nn.AdaptiveAvgPool2d(1)", "nn.Flatten",

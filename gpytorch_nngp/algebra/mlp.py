@@ -9,7 +9,7 @@ Lee et al. 2018 (Eq. 1-3) for the NNGP, Jacot et al. 2018 for the NTK in the NTK
 Only three numbers per pair flow from layer to layer -- the cross covariance and the two variances --
 so the recursion is written on broadcastable tensors: (..., n, m) for the cross term and
 (..., n, 1), (..., 1, m) for the variances (or (..., n) throughout for a diagonal). The layers are the algebra's
-Dense and Nonlinearity, compiled to a FlatProgram (algebra/flat.py); this module builds their input state.
+Dense and Nonlinearity, compiled to a FlatProgram (flat.py); this module builds their input state.
 """
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ from typing import Optional, Tuple
 
 import torch
 
-from ..algebra.flat import input_variances
-from ..algebra.network import mlp_program
-from .activations import Activation
-from .workspace import Workspace
+from ..functional.activations import Activation
+from ..functional.workspace import Workspace
+from .flat import input_variances
+from .network import mlp_program
 
 __all__ = ["fully_connected_recursion", "input_grams", "input_variances", "paired_kernel"]
 
