@@ -29,11 +29,11 @@ def _import_keops_quietly() -> None:
 _import_keops_quietly()
 
 from . import activations, graphs, warnings  # noqa: E402
+from ._version import __version__  # noqa: E402
 from .frontend import Aggregate, Elementwise, GraphNetwork, Parallel, Residual, SelfAttention  # noqa: E402
 from .graphs import GraphInputs  # noqa: E402
 from .kernels import ArchitectureKernel, GraphNodeKernel, NNGPKernel, NTKKernel  # noqa: E402
 
-__version__ = "0.1.0"
 __all__ = ["Aggregate", "ArchitectureKernel", "Elementwise", "GraphInputs", "GraphNetwork", "GraphNodeKernel",
            "NNGPKernel", "NTKKernel", "Parallel", "Residual", "SelfAttention", "activations", "graphs", "warnings",
            "__version__"]

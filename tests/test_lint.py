@@ -79,7 +79,7 @@ def _is_package(module):
 # modules into the algebra and picks a kernel class; the kernels' own `from_module` classmethods (GPyTorch-style
 # constructors) call it from inside the function, the one upward use, listed here with its reason.
 LAYERS = [
-    ("warnings", "_validation", "graphs"),  # leaf utilities: messages, input checks, graph data
+    ("_version", "warnings", "_validation", "graphs"),  # leaf utilities: version, messages, checks, graph data
     ("functional",),  # pure tensor math
     ("algebra",),  # the layer algebra
     ("backends",),  # how kernel matrices are evaluated

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from . import keops
 from .budget import memory_budget
 from .distributed import DeviceSharding, ProcessGroupSharding, RowSharding, make_sharding
 from .evaluators import FullyConnectedEvaluator, kernel_rows
@@ -34,6 +35,9 @@ def check_backend(backend, choices=BACKENDS):
     if not isinstance(backend, str) or backend.lower() not in choices:
         raise ValueError(f"backend must be one of {', '.join(repr(b) for b in choices)} or a RowSharding "
                          f"(gpytorch_nngp.backends.ProcessGroupSharding / DeviceSharding), got {backend!r}")
+    if backend.lower() == "keops" and not keops.KEOPS_AVAILABLE:
+        raise ImportError("backend='keops' needs pykeops, an optional dependency: pip install \"gpytorch_nngp[keops]\" "
+                          "(or use backend='lazy', the same O(n) memory without compiled formulas)")
     return backend.lower()
 
 

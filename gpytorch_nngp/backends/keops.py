@@ -21,7 +21,7 @@ from ..algebra.network import mlp_program
 from ..functional.activations import Activation
 from .lazy import NetworkKernelOperator
 
-try:  # pykeops is a core dependency, but keep the package importable where its build is broken
+try:  # pykeops is optional (the keops extra); every other backend works without it
     from pykeops.torch import LazyTensor
 
     KEOPS_AVAILABLE = True
@@ -45,7 +45,7 @@ def keops_kernel(x1, x2, weight_var, bias_var, depth, activation, ntk):
     """The kernel matrix as a KeOps LazyTensor (..., n, m) (symbolic): the fully connected program's KeOps form
     (algebra/flat.py). weight_var, bias_var: one-element tensors."""
     if not KEOPS_AVAILABLE:
-        raise RuntimeError("pykeops could not be imported; use backend='lazy' or 'dense'")
+        raise ImportError("backend='keops' needs pykeops: pip install \"gpytorch_nngp[keops]\" (or use backend='lazy')")
     if weight_var.numel() != 1 or bias_var.numel() != 1:
         raise ValueError("the KeOps backend supports kernels without batch_shape; use backend='lazy' for batched "
                          "kernels")

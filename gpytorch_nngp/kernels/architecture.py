@@ -10,11 +10,11 @@ from gpytorch.priors import Prior
 
 from .._validation import check_call, check_finite_kernel, check_inputs, one_point_set
 from ..algebra import Network
-from ..backends import NetworkKernelOperator, check_backend, make_sharding, resolve_backend
+from ..backends import BACKENDS, NetworkKernelOperator, check_backend, make_sharding, resolve_backend
 from ..backends.tiling import NetworkEvaluator, architecture_matrix, paired
 from .base import NetworkKernel
 
-BACKENDS = ("auto", "dense", "lazy", "distributed")
+ARCHITECTURE_BACKENDS = tuple(b for b in BACKENDS if b != "keops")  # no KeOps formula for the layer algebra
 
 
 class ArchitectureKernel(NetworkKernel):
@@ -50,8 +50,8 @@ class ArchitectureKernel(NetworkKernel):
                             "; build kernels from torch modules with NNGPKernel.from_module")
         if isinstance(backend, str) and backend.lower() == "keops":
             raise ValueError("backend='keops' is not available for architecture kernels (KeOps formulas exist for "
-                             f"fully connected kernels only): use one of {', '.join(map(repr, BACKENDS))}")
-        self.network, self.ntk, self.backend = network, bool(ntk), check_backend(backend, BACKENDS)
+                             f"fully connected kernels only): use one of {', '.join(map(repr, ARCHITECTURE_BACKENDS))}")
+        self.network, self.ntk, self.backend = network, bool(ntk), check_backend(backend, ARCHITECTURE_BACKENDS)
         self.sharding = make_sharding(self.backend)
         self._init_variances((*self.batch_shape, network.num_parameters), weight_var, bias_var, weight_var_prior,
                              bias_var_prior, weight_var_constraint, bias_var_constraint)
