@@ -20,7 +20,6 @@ CPU, eigh on a GPU) or Lanczos through the kernel's products (`_Krylov`). One ne
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from collections import namedtuple
 from typing import Callable, Optional, Tuple
@@ -33,51 +32,34 @@ GETS = ("nngp", "ntk")
 
 # -- the two kernels of one architecture ------------------------------------------------------------------------------
 def _kinds_of(kernel) -> Tuple[str, ...]:
-    """The kernels an NNGPKernel / NTKKernel / ArchitectureKernel gives: an NTK kernel gives both the NNGP and the NTK
-    (the same architecture and variances), an NNGP kernel the NNGP only."""
-    from .kernels.architecture import ArchitectureKernel
-    from .kernels.fully_connected import _FullyConnectedKernel
+    """The kernels a network kernel gives: an NTK kernel gives both the NNGP and the NTK (the same architecture and
+    variances, through `with_kind`), an NNGP kernel the NNGP only."""
+    from .kernels.base import NetworkKernel
 
-    if isinstance(kernel, _FullyConnectedKernel):
-        return GETS if kernel._ntk else ("nngp",)
-    if isinstance(kernel, ArchitectureKernel):
-        return GETS if kernel.ntk else ("nngp",)
-    raise TypeError(f"kernel must be an NNGPKernel or NTKKernel (fully connected, or from from_module), got "
-                    f"{type(kernel).__name__}; for any other kernel matrix use gradient_descent_mse or gp_inference")
+    if isinstance(kernel, NetworkKernel):
+        return GETS if kernel.kind == "ntk" else ("nngp",)
+    raise TypeError(f"kernel must be a network kernel (NNGPKernel or NTKKernel, fully connected or from from_module, "
+                    f"or GraphNodeKernel), got {type(kernel).__name__}; for any other kernel matrix use "
+                    "gradient_descent_mse or gp_inference")
 
 
-@contextlib.contextmanager
-def _as_kind(kernel, kind: str):
-    """The network kernel computing `kind` ("nngp" or "ntk") inside the block, without autograd. The NNGP of an NTK
-    kernel is its NTK flag switched off (a copy of a GPyTorch module would share its attribute dictionary); operators
-    made inside keep the flag they were made with."""
-    from .kernels.architecture import ArchitectureKernel
-
-    attribute = "ntk" if isinstance(kernel, ArchitectureKernel) else "_ntk"
-    had = attribute in vars(kernel)
-    saved = getattr(kernel, attribute)
-    try:
-        setattr(kernel, attribute, kind == "ntk")
-        with torch.no_grad():
-            yield kernel
-    finally:
-        if had:
-            setattr(kernel, attribute, saved)
-        else:
-            delattr(kernel, attribute)
+def _of_kind(kernel, kind: str):
+    """The `kind` ("nngp" or "ntk") kernel of the same architecture, sharing the parameters (the user's kernel is
+    never changed)."""
+    return kernel.with_kind(kind)
 
 
 def _matrix(kernel, kind: str, x1, x2=None) -> torch.Tensor:
     """The dense `kind` matrix of a network kernel, (n, m)."""
-    with _as_kind(kernel, kind) as k:
-        return k(x1, x2).to_dense()
+    with torch.no_grad():
+        return _of_kind(kernel, kind)(x1, x2).to_dense()
 
 
 def _operator(kernel, kind: str, x1, x2=None):
     """The `kind` kernel of x1 and x2 as whatever the kernel's backend makes (a tensor or a linear operator), for
     products."""
-    with _as_kind(kernel, kind) as k:
-        out = k(x1, x2)
+    with torch.no_grad():
+        out = _of_kind(kernel, kind)(x1, x2)
         return out.evaluate_kernel() if hasattr(out, "evaluate_kernel") else out
 
 
@@ -106,8 +88,8 @@ def _ensemble_request(get, available, x_test, x_train, y_train):
     if "ntkgp" in kinds:
         raise ValueError("get='ntkgp' is a gp_inference mode, not a gradient-descent one")
     if "ntk" in kinds and "ntk" not in available:
-        raise ValueError("the NTK ensemble needs an NTKKernel (it gives both the NNGP and the NTK); this kernel is an "
-                         "NNGP kernel: use get='nngp', or build NTKKernel with the same arguments")
+        raise ValueError("the NTK ensemble needs an NTKKernel (or GraphNodeKernel(ntk=True): it gives both the NNGP "
+                         "and the NTK); this kernel is an NNGP kernel: use get='nngp', or kernel.with_kind('ntk')")
     if x_test is not None:
         if not isinstance(x_test, torch.Tensor) or x_test.dim() != 2 or x_test.shape[-1] != x_train.shape[-1]:
             raise ValueError(f"x_test must have shape (m, {x_train.shape[-1]}), got "
@@ -847,8 +829,10 @@ def gradient_descent_mse_ensemble(kernel, x_train: torch.Tensor, y_train: torch.
     loss for time t, the initialization marginalized (neural-tangents' `gradient_descent_mse_ensemble`).
 
     Args:
-        kernel: an NTKKernel (fully connected or from `from_module`), which gives the NNGP and the NTK of one
-            architecture; an NNGPKernel serves get="nngp" only.
+        kernel: an NTKKernel (fully connected or from `from_module`) or a GraphNodeKernel with ntk=True, which gives
+            the NNGP and the NTK of one architecture (`with_kind`; the kernel itself is not changed); an NNGP kernel
+            serves get="nngp" only. A GraphNodeKernel's inputs are node indices: the nodes of one graph as training
+            and test points (node-level dynamics).
         x_train: (n, d) training inputs; y_train: (n, k) targets (the k outputs share the kernel). Both in the
             kernel's dtype (a mismatch raises, naming them: nothing is cast silently).
         learning_rate, diag_reg, diag_reg_absolute_scale: as in the module docstring.
@@ -1007,8 +991,8 @@ def _krylov_ensemble(kernel, available, x_train, y_train, learning_rate, diag_re
 
     def phi(g, times, v, forms=False, key=None, run_tol=None):
         if g not in solvers:
-            with _as_kind(kernel, g) as k:
-                scale = diag_reg if absolute else diag_reg * k(x_train, diag=True).mean().item()
+            with torch.no_grad():
+                scale = diag_reg if absolute else diag_reg * _of_kind(kernel, g)(x_train, diag=True).mean().item()
             solvers[g] = _Krylov(lambda u, g=g, scale=scale: train_operator(g) @ u + scale * u, n, y_train.numel(),
                                  tol=tol, keep_bytes=keep)
         with torch.no_grad():

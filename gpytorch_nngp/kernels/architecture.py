@@ -123,6 +123,12 @@ class ArchitectureKernel(NetworkKernel):
         return check_finite_kernel(architecture_matrix(self.network, x1, x2, weight_var, bias_var, self.ntk,
                                                        symmetric=same), x1, x2)
 
+    def _computes_ntk(self) -> bool:
+        return self.ntk
+
+    def _set_kind(self, kind: str) -> None:
+        self.ntk = kind == "ntk"
+
     def _ard(self, x: torch.Tensor) -> torch.Tensor:
         shape = self.network.input_shape
         if len(shape) == 1 and self.network.graphs is None:

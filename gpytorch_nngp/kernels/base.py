@@ -30,6 +30,41 @@ class NetworkKernel(Kernel):
     """
 
     has_lengthscale = False
+    KINDS = ("nngp", "ntk")
+
+    @property
+    def kind(self) -> str:
+        """Which kernel of the architecture this is, "nngp" or "ntk" (read-only: `with_kind` gives the other)."""
+        return "ntk" if self._computes_ntk() else "nngp"
+
+    def _computes_ntk(self) -> bool:
+        raise NotImplementedError
+
+    def with_kind(self, kind: str) -> NetworkKernel:
+        """The kernel of the same architecture that computes `kind` ("nngp" or "ntk"), sharing this kernel's
+        parameters (variances, length scales, their priors and constraints): training one trains the other. This
+        kernel itself when it already computes `kind`; nothing of it changes.
+
+        Example:
+            >>> ntk = NTKKernel(2, "relu")
+            >>> nngp = ntk.with_kind("nngp")
+            >>> nngp.kind, nngp.raw_weight_var is ntk.raw_weight_var
+            ('nngp', True)
+        """
+        if kind not in self.KINDS:
+            raise ValueError(f"kind must be 'nngp' or 'ntk', got {kind!r}")
+        if kind == self.kind:
+            return self
+        # A new module whose parameter, buffer and submodule dictionaries are this one's (copy.copy would not do:
+        # GPyTorch's Kernel.__setstate__ makes the copy share the whole attribute dictionary, kind included).
+        other = type(self).__new__(type(self))
+        other.__dict__ = dict(self.__dict__)
+        other._set_kind(kind)
+        return other
+
+    def _set_kind(self, kind: str) -> None:
+        """On a fresh shallow copy (with_kind): make it compute `kind`, and drop caches that depend on it."""
+        raise NotImplementedError
 
     def __init__(self, ard_num_dims: Optional[int] = None, lengthscale_prior="default",
                  lengthscale_constraint: Optional[Interval] = None, **kwargs):

@@ -19,6 +19,7 @@ from ..backends import (
     resolve_backend,
 )
 from ..functional.activations import Activation, Numerical, get_activation
+from .architecture import ArchitectureKernel
 from .base import NetworkKernel
 
 
@@ -128,6 +129,13 @@ class _FullyConnectedKernel(NetworkKernel):
                                              ntk=self._ntk, symmetric=symmetric)
         return check_finite_kernel(theta if self._ntk else k, x1, x2)
 
+    def _computes_ntk(self) -> bool:
+        return self._ntk
+
+    def _set_kind(self, kind: str) -> None:
+        self.__class__ = NTKKernel if kind == "ntk" else NNGPKernel
+        self._gram_cache = _GramCache()
+
     def _evaluator(self) -> FullyConnectedEvaluator:
         return FullyConnectedEvaluator(self.depth, self.activation, self._ntk)
 
@@ -184,7 +192,19 @@ class _FullyConnectedKernel(NetworkKernel):
                                   fully_connected=cls, **kwargs)
 
 
-class NNGPKernel(_FullyConnectedKernel):
+class _KindClass(type):
+    """The class of NNGPKernel and NTKKernel: isinstance(k, NNGPKernel) (or NTKKernel) is true for every kernel
+    that class makes, the fully connected ones (its own instances) and those of other architectures that its
+    from_module returns (ArchitectureKernel instances, the class both kinds of those come from, of that kind)."""
+
+    def __instancecheck__(cls, obj) -> bool:
+        if type.__instancecheck__(cls, obj):
+            return True
+        kind = cls.__dict__.get("_class_kind")  # NNGPKernel and NTKKernel themselves, not their subclasses
+        return kind is not None and type.__instancecheck__(ArchitectureKernel, obj) and obj.kind == kind
+
+
+class NNGPKernel(_FullyConnectedKernel, metaclass=_KindClass):
     r"""NNGP kernel of a fully connected network (Lee et al. 2018).
 
     The covariance of the outputs of an infinitely wide network with `depth` hidden layers, weights
@@ -216,9 +236,10 @@ class NNGPKernel(_FullyConnectedKernel):
     """
 
     _ntk = False
+    _class_kind = "nngp"
 
 
-class NTKKernel(_FullyConnectedKernel):
+class NTKKernel(_FullyConnectedKernel, metaclass=_KindClass):
     r"""Neural tangent kernel of a fully connected network (Jacot et al. 2018), NTK parametrization.
 
     Theta^0 = K^0, Theta^l = K^l + weight_var E[phi'(u) phi'(v)] Theta^{l-1}; equal to neural-tangents' NTK of the
@@ -226,3 +247,4 @@ class NTKKernel(_FullyConnectedKernel):
     """
 
     _ntk = True
+    _class_kind = "ntk"

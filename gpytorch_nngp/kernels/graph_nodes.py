@@ -79,6 +79,12 @@ class GraphNodeKernel(NetworkKernel):
         self._cache = None
         return super()._apply(fn, *args, **kwargs)
 
+    def _computes_ntk(self) -> bool:
+        return self.ntk
+
+    def _set_kind(self, kind: str) -> None:
+        self.ntk, self._cache = kind == "ntk", None
+
     # -- the whole graph -----------------------------------------------------------------------------------------
     def _features(self, dtype) -> torch.Tensor:
         """The graph as one input row (1, d N), each feature divided by its length scale under ARD."""
