@@ -54,8 +54,8 @@ def close(actual, expected):
 @pytest.mark.parametrize("reg", [0.0, 1e-3])
 @pytest.mark.parametrize("spectral", ["eigh", "tridiagonal"])
 def test_ensemble_equals_neural_tangents(name, reg, spectral, monkeypatch):
-    # The CPU spectral path tridiagonalizes from predict.TRIDIAGONAL_MIN_POINTS up; both paths are checked here.
-    monkeypatch.setattr(predict, "TRIDIAGONAL_MIN_POINTS", 1 if spectral == "tridiagonal" else 10 ** 9)
+    # The CPU spectral path tridiagonalizes from predict.spectral.TRIDIAGONAL_MIN_POINTS up; both are checked here.
+    monkeypatch.setattr(predict.spectral, "TRIDIAGONAL_MIN_POINTS", 1 if spectral == "tridiagonal" else 10 ** 9)
     x_train, x_test, y_train = data(name)
     fn = gradient_descent_mse_ensemble(ntk_kernel(name), x_train, y_train, learning_rate=LR, diag_reg=reg)
     for t_name, t in (("t", TIMES), ("inf", None)):
@@ -330,7 +330,9 @@ def test_the_krylov_path_agrees_with_the_eigendecomposition(dense_bytes):
 def test_block_lanczos_is_exact_on_duplicated_columns_and_invariant_subspaces():
     """The Krylov block drops directions that vanish (a duplicated, a scaled and a zero column; a training kernel
     with few distinct eigenvalues, whose Krylov space closes after a few steps): the result is then exact."""
-    from gpytorch_nngp.predict import _Eigen, _Krylov, _phi
+    from gpytorch_nngp.predict.common import _phi
+    from gpytorch_nngp.predict.krylov import _Krylov
+    from gpytorch_nngp.predict.spectral import _Eigen
 
     gen = torch.Generator().manual_seed(5)
     n = 60
