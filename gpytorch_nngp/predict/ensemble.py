@@ -78,59 +78,102 @@ def gradient_descent_mse_ensemble(kernel, x_train: torch.Tensor, y_train: torch.
         dense = isinstance(backend, str) and backend in ("dense", "auto")
         solver = "eigh" if dense and x_train.shape[0] <= EIGH_MAX_POINTS else "krylov"
     if solver == "krylov":
-        return _krylov_ensemble(kernel, available, x_train, y_train, learning_rate, diag_reg, diag_reg_absolute_scale,
-                                krylov_tol, test_block, krylov_dense_bytes)
-    train = {}  # kind -> (n, n) training kernel, unregularized
-    spaces = {}
-
-    def k_dd(g):
-        if g not in train:
-            train[g] = _matrix(kernel, g, x_train)
-        return train[g]
-
-    def space(g) -> _Spectral:
-        if g not in spaces:
-            spaces[g] = _Spectral(_regularized(k_dd(g), diag_reg, diag_reg_absolute_scale), y_train.numel())
-        return spaces[g]
+        matrix_functions = _LanczosFunctions(kernel, x_train, y_train, diag_reg, diag_reg_absolute_scale, krylov_tol,
+                                             test_block, krylov_dense_bytes)
+    else:
+        matrix_functions = _ExactFunctions(kernel, x_train, y_train, diag_reg, diag_reg_absolute_scale)
 
     def predict_fn(t=None, x_test=None, get=None, compute_cov=False):
         kinds, single, x_test = _ensemble_request(get, available, x_test, x_train, y_train)
         times, shape = _times(math.inf if t is None else t, learning_rate, y_train)
         if times.shape[0] == 0:
             return _empty(kinds, single, shape, x_train if x_test is None else x_test, y_train, compute_cov)
-        need = set(kinds) | ({"nngp"} if compute_cov else set())
-        k_td = None if x_test is None else {g: _matrix(kernel, g, x_test, x_train) for g in need}
-        k_tt = _matrix(kernel, "nngp", x_test) if compute_cov and x_test is not None else None
-        out = {}
-        for g in kinds:
-            e = space(g)
-            if x_test is None:
-                mean = e.grown(times, y_train)
-            else:
-                mean = torch.einsum("mn,tnk->tmk", k_td[g], e.phi(times, y_train))
-            mean = mean.reshape(*shape, *mean.shape[-2:])
-            if not compute_cov:
-                out[g] = mean
-                continue
-            if x_test is None:
-                eye = torch.eye(x_train.shape[0], dtype=y_train.dtype, device=y_train.device)
-                if g == "nngp":  # K exp(-2 K t / N), in the regularized eigenbasis (as neural-tangents)
-                    cov = e.spread(times, eye)
-                else:
-                    decay = e.decayed(times, eye)  # (T, n, n)
-                    cov = decay @ k_dd("nngp") @ decay.mT
-            else:
-                k_g = k_td[g]
-                if g == "nngp":
-                    cov = k_tt - k_g @ e.phi(2 * times, k_g.mT)
-                else:
-                    term_1 = e.phi(times, k_g.mT)  # (T, n, m): phi_t(Theta) Theta_X*
-                    term_2 = term_1.mT @ k_td["nngp"].mT  # (T, m, m): Theta_*X phi_t(Theta) K_X*, phi symmetric
-                    cov = term_1.mT @ k_dd("nngp") @ term_1 - term_2 - term_2.mT + k_tt
-            out[g] = Gaussian(mean, cov.reshape(*shape, *cov.shape[-2:]))
+        if x_test is None:
+            out = {g: matrix_functions.on_training(g, times, compute_cov) for g in kinds}
+        else:
+            out = _on_test(matrix_functions, kinds, times, x_test, compute_cov)
+        for g, value in out.items():
+            reshape = lambda v: v.reshape(*shape, *v.shape[-2:])  # noqa: E731
+            out[g] = Gaussian(*map(reshape, value)) if compute_cov else reshape(value)
         return _pack(out, kinds, single)
 
+    if solver == "krylov":
+        predict_fn.solvers = matrix_functions.solvers  # the Lanczos runs (steps_used), for reports and benchmarks
     return predict_fn
+
+
+def _on_test(functions, kinds, times, x_test, compute_cov) -> dict:
+    """The ensemble at test points, for either solver: the formulas of the package docstring, written once.
+
+    Means K_*X phi_t(A) y; the readout-trained covariance K_** - K_*X phi_2t(K) K_X*; the all-layers one
+    K_** + T K_XX T^T - (T K_X* + K_*X T^T) with T = Theta_*X phi_t(Theta). `functions` applies phi_s(A_g) to
+    columns (A_g the regularized training kernel of kind g), multiplies by the NNGP's training matrix, and gives the
+    test points' kernels."""
+    if not compute_cov:
+        return {g: functions.cross_times(g, x_test, functions.phi(g, times, functions.y)) for g in kinds}
+    crosses, prior = functions.test_kernels(x_test, set(kinds) | {"nngp"})  # (n, m) per kind, (m, m)
+    out = {}
+    for g in functions.order(kinds):
+        # The NNGP's covariance needs phi at 2t, the NTK's at t; both from one application with the means' columns.
+        moved, spread_by = functions.phi_with(g, times, crosses[g], 2 * times if g == "nngp" else times)
+        mean = crosses[g].mT @ moved  # (T, m, k)
+        if g == "nngp":
+            cov = prior - crosses["nngp"].mT @ spread_by
+        else:
+            term_2 = spread_by.mT @ crosses["nngp"]  # Theta_*X phi_t(Theta) K_X*
+            cov = spread_by.mT @ functions.nngp_times(spread_by) - term_2 - term_2.mT + prior
+        out[g] = (mean, cov)
+    return out
+
+
+class _ExactFunctions:
+    """The exact solver's side of the assembly: the dense training kernels, their spectral decompositions
+    (spectral._Spectral: finite times) and Cholesky factors (infinite time), kept between calls."""
+
+    def __init__(self, kernel, x_train, y_train, diag_reg, absolute):
+        self.kernel, self.x_train, self.y = kernel, x_train, y_train
+        self.diag_reg, self.absolute = diag_reg, absolute
+        self.train, self.spaces = {}, {}
+
+    def k_dd(self, g):
+        if g not in self.train:
+            self.train[g] = _matrix(self.kernel, g, self.x_train)
+        return self.train[g]
+
+    def space(self, g) -> _Spectral:
+        if g not in self.spaces:
+            self.spaces[g] = _Spectral(_regularized(self.k_dd(g), self.diag_reg, self.absolute), self.y.numel())
+        return self.spaces[g]
+
+    def order(self, kinds):
+        return kinds
+
+    def phi(self, g, times, v):
+        return self.space(g).phi(times, v)
+
+    def phi_with(self, g, times, columns, column_times):
+        return self.phi(g, times, self.y), self.phi(g, column_times, columns)
+
+    def nngp_times(self, v):
+        return self.k_dd("nngp") @ v
+
+    def test_kernels(self, x_test, kinds):
+        crosses = {g: _matrix(self.kernel, g, x_test, self.x_train).mT for g in kinds}
+        return crosses, _matrix(self.kernel, "nngp", x_test)
+
+    def cross_times(self, g, x_test, moved):
+        return _matrix(self.kernel, g, x_test, self.x_train) @ moved
+
+    def on_training(self, g, times, compute_cov):
+        e = self.space(g)
+        mean = e.grown(times, self.y)  # (I - exp(-A t / N)) y, A regularized (as neural-tangents)
+        if not compute_cov:
+            return mean
+        eye = torch.eye(self.x_train.shape[0], dtype=self.y.dtype, device=self.y.device)
+        if g == "nngp":  # K exp(-2 K t / N), in the regularized eigenbasis (as neural-tangents)
+            return mean, e.spread(times, eye)
+        decay = e.decayed(times, eye)  # (T, n, n)
+        return mean, decay @ self.k_dd("nngp") @ decay.mT
 
 
 def _empty(kinds, single, shape, points, y_train, compute_cov):
@@ -156,120 +199,114 @@ def _materialized(kernel, kind: str, x: torch.Tensor, block_bytes: int = 2 ** 26
 KRYLOV_KEEP_BYTES = 2 ** 31  # the most memory the kept Lanczos runs of one predict_fn hold (also capped by the budget)
 
 
-def _krylov_ensemble(kernel, available, x_train, y_train, learning_rate, diag_reg, absolute, tol, test_block,
-                     dense_bytes):
-    """gradient_descent_mse_ensemble's predict_fn through operator products and Lanczos (see _Krylov)."""
-    from ..backends.budget import cache_bytes
+class _LanczosFunctions:
+    """The Krylov solver's side of the assembly: one block Lanczos run per kind and request through the training
+    kernel's products (krylov._Krylov), runs and the last test points' kernels kept between calls."""
 
-    n = x_train.shape[0]
-    operators, solvers = {}, {}
-    # A training kernel small enough is evaluated once into a dense matrix (both kinds if they fit dense_bytes
-    # together, else one at a time): each Lanczos step is then a matrix product, not a re-evaluation of the kernel,
-    # and a later call that extends a kept run finds its matrix still there. A sharded kernel stays sharded.
-    sharded = not isinstance(getattr(kernel, "backend", "dense"), str)
-    materialize = not sharded and n * n * y_train.element_size() <= dense_bytes
-    both = 2 * n * n * y_train.element_size() <= dense_bytes  # the NNGP's and the NTK's matrices held together
-    dense = {}
-    keep = min(KRYLOV_KEEP_BYTES, cache_bytes(x_train.device))
-    tests = {}  # the last x_test's cross kernels (kind -> (n, m)) and prior covariance, for repeated calls
+    def __init__(self, kernel, x_train, y_train, diag_reg, absolute, tol, test_block, dense_bytes):
+        from ..backends.budget import cache_bytes
 
-    def train_operator(g):
-        if materialize:
-            if g not in dense:
-                if not both:
-                    dense.clear()  # one n x n matrix at a time
-                dense[g] = _materialized(kernel, g, x_train)
-            return dense[g]
-        if g not in operators:
-            operators[g] = _operator(kernel, g, x_train)
-        return operators[g]
+        self.kernel, self.x_train, self.y = kernel, x_train, y_train
+        self.diag_reg, self.absolute, self.tol, self.test_block = diag_reg, absolute, tol, test_block
+        n = x_train.shape[0]
+        self.operators, self.solvers, self.dense, self.tests = {}, {}, {}, {}
+        # A training kernel small enough is evaluated once into a dense matrix (both kinds if they fit dense_bytes
+        # together, else one at a time): each Lanczos step is then a matrix product, not a re-evaluation of the
+        # kernel, and a later call that extends a kept run finds its matrix still there. A sharded kernel stays
+        # sharded.
+        sharded = not isinstance(getattr(kernel, "backend", "dense"), str)
+        self.materialize = not sharded and n * n * y_train.element_size() <= dense_bytes
+        self.both = 2 * n * n * y_train.element_size() <= dense_bytes
+        self.keep = min(KRYLOV_KEEP_BYTES, cache_bytes(x_train.device))
 
-    def phi(g, times, v, forms=False, key=None, run_tol=None):
-        if g not in solvers:
+    def train_operator(self, g):
+        if self.materialize:
+            if g not in self.dense:
+                if not self.both:
+                    self.dense.clear()  # one n x n matrix at a time
+                self.dense[g] = _materialized(self.kernel, g, self.x_train)
+            return self.dense[g]
+        if g not in self.operators:
+            self.operators[g] = _operator(self.kernel, g, self.x_train)
+        return self.operators[g]
+
+    def solver(self, g) -> _Krylov:
+        if g not in self.solvers:
             with torch.no_grad():
-                scale = diag_reg if absolute else diag_reg * _of_kind(kernel, g)(x_train, diag=True).mean().item()
-            solvers[g] = _Krylov(lambda u, g=g, scale=scale: train_operator(g) @ u + scale * u, n, y_train.numel(),
-                                 tol=tol, keep_bytes=keep)
-        with torch.no_grad():
-            return solvers[g].phi(times, v, forms, key, run_tol)
+                mean_diag = _of_kind(self.kernel, g)(self.x_train, diag=True).mean().item()
+            scale = self.diag_reg if self.absolute else self.diag_reg * mean_diag
+            self.solvers[g] = _Krylov(lambda u, g=g, scale=scale: self.train_operator(g) @ u + scale * u,
+                                      self.x_train.shape[0], self.y.numel(), tol=self.tol, keep_bytes=self.keep)
+        return self.solvers[g]
 
-    def cross(g, x_test):
+    def order(self, kinds):
+        # The NTK first: its covariance needs one product with K_XX, which then evaluates the NNGP's matrix that the
+        # NNGP's own run reuses (one n x n matrix held at a time, each evaluated once).
+        return sorted(kinds, key=lambda kind: kind != "ntk")
+
+    def phi(self, g, times, v):
+        with torch.no_grad():
+            return self.solver(g).phi(times, v, key="mean")
+
+    def phi_with(self, g, times, columns, column_times):
+        """y_train and the cross kernels as columns of ONE run per kind (every time, and 2t for the NNGP, from the
+        same tridiagonals): one pass over the training kernel per step. The NNGP's covariance is a quadratic form
+        of phi(K), judged as one (Gauss quadrature converges about twice as fast); the NTK's multiplies
+        phi(Theta) Theta_X* by the NNGP's matrix, which forms of Theta do not control (a single finite time was 2e-6
+        off with them), so its run watches the vectors, to sqrt(tol): the covariance's error is about the square of
+        theirs (docs/design.md)."""
+        k, count = self.y.shape[-1], times.shape[0]
+        same = column_times is times or torch.equal(column_times, times)
+        run_times = times if same else torch.cat([times, column_times])
+        with torch.no_grad():
+            result = self.solver(g).phi(run_times, torch.cat([self.y, columns], dim=-1), forms=g == "nngp",
+                                        key="cov", tol=None if g == "nngp" else math.sqrt(self.tol))
+        return result[:count, :, :k], result[-count:, :, k:]
+
+    def nngp_times(self, v):
+        t, n, m = v.shape
+        product = self.train_operator("nngp") @ v.permute(1, 0, 2).reshape(n, -1)
+        return product.reshape(n, t, m).permute(1, 0, 2)
+
+    def cross(self, g, x_test):
         """(m, n) test-train kernel as a dense matrix, block by block."""
-        blocks = [_operator(kernel, g, x_test[s:s + test_block], x_train) for s in range(0, len(x_test), test_block)]
+        blocks = [_operator(self.kernel, g, x_test[s:s + self.test_block], self.x_train)
+                  for s in range(0, len(x_test), self.test_block)]
         return torch.cat([b.to_dense() if hasattr(b, "to_dense") else b for b in blocks])
 
-    def test_kernels(x_test, kinds):
-        """The cross kernels (n, m) of `kinds` and the NNGP prior (m, m) at x_test, kept for the same x_test."""
-        if "x" not in tests or tests["x"].shape != x_test.shape or not torch.equal(tests["x"], x_test):
-            tests.clear()
-            tests.update(x=x_test.clone(), crosses={}, prior=None)
-        for g in kinds:
-            if g not in tests["crosses"]:
-                tests["crosses"][g] = cross(g, x_test).mT
-        if tests["prior"] is None:
-            tests["prior"] = _matrix(kernel, "nngp", x_test)
-        return tests["crosses"], tests["prior"]
+    def _kept(self, x_test) -> bool:
+        return "x" in self.tests and self.tests["x"].shape == x_test.shape and torch.equal(self.tests["x"], x_test)
 
-    def predict_fn(t=None, x_test=None, get=None, compute_cov=False):
-        kinds, single, x_test = _ensemble_request(get, available, x_test, x_train, y_train)
-        times, shape = _times(math.inf if t is None else t, learning_rate, y_train)
-        count, k = times.shape[0], y_train.shape[-1]
-        if count == 0:
-            return _empty(kinds, single, shape, x_train if x_test is None else x_test, y_train, compute_cov)
-        if x_test is None and compute_cov and not bool(torch.isinf(times).all()):
+    def test_kernels(self, x_test, kinds):
+        """The cross kernels (n, m) of `kinds` and the NNGP prior (m, m) at x_test, kept for the same x_test."""
+        if not self._kept(x_test):
+            self.tests.clear()
+            self.tests.update(x=x_test.clone(), crosses={}, prior=None)
+        for g in kinds:
+            if g not in self.tests["crosses"]:
+                self.tests["crosses"][g] = self.cross(g, x_test).mT
+        if self.tests["prior"] is None:
+            self.tests["prior"] = _matrix(self.kernel, "nngp", x_test)
+        return self.tests["crosses"], self.tests["prior"]
+
+    def cross_times(self, g, x_test, moved):
+        """K_*X moved (T, m, k): through kept cross kernels, or test points in blocks (any number of them fits)."""
+        if self._kept(x_test) and g in self.tests["crosses"]:
+            return self.tests["crosses"][g].mT @ moved
+        n, count = self.x_train.shape[0], moved.shape[0]
+        flat = moved.permute(1, 0, 2).reshape(n, -1)  # (n, T k)
+        rows = [_operator(self.kernel, g, x_test[s:s + self.test_block], self.x_train) @ flat
+                for s in range(0, len(x_test), self.test_block)]
+        return torch.cat(rows).reshape(len(x_test), count, -1).permute(1, 0, 2)
+
+    def on_training(self, g, times, compute_cov):
+        n = self.x_train.shape[0]
+        if compute_cov and not bool(torch.isinf(times).all()):
             raise ValueError("the covariance on the training inputs at a finite time is an n x n matrix that "
                              "solver='krylov' does not form: pass x_test (x_train itself for the regularized one), "
                              "or use solver='eigh'")
-        # With the covariance, the cross kernels join y_train as columns of ONE Lanczos run per kind (every time,
-        # and 2t for the NNGP, from the same tridiagonals): one pass over the training kernel per step.
-        with_test_cov = compute_cov and x_test is not None
-        crosses, k_tt = test_kernels(x_test, set(kinds) | {"nngp"}) if with_test_cov else ({}, None)
-        out = {}
-        # The NTK first: its covariance needs one product with K_XX, which then evaluates the NNGP's matrix that the
-        # NNGP's own run reuses (one n x n matrix held at a time, each evaluated once).
-        for g in sorted(kinds, key=lambda kind: kind != "ntk") if with_test_cov else kinds:
-            if with_test_cov:
-                run_times = torch.cat([times, 2 * times]) if g == "nngp" else times
-                # The NNGP's covariance is a quadratic form of phi(K), judged as one (Gauss quadrature converges
-                # about twice as fast); the NTK's multiplies phi(Theta) Theta_X* by the NNGP's matrix, which forms of
-                # Theta do not control (a single finite time was 2e-6 off with them), so its run watches the
-                # vectors, to sqrt(tol): the covariance's error is about the square of theirs (see docs/design.md).
-                columns = torch.cat([y_train, crosses[g]], dim=-1)
-                result = phi(g, run_times, columns, forms=g == "nngp", key="cov",
-                             run_tol=None if g == "nngp" else math.sqrt(tol))
-                moved, spread_by = result[:count, :, :k], result[-count:, :, k:]  # (T, n, k), (T, n, m)
-            else:
-                moved = phi(g, times, y_train, key="mean")  # (T, n, k)
-            if x_test is None:  # (I - exp(-K t / N)) y = K phi_t(K) y, K regularized (as neural-tangents)
-                mean = torch.stack([solvers[g].matmul(m) for m in moved])
-            elif with_test_cov:
-                mean = crosses[g].mT @ moved
-            elif "x" in tests and tests["x"].shape == x_test.shape and g in tests["crosses"] and \
-                    torch.equal(tests["x"], x_test):
-                mean = tests["crosses"][g].mT @ moved
-            else:  # test points in blocks: any number of them fits in memory
-                flat = moved.permute(1, 0, 2).reshape(n, -1)  # (n, T k)
-                rows = [_operator(kernel, g, x_test[s:s + test_block], x_train) @ flat
-                        for s in range(0, len(x_test), test_block)]
-                mean = torch.cat(rows).reshape(len(x_test), count, -1).permute(1, 0, 2)
-            mean = mean.reshape(*shape, *mean.shape[-2:])
-            if not compute_cov:
-                out[g] = mean
-                continue
-            if x_test is None:  # infinite time on the training inputs: the targets, without variance
-                out[g] = Gaussian(mean, y_train.new_zeros(*shape, n, n))
-                continue
-            nngp_xt = crosses["nngp"]
-            if g == "nngp":  # K_** - K_*X phi_2t(K) K_X*
-                cov = k_tt - nngp_xt.mT @ spread_by
-            else:
-                term_1 = spread_by  # (T, n, m): phi_t(Theta) Theta_X*
-                nngp_op = train_operator("nngp")  # the NNGP's matrix, which its own run reuses next
-                spread = (nngp_op @ term_1.permute(1, 0, 2).reshape(n, -1)).reshape(n, count, -1).permute(1, 0, 2)
-                term_2 = term_1.mT @ nngp_xt  # Theta_*X phi_t(Theta) K_X*
-                cov = term_1.mT @ spread - term_2 - term_2.mT + k_tt
-            out[g] = Gaussian(mean, cov.reshape(*shape, *cov.shape[-2:]))
-        return _pack(out, kinds, single)
-
-    predict_fn.solvers = solvers  # the Lanczos runs (steps_used), for reports and benchmarks
-    return predict_fn
+        moved = self.phi(g, times, self.y)
+        mean = torch.stack([self.solver(g).matmul(m) for m in moved])  # (I - exp(-A t / N)) y = A phi_t(A) y
+        if not compute_cov:
+            return mean
+        return mean, self.y.new_zeros(times.shape[0], n, n)  # infinite time: the targets, without variance
