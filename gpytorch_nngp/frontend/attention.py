@@ -61,6 +61,17 @@ class SelfAttention(torch.nn.Module):
         positional_decay, positional_p_norm: their covariance across positions (see positional_covariance).
         positional_channels: channels of "concat" embeddings (default in_channels).
         scaling: "linear" or "standard" (see above).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from gpytorch_nngp import NNGPKernel, SelfAttention
+        >>> net = nn.Sequential(nn.Conv1d(1, 8, 3, padding=1), SelfAttention(8, 8, heads=2), nn.ReLU(),
+        ...                     nn.Flatten(), nn.Linear(48, 1))
+        >>> net(torch.randn(2, 1, 6)).shape
+        torch.Size([2, 1])
+        >>> NNGPKernel.from_module(net, input_shape=(1, 6))(torch.randn(3, 6)).shape
+        torch.Size([3, 3])
     """
 
     def __init__(self, in_channels: int, out_channels: int, heads: int = 1, mechanism: str = "softmax",

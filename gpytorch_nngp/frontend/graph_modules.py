@@ -26,6 +26,19 @@ class Aggregate(torch.nn.Module):
             normalized; see gpytorch_nngp.graphs.normalized_adjacency), A[i, j] the weight of the edge j -> i.
             None: every input has its own graph (whole graphs as inputs), packed with it by
             gpytorch_nngp.graphs.GraphInputs; such a module runs inside a GraphNetwork.
+
+    The kernel map on a pair of inputs with graphs A and A' (the NTK alike):
+
+    .. math::
+
+        K_{out}(x, x') = A \, K_{in}(x, x') \, A'^T.
+
+    Example:
+        >>> import torch
+        >>> from gpytorch_nngp import Aggregate
+        >>> a = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+        >>> Aggregate(a)(torch.tensor([[[1.0, 2.0]]])).tolist()
+        [[[2.0, 1.0]]]
     """
 
     def __init__(self, adjacency: Optional[torch.Tensor] = None):
@@ -71,6 +84,20 @@ class GraphNetwork(torch.nn.Module):
         module: the network on node features, e.g. nn.Sequential(Aggregate(), nn.Conv1d(C, 64, 1), nn.ReLU(),
             Aggregate(), nn.Conv1d(64, 64, 1), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(64, 1)).
         graphs: the packing of the rows.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from gpytorch_nngp import Aggregate, GraphInputs, GraphNetwork, NNGPKernel
+        >>> packing = GraphInputs(channels=2, nodes=3)
+        >>> graphs = [torch.ones(3, 3), torch.eye(2)]
+        >>> rows = packing.pack([torch.randn(2, 3), torch.randn(2, 2)], graphs)
+        >>> net = GraphNetwork(nn.Sequential(Aggregate(), nn.Conv1d(2, 8, 1), nn.ReLU(), nn.AdaptiveAvgPool1d(1),
+        ...                                  nn.Flatten(), nn.Linear(8, 1)), packing)
+        >>> net(rows).shape
+        torch.Size([2, 1])
+        >>> NNGPKernel.from_module(net, input_shape=(packing.dim,))(rows).shape
+        torch.Size([2, 2])
     """
 
     def __init__(self, module: torch.nn.Module, graphs: GraphInputs):

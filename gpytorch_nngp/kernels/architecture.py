@@ -38,6 +38,18 @@ class ArchitectureKernel(NetworkKernel):
             rows over a torch.distributed process group, or a RowSharding) or "auto" (dense while n m P_state is at
             most DENSE_MAX_ENTRIES, P_state the state entries per pair).
         weight_var_prior, bias_var_prior, weight_var_constraint, bias_var_constraint, **kwargs: as in GPyTorch.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from gpytorch_nngp import ArchitectureKernel, NNGPKernel
+        >>> cnn = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        ...                     nn.Linear(8, 1))
+        >>> kernel = NNGPKernel.from_module(cnn, input_shape=(1, 4, 4))
+        >>> type(kernel) is ArchitectureKernel, kernel.kind
+        (True, 'nngp')
+        >>> kernel(torch.randn(3, 16)).shape
+        torch.Size([3, 3])
     """
 
     def __init__(self, network: Network, ntk: bool = False, weight_var=2.0, bias_var=0.1,

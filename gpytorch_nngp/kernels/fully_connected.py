@@ -233,6 +233,23 @@ class NNGPKernel(_FullyConnectedKernel, metaclass=_KindClass):
         **kwargs: batch_shape, active_dims, ... (GPyTorch Kernel arguments).
 
     Inputs (..., n, d); output (..., n, m) or the diagonal (..., n).
+
+    .. math::
+
+        K^0(x, x') = \sigma_w^2 \langle x, x' \rangle / d + \sigma_b^2, \qquad
+        K^l(x, x') = \sigma_w^2 \, \mathbb{E}_{(u, v) \sim N(0, K^{l-1})}[\phi(u) \phi(v)] + \sigma_b^2,
+
+    with :math:`\sigma_w^2` = weight_var, :math:`\sigma_b^2` = bias_var and the kernel :math:`K^L`.
+
+    Example:
+        >>> import torch
+        >>> from gpytorch_nngp import NNGPKernel
+        >>> kernel = NNGPKernel(depth=3, activation="relu", weight_var=2.0, bias_var=0.1)
+        >>> x = torch.randn(10, 4)
+        >>> kernel(x).shape, kernel(x, diag=True).shape
+        (torch.Size([10, 10]), torch.Size([10]))
+        >>> kernel.kind, kernel.weight_var.item()
+        ('nngp', 2.0)
     """
 
     _ntk = False
@@ -244,6 +261,23 @@ class NTKKernel(_FullyConnectedKernel, metaclass=_KindClass):
 
     Theta^0 = K^0, Theta^l = K^l + weight_var E[phi'(u) phi'(v)] Theta^{l-1}; equal to neural-tangents' NTK of the
     same ``stax.serial`` network. Same arguments as :class:`NNGPKernel`.
+
+    .. math::
+
+        \Theta^0 = K^0, \qquad
+        \Theta^l = K^l + \sigma_w^2 \, \mathbb{E}_{(u, v) \sim N(0, K^{l-1})}[\phi'(u) \phi'(v)] \, \Theta^{l-1}.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from gpytorch_nngp import NTKKernel
+        >>> kernel = NTKKernel(depth=2, activation="erf")
+        >>> kernel(torch.randn(6, 3)).shape
+        torch.Size([6, 6])
+        >>> cnn = nn.Sequential(nn.Conv1d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(40, 1))
+        >>> cnn_kernel = NTKKernel.from_module(cnn, input_shape=(1, 5))
+        >>> isinstance(cnn_kernel, NTKKernel), cnn_kernel(torch.randn(3, 5)).shape
+        (True, torch.Size([3, 3]))
     """
 
     _ntk = True

@@ -38,6 +38,19 @@ class GraphNodeKernel(NetworkKernel):
             index tensor of landmark nodes.
         per_layer: one (weight_var, bias_var) per Conv layer.
         weight_var_prior, bias_var_prior, weight_var_constraint, bias_var_constraint, **kwargs: as in GPyTorch.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from gpytorch_nngp import Aggregate, GraphNodeKernel
+        >>> from gpytorch_nngp.graphs import normalized_adjacency
+        >>> ring = torch.roll(torch.eye(5), 1, dims=1)
+        >>> a = normalized_adjacency(ring + ring.T)
+        >>> gcn = nn.Sequential(Aggregate(a), nn.Conv1d(2, 16, 1), nn.ReLU(), Aggregate(a), nn.Conv1d(16, 1, 1))
+        >>> kernel = GraphNodeKernel(gcn, features=torch.randn(5, 2))
+        >>> nodes = torch.arange(5.0)[:, None]
+        >>> kernel(nodes).shape
+        torch.Size([5, 5])
     """
 
     def __init__(self, module: torch.nn.Module, features: torch.Tensor, ntk: bool = False, weight_var=2.0,

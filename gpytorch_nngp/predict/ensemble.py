@@ -61,6 +61,26 @@ def gradient_descent_mse_ensemble(kernel, x_train: torch.Tensor, y_train: torch.
     Raises:
         TypeError: a kernel that is not a network kernel. ValueError: shapes, dtypes, t < 0, learning_rate <= 0, an
             unknown get, the NTK asked of an NNGP kernel, or infinite time on a singular kernel.
+
+    The formulas (Lee et al. 2019), with :math:`\Theta` the NTK and :math:`K` the NNGP on the training set,
+    :math:`\phi_t(\lambda) = (1 - e^{-\lambda t / N}) / \lambda` and :math:`T = \Theta_{*X} \phi_t(\Theta)`:
+
+    .. math::
+
+        \mu_t = T y, \qquad
+        \Sigma_t = K_{**} + T K_{XX} T^T - (T K_{X*} + K_{*X} T^T)  \quad \text{(all layers trained)}.
+
+    Example:
+        >>> import math, torch
+        >>> from gpytorch_nngp import NTKKernel
+        >>> from gpytorch_nngp.predict import gradient_descent_mse_ensemble
+        >>> x, y, x_test = torch.randn(20, 3).double(), torch.randn(20, 1).double(), torch.randn(4, 3).double()
+        >>> predict_fn = gradient_descent_mse_ensemble(NTKKernel(2, "relu").double(), x, y, diag_reg=1e-4)
+        >>> out = predict_fn(t=[0.0, 100.0, math.inf], x_test=x_test, compute_cov=True)
+        >>> out.ntk.mean.shape, out.nngp.covariance.shape
+        (torch.Size([3, 4, 1]), torch.Size([3, 4, 4]))
+        >>> bool(out.ntk.mean[0].abs().max() == 0)  # t = 0: the prior mean
+        True
     """
     _check_training(x_train, y_train, learning_rate, diag_reg)
     available = _kinds_of(kernel)

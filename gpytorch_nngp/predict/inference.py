@@ -24,6 +24,20 @@ def gp_inference(k_train_train, y_train: torch.Tensor, diag_reg: float = 0.0,
         (m, m) NNGP (the NTK for "ntkgp") to get Gaussian(mean, covariance). k_test_train=None gives the training
         targets (with zero covariance), as neural-tangents does -- once the training kernel is known to be
         non-singular, since that is the infinite-time limit only then.
+
+    .. math::
+
+        \mu = K_{*X} (K_{XX} + \epsilon I)^{-1} y, \qquad \Sigma = K_{**} - K_{*X} (K_{XX} + \epsilon I)^{-1} K_{X*}
+        \quad \text{(get="nngp")}.
+
+    Example:
+        >>> import torch
+        >>> from gpytorch_nngp.predict import gp_inference
+        >>> k = torch.tensor([[2.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
+        >>> y = torch.tensor([[1.0], [0.0]], dtype=torch.float64)
+        >>> out = gp_inference(k, y)(get="nngp", k_test_train=k[:1], k_test_test=k[:1, :1])
+        >>> out.mean.round(decimals=12).tolist(), out.covariance.tolist()  # a training point: its target, no variance
+        ([[1.0]], [[0.0]])
     """
     _check_training(None, y_train, 1.0, diag_reg)
     n = y_train.shape[0]

@@ -27,6 +27,22 @@ def gradient_descent_mse(k_train_train: torch.Tensor, y_train: torch.Tensor, lea
         (fx_train_t, fx_test_t) when fx_test_0 (m, k) and k_test_train (m, n) are given; fx_train_0=None leaves the
         training outputs out. t=None is infinite time, the same as math.inf (it needs a non-singular regularized
         kernel).
+
+    .. math::
+
+        f_t(X) = y + e^{-K t / N} (f_0(X) - y), \qquad
+        f_t(x_*) = f_0(x_*) + K_{*X} K^{-1} (I - e^{-K t / N}) (y - f_0(X)).
+
+    Example:
+        >>> import torch
+        >>> from gpytorch_nngp.predict import gradient_descent_mse
+        >>> k = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
+        >>> y = torch.tensor([[1.0], [-1.0]], dtype=torch.float64)
+        >>> predict_fn = gradient_descent_mse(k, y, learning_rate=1.0)
+        >>> predict_fn(0.0, fx_train_0=0.0).tolist()
+        [[0.0], [0.0]]
+        >>> torch.allclose(predict_fn(None, fx_train_0=0.0), y)  # trained to the end: the targets
+        True
     """
     _check_training(None, y_train, learning_rate, diag_reg)
     n = y_train.shape[0]
@@ -61,7 +77,14 @@ def max_learning_rate(ntk_train_train: torch.Tensor, y_train_size: Optional[int]
                       eps: float = 1e-12) -> float:
     """The largest stable gradient-descent step for the MSE loss: 2 (1 + momentum) N / (lambda_max + eps), with N the
     number of training outputs (y_train_size; default the kernel's size, one output) and lambda_max the NTK's largest
-    eigenvalue (neural-tangents' `max_learning_rate`)."""
+    eigenvalue (neural-tangents' `max_learning_rate`).
+
+    Example:
+        >>> import torch
+        >>> from gpytorch_nngp.predict import max_learning_rate
+        >>> round(max_learning_rate(torch.eye(4, dtype=torch.float64) * 2.0), 6)  # 2 N / lambda_max = 2 * 4 / 2
+        4.0
+    """
     k = torch.as_tensor(ntk_train_train)
     if k.dim() != 2 or k.shape[0] != k.shape[1]:
         raise ValueError(f"ntk_train_train must be a square (n, n) matrix, got {tuple(k.shape)}")

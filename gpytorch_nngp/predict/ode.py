@@ -34,6 +34,17 @@ def gradient_descent(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         (fx_train_t, fx_test_t) when fx_test_0 (m, k) and k_test_train (m, n) are given. t: steps >= 0, any shape
         and order; t=None (infinite time) is refused, since an ODE solver cannot reach it (for the MSE loss
         `gradient_descent_mse` has it in closed form).
+
+    Example:
+        >>> import torch
+        >>> from gpytorch_nngp.predict import gradient_descent
+        >>> k = torch.eye(3, dtype=torch.float64)
+        >>> y = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]], dtype=torch.float64)
+        >>> cross_entropy = lambda f, y: -(torch.log_softmax(f, -1) * y).mean()
+        >>> predict_fn = gradient_descent(cross_entropy, k, y, learning_rate=1.0)
+        >>> f = predict_fn([0.0, 50.0], fx_train_0=0.0)
+        >>> f.shape, bool((f[1].argmax(-1) == y.argmax(-1)).all())
+        (torch.Size([2, 3, 2]), True)
     """
     from torchdiffeq import odeint
 
