@@ -7,7 +7,7 @@ from ..algebra.branches import MERGES
 
 
 class Residual(torch.nn.Module):
-    """A residual block: forward(x) = x + branch(x).
+    r"""A residual block: forward(x) = x + branch(x).
 
     A real module (train it, run it) whose kernel `NNGPKernel.from_module` / `NTKKernel.from_module` know: the sum of
     the kernels of x and of branch(x). The branch must end in a Linear or Conv layer and keep the input's shape.
@@ -44,7 +44,7 @@ class Residual(torch.nn.Module):
 
 
 class Parallel(torch.nn.Module):
-    """Branches fed the same input, merged: forward(x) = merge(branch_1(x), ..., branch_k(x)).
+    r"""Branches fed the same input, merged: forward(x) = merge(branch_1(x), ..., branch_k(x)).
 
     A real module whose kernel `from_module` knows (neural-tangents' FanOut + parallel + FanInSum / FanInConcat /
     FanInProd): the sum of the branches' kernels, their channel-weighted average for "concat" (along dim 1, the

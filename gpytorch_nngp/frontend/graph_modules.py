@@ -15,7 +15,7 @@ _CURRENT_GRAPHS: contextvars.ContextVar = contextvars.ContextVar("gpytorch_nngp_
 
 
 class Aggregate(torch.nn.Module):
-    """Graph aggregation over the nodes: forward(x) for x (N, C, V) is out[..., i] = sum_j A[i, j] x[..., j]
+    r"""Graph aggregation over the nodes: forward(x) for x (N, C, V) is out[..., i] = sum_j A[i, j] x[..., j]
     (neural-tangents' stax.Aggregate with the pattern A^T; Kipf and Welling 2017 with a normalized A).
 
     Per-node dense layers are nn.Conv1d(c_in, c_out, 1), so a graph convolutional network is an nn.Sequential, and

@@ -20,7 +20,7 @@ def gradient_descent_mse_ensemble(kernel, x_train: torch.Tensor, y_train: torch.
                                   diag_reg: float = 0.0, diag_reg_absolute_scale: bool = False, *,
                                   solver: str = "auto", krylov_tol: float = 1e-10, test_block: int = 4096,
                                   krylov_dense_bytes: int = 2 ** 32) -> Callable:
-    """Mean and covariance of the infinite ensemble of infinitely wide networks trained by gradient descent on the MSE
+    r"""Mean and covariance of the infinite ensemble of infinitely wide networks trained by gradient descent on the MSE
     loss for time t, the initialization marginalized (neural-tangents' `gradient_descent_mse_ensemble`).
 
     Args:

@@ -11,7 +11,7 @@ from .common import Gaussian, _canonical_get, _cholesky, _pack, _regularized
 
 def gp_inference(k_train_train, y_train: torch.Tensor, diag_reg: float = 0.0,
                  diag_reg_absolute_scale: bool = False) -> Callable:
-    """The NNGP posterior, the infinite-time NTK ensemble, or the NTK-GP (He et al. 2020), by Cholesky solves.
+    r"""The NNGP posterior, the infinite-time NTK ensemble, or the NTK-GP (He et al. 2020), by Cholesky solves.
 
     Args:
         k_train_train: (n, n) tensor, or a namedtuple / dict with `nngp` and `ntk` (n, n) tensors (finite,

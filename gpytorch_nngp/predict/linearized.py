@@ -14,7 +14,7 @@ from .spectral import _Spectral
 
 def gradient_descent_mse(k_train_train: torch.Tensor, y_train: torch.Tensor, learning_rate: float = 1.0,
                          diag_reg: float = 0.0, diag_reg_absolute_scale: bool = False) -> Callable:
-    """The outputs of one linearized network trained by gradient descent on the MSE loss, for any kernel.
+    r"""The outputs of one linearized network trained by gradient descent on the MSE loss, for any kernel.
 
     Args:
         k_train_train: (n, n) tangent kernel on the training inputs (an infinite-width NTK, or a network's own
