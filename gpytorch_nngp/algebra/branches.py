@@ -71,13 +71,13 @@ class Parallel(Layer):
         """No branch has a weighted layer: the block is a fixed function of its input (see transform)."""
         return not any(layer.weighted for branch in self.branches for layer in walk(branch))
 
-    def transform(self, x):
+    def transform(self, x, side):
         """The block on the input points themselves (a block without weights, in the network's prefix)."""
         outs = []
         for branch in self.branches:
             y = x
             for layer in branch:
-                y = layer.transform(y)
+                y = layer.transform(y, side)
             outs.append(y)
         if self.merge == "concat":
             return torch.cat(outs, dim=-1 - len(self.input.spatial))
@@ -207,14 +207,12 @@ class InputMap(Layer):
     def apply(self, state, ctx):
         if state.values is None:
             raise RuntimeError("InputMap needs the inputs' values in the state (Network.reads_input)")
-        values = tuple(self._run(v, state.side[k].get("graph")) for k, v in enumerate(state.values))
+        values = tuple(self._run(v, state.side[k]) for k, v in enumerate(state.values))
         return state.with_(_input_state(values, self.output, state, ctx), None, values)
 
-    def _run(self, x, graph):
-        from .graph import Aggregate
-
+    def _run(self, x, side):
         for layer in self.layers:
-            x = layer.transform(x, graph) if isinstance(layer, Aggregate) else layer.transform(x)
+            x = layer.transform(x, side)
         return x
 
     def describe(self):

@@ -7,6 +7,7 @@ from dataclasses import replace
 from ..functional.activations import Activation
 from .flat import Dual
 from .layer import Layer
+from .low_rank import nystrom
 from .state import ACTIVATED, GAUSSIAN, INPUT, diagonal, layout
 
 
@@ -30,7 +31,7 @@ class Nonlinearity(Layer):
                          "fixed function of the input in the infinite-width limit, so its kernel has no closed form "
                          "here: put a Linear or Conv layer before it")
 
-    def transform(self, x):
+    def transform(self, x, side):
         return self.activation(x)
 
     def record_axes(self):
@@ -55,6 +56,18 @@ class Nonlinearity(Layer):
 
     def flat(self):
         return Dual(self.activation)
+
+    def low_rank(self, state):
+        """A Nystrom step over the landmark nodes: Q' from the columns F(K[:, S]) (the NTK's from
+        Fdot(K[:, S]) * theta[:, S])."""
+        q, t, s = state.q, state.t, state.landmarks
+        variances = (q * q).sum(-1)
+        f, fdot = self.activation.dual(q @ q[s].mT, variances.unsqueeze(-1), variances[s].unsqueeze(0),
+                                       ntk=state.ntk and t is not None)
+        if fdot is not None:
+            state.t = nystrom(fdot * (t @ t[s].mT), s, state.rel_eps)
+        state.q = nystrom(f, s, state.rel_eps)
+        return state
 
     def describe(self):
         return repr(self.activation)

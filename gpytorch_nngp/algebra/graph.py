@@ -107,14 +107,24 @@ class Aggregate(Layer):
                              f"positions ({geometry.shape()})")
         return replace(geometry.linear_image("sums of activations over neighbours"), full=True)
 
-    def transform(self, x, graph: Optional[torch.Tensor] = None):
-        """x (..., n, C, V) -> A x per point; `graph` the points' own graphs when the layer has none."""
+    def transform(self, x, side):
+        """x (..., n, C, V) -> A x per point; the points' own graphs (side["graph"]) when the layer has none."""
         if self.graph is not None:
             return apply_graph(x, self.graph.to(device=x.device, dtype=x.dtype), per_input=False)
+        graph = side.get("graph")
         if graph is None:
             raise ValueError("an aggregation with per-input graphs got no graphs: build the kernel from "
                              "GraphNetwork(module, GraphInputs(...)) and pack the inputs with it")
         return apply_graph(x, graph, per_input=True)
+
+    def low_rank(self, state):
+        """Q' = A Q (and the NTK's factor alike), O(E r) with a sparse A."""
+        if self.graph is None:
+            return super().low_rank(state)
+        graph = self.graph.to(device=state.q.device, dtype=state.q.dtype)
+        state.q = aggregate_axis(state.q, graph, 0)
+        state.t = None if state.t is None else aggregate_axis(state.t, graph, 0)
+        return state
 
     def _graphs(self, state, like):
         if self.graph is not None:

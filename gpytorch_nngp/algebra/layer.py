@@ -47,8 +47,9 @@ class Layer:
     def apply(self, state: PairState, ctx: Context) -> PairState:
         raise NotImplementedError
 
-    def transform(self, x: torch.Tensor) -> torch.Tensor:
-        """The layer on the input points themselves, x (..., *per-point shape)."""
+    def transform(self, x: torch.Tensor, side: dict) -> torch.Tensor:
+        """The layer on the input points themselves, x (..., *per-point shape); `side` is those points' side data
+        (PairState.side: a packed graph's adjacencies, ...), {} when they have none."""
         raise NotImplementedError(f"{self.describe()} cannot act on the input itself")
 
     def needs_full(self) -> Optional[bool]:
@@ -68,6 +69,11 @@ class Layer:
     def flat(self):
         """The layer's step on a flat state (algebra/flat.py: Affine, Dual), or None if it has none."""
         return None
+
+    def low_rank(self, state):
+        """The layer on the low-rank representation of a node-level state (algebra/low_rank.py, LowRankState)."""
+        raise ValueError(f"the low-rank node kernel supports per-node dense layers (nn.Conv1d with kernel size 1), "
+                         f"aggregations and activations, not {self.describe()}")
 
     def sublayers(self):
         """Layers nested inside this one (branches), for Network's walks."""

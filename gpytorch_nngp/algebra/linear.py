@@ -79,6 +79,21 @@ class Conv(Layer):
         self.index, self.bias = index, bias
         self.in_channels, self.out_channels = in_channels, out_channels
 
+    def low_rank(self, state):
+        """A per-node dense layer (kernel size 1, stride 1, no padding): Q' = [sqrt(w) Q, sqrt(b) 1]; theta' = K' +
+        w theta concatenates the factors."""
+        if not (all(k == 1 for k in self.kernel_size) and all(s == 1 for s in self.stride)
+                and all(p == (0, 0) for p in self.padding)):
+            return super().low_rank(state)
+        w = state.variance(state.weight_var, self.index)
+        parts = [w.sqrt() * state.q]
+        if self.bias:
+            parts.append(state.variance(state.bias_var, self.index).sqrt() * torch.ones_like(state.q[:, :1]))
+        state.q = torch.cat(parts, -1)
+        if state.ntk:
+            state.t = state.q if state.t is None else torch.cat([state.q, w.sqrt() * state.t], -1)
+        return state
+
     def _check_input(self, geometry):
         if len(geometry.spatial) != len(self.kernel_size):
             raise ValueError(f"a {len(self.kernel_size)}-d convolution got an input of {geometry.shape()}")
@@ -146,6 +161,8 @@ class Conv(Layer):
 class ConvTranspose(Conv):
     """A transposed convolution (torch.nn.ConvTranspose1d / 2d, dilation 1, one group, zero padding): per spatial
     axis `kernel_size` taps, `stride`, and torch's (padding, output_padding) as the (lo, hi) pair of `padding`."""
+
+    low_rank = Layer.low_rank  # no low-rank map (a Conv's per-node rule does not hold for its stencil)
 
     def _output(self, geometry):
         self._check_input(geometry)

@@ -14,7 +14,6 @@ from ..functional.workspace import Workspace
 from .branches import InputMap, Parallel, Residual
 from .elementwise import Nonlinearity
 from .flat import FlatProgram
-from .graph import Aggregate
 from .layer import Layer, build_one, needs_full, walk
 from .linear import Dense
 from .pooling import Flatten, ToDiagonal
@@ -200,14 +199,13 @@ class Network:
 
     def transform_input(self, x: torch.Tensor) -> torch.Tensor:
         """Input points (..., n, F) as per-point tensors (..., n, *state_shape), after the prefix layers."""
-        graph = None
+        side = {}
         if self.graphs is not None:
-            if any(isinstance(layer, Aggregate) and layer.graph is None for layer in self.prefix):
-                graph = self.graphs.graph(x)
+            side = {"graph": self.graphs.graph(x)} if self.prefix else {}
             x = self.graphs.features(x)
         x = x.reshape(*x.shape[:-1], *self.input_shape)
         for layer in self.prefix:
-            x = layer.transform(x, graph) if isinstance(layer, Aggregate) else layer.transform(x)
+            x = layer.transform(x, side)
         return x
 
     def propagate(self, state: PairState, ctx: Context) -> PairState:

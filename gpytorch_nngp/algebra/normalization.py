@@ -38,7 +38,7 @@ class LayerNorm(Layer):
                              "Linear or Conv layer (or a residual sum of such), not after an activation or pooling")
         return geometry
 
-    def transform(self, x):
+    def transform(self, x, side):
         nd = len(self.input.spatial)
         return torch.nn.functional.layer_norm(x, x.shape[x.dim() - nd - 1:], eps=self.eps)
 

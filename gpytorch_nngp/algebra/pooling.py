@@ -40,7 +40,7 @@ class AvgPool(Layer):
         return replace(geometry.linear_image("averages of activations over a window"), spatial=tuple(sizes),
                        full=True)
 
-    def transform(self, x):
+    def transform(self, x, side):
         nd = len(self.kernel_size)
         pool = torch.nn.functional.avg_pool1d if nd == 1 else torch.nn.functional.avg_pool2d
         flat = x.reshape(-1, *x.shape[x.dim() - nd - 1:])
@@ -75,7 +75,7 @@ class GlobalAvgPool(Layer):
         return replace(geometry.linear_image("averages of activations over all positions"), spatial=(), full=False,
                        pooled_axes=len(geometry.spatial))
 
-    def transform(self, x):
+    def transform(self, x, side):
         nd = len(self.input.spatial)
         return x.mean(tuple(range(-nd, 0))) if nd else x
 
@@ -99,7 +99,7 @@ class Flatten(Layer):
         channels = None if geometry.channels is None else geometry.channels * math.prod(geometry.spatial)
         return replace(geometry, spatial=(), full=False, channels=channels, pooled_axes=0)
 
-    def transform(self, x):
+    def transform(self, x, side):
         return x.flatten(x.dim() - len(self.input.spatial) - 1)
 
     def apply(self, state, ctx):
