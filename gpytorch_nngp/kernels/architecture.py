@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import torch
 from gpytorch.constraints import Interval
 from gpytorch.priors import Prior
 
-from .._validation import check_call, check_finite_kernel, check_inputs, one_point_set
+from .._validation import check_call, check_inputs
 from ..algebra import Network
 from ..backends import BACKENDS, NetworkKernelOperator, check_backend, make_sharding, resolve_backend
 from ..backends.tiling import NetworkEvaluator, architecture_matrix, paired
@@ -84,8 +84,9 @@ class ArchitectureKernel(NetworkKernel):
 
         return cls(network_from_module(module, input_shape, per_layer), ntk, weight_var, bias_var, **kwargs)
 
-    def __call__(self, x1, x2=None, diag=False, last_dim_is_batch=False, **params):
-        check_call(self.active_dims, self.batch_shape, x1, x1 if x2 is None else x2)
+    # -- evaluation (the template is NetworkKernel.forward) ----------------------------------------------------
+    def _check_call(self, x1, x2) -> None:
+        check_call(self.active_dims, self.batch_shape, x1, x2)
         for name, x in (("x1", x1), ("x2", x2)):
             features = x.shape[-1] if isinstance(x, torch.Tensor) and x.dim() else None
             if self.active_dims is not None and features is not None:
@@ -102,38 +103,30 @@ class ArchitectureKernel(NetworkKernel):
             for name, x in (("x1", x1), ("x2", x2)):
                 if isinstance(x, torch.Tensor):
                     self.network.graphs.check(x, name)
-        return super().__call__(x1, x2, diag=diag, last_dim_is_batch=last_dim_is_batch, **params)
 
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor, diag: bool = False, last_dim_is_batch: bool = False,
-                **params) -> Union[torch.Tensor, NetworkKernelOperator]:
-        """Kernel matrix (..., n, m), or its diagonal (..., n) with diag=True. Inputs (..., n, F), (..., m, F)."""
-        self._refuse_last_dim_is_batch(last_dim_is_batch)
-        check_inputs(x1, x2)
+    def _shortcut(self, x1, x2, diag: bool):
         shared = _shared_batch(x1, x2) if not len(self.batch_shape) else None
-        if shared is not None:
-            # One point set repeated along batch dimensions (GPyTorch's multitask and variational strategies expand
-            # inputs this way): evaluate it once and repeat the result, instead of once per batch member.
-            batch, base1, base2 = shared
-            out = self.forward(base1, base2, diag=diag)
-            return out.expand(*batch, *out.shape[-1 if diag else -2:])
-        weight_var, bias_var = self.weight_var, self.bias_var
-        same = one_point_set(x1, x2)
-        if self.has_lengthscale:  # ARD: one length scale per input channel (per dimension of a flat input)
-            x1 = self._ard(x1)
-            x2 = x1 if same else self._ard(x2)
-        if diag:
-            return self._checked_diagonal(x1, x2)
-        backend = resolve_backend(self.backend, x1, x2, entries_per_pair=self.network.entries_per_pair)
-        if backend != "dense" and not self.network.numerical:
-            # (A numerical activation checks its variances itself, and its diagonal would cost a second setup.)
-            self._check_bounded(x1, x2, same)
-        if backend == "distributed":
-            self.sharding.check_same(x1=x1, x2=x2, weight_var=weight_var, bias_var=bias_var)
-        if backend in ("lazy", "distributed"):
-            return NetworkKernelOperator(x1, weight_var, bias_var, None if same else x2,
-                                         evaluator=NetworkEvaluator(self.network, self.ntk), sharding=self.sharding)
-        return check_finite_kernel(architecture_matrix(self.network, x1, x2, weight_var, bias_var, self.ntk,
-                                                       symmetric=same), x1, x2)
+        if shared is None:
+            return None
+        # One point set repeated along batch dimensions (GPyTorch's multitask and variational strategies expand
+        # inputs this way): evaluate it once and repeat the result, instead of once per batch member.
+        batch, base1, base2 = shared
+        out = self.forward(base1, base2, diag=diag)
+        return out.expand(*batch, *out.shape[-1 if diag else -2:])
+
+    @property
+    def _bounds_checkable(self) -> bool:
+        return not self.network.numerical
+
+    def _backend(self, x1, x2) -> str:
+        return resolve_backend(self.backend, x1, x2, entries_per_pair=self.network.entries_per_pair)
+
+    def _dense(self, x1, x2, x1_eq_x2: bool) -> torch.Tensor:
+        return architecture_matrix(self.network, x1, x2, self.weight_var, self.bias_var, self.ntk, symmetric=x1_eq_x2)
+
+    def _operator(self, backend: str, x1, x2) -> NetworkKernelOperator:
+        return NetworkKernelOperator(x1, self.weight_var, self.bias_var, x2,
+                                     evaluator=NetworkEvaluator(self.network, self.ntk), sharding=self.sharding)
 
     def _computes_ntk(self) -> bool:
         return self.ntk
@@ -142,13 +135,14 @@ class ArchitectureKernel(NetworkKernel):
         self.ntk = kind == "ntk"
 
     def _ard(self, x: torch.Tensor) -> torch.Tensor:
+        """One length scale per input channel (per dimension of a flat input)."""
         shape = self.network.input_shape
         if len(shape) == 1 and self.network.graphs is None:
             return self._scale_inputs(x)
         return self._scale_inputs(x, channels=shape[0], width=math.prod(shape))
 
-    def _diagonal(self, x1, x2, same_points: bool) -> torch.Tensor:
-        return paired(self.network, x1, x2, self.weight_var, self.bias_var, self.ntk, same_points=same_points)
+    def _diagonal(self, x1, x2, x1_eq_x2: bool) -> torch.Tensor:
+        return paired(self.network, x1, x2, self.weight_var, self.bias_var, self.ntk, same_points=x1_eq_x2)
 
     def extra_repr(self) -> str:
         return f"{'NTK' if self.ntk else 'NNGP'}, input_shape={self.network.input_shape}, {self.network.describe()}"

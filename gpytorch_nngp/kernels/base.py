@@ -9,7 +9,7 @@ from gpytorch.constraints import GreaterThan, Interval, Positive
 from gpytorch.kernels import Kernel
 from gpytorch.priors import LogNormalPrior, Prior
 
-from .._validation import check_finite_kernel, check_positive_variance, one_point_set
+from .._validation import check_call, check_finite_kernel, check_inputs, check_positive_variance, one_point_set
 
 
 class NetworkKernel(Kernel):
@@ -17,7 +17,10 @@ class NetworkKernel(Kernel):
     `weight_var` and `bias_var` parameters of a given shape, and the checks their `forward` shares.
 
     weight_var: sigma_w^2 (weights ~ N(0, weight_var / fan_in)); bias_var: sigma_b^2 (biases ~ N(0, bias_var)).
-    Subclasses implement `_diagonal(x1, x2, same_points)` (the paired kernel k(x1_i, x2_i)).
+    Evaluation is one template (`__call__`, `forward`), GPyTorch's habit: subclasses fill in `_backend` (which
+    backend evaluates these inputs), `_dense` (the matrix), `_operator` (the lazy / KeOps / distributed operator),
+    `_diagonal(x1, x2, x1_eq_x2)` (the paired kernel k(x1_i, x2_i)) and, where they differ, `_check_call`,
+    `_shortcut`, `_ard` and `_bounds_checkable`.
 
     ARD (per-input relevance). With `ard_num_dims`, the first layer's weight for input i is drawn from
     N(0, weight_var / (fan_in l_i^2)): the kernel sees x_i / l_i, with a learnable, positive `lengthscale` of shape
@@ -114,7 +117,65 @@ class NetworkKernel(Kernel):
             return scaled
         return torch.cat([scaled, x[..., width:].expand(*batch, x.shape[-2], x.shape[-1] - width)], -1)
 
-    def _diagonal(self, x1: torch.Tensor, x2: torch.Tensor, same_points: bool) -> torch.Tensor:
+    # -- the evaluation template: subclasses fill in the hooks below ----------------------------------------------
+    def __call__(self, x1, x2=None, diag=False, last_dim_is_batch=False, **params):
+        # Validate eagerly (GPyTorch evaluates lazily and would raise a bare RuntimeError on mismatched features).
+        self._check_call(x1, x1 if x2 is None else x2)
+        return super().__call__(x1, x2, diag=diag, last_dim_is_batch=last_dim_is_batch, **params)
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor, diag: bool = False, last_dim_is_batch: bool = False,
+                **params):
+        """Kernel matrix (..., n, m) (a tensor, or a linear operator for the lazy, KeOps and distributed backends),
+        or its diagonal (..., n) with diag=True. Inputs (..., n, d), (..., m, d) (GPyTorch may call forward
+        directly, as ScaleKernel does, so the inputs are checked here too; a finite check is remembered per
+        tensor, so it is paid once)."""
+        self._refuse_last_dim_is_batch(last_dim_is_batch)
+        check_inputs(x1, x2)
+        shortcut = self._shortcut(x1, x2, diag)
+        if shortcut is not None:
+            return shortcut
+        x1_eq_x2 = one_point_set(x1, x2)
+        if self.has_lengthscale:  # ARD: the kernel of the scaled inputs (one point set stays one)
+            x1 = self._ard(x1)
+            x2 = x1 if x1_eq_x2 else self._ard(x2)
+        if diag:
+            return self._checked_diagonal(x1, x2)
+        backend = self._backend(x1, x2)
+        if backend != "dense" and self._bounds_checkable:
+            self._check_bounded(x1, x2, x1_eq_x2)
+        if backend == "dense":
+            return check_finite_kernel(self._dense(x1, x2, x1_eq_x2), x1, x2)
+        if backend == "distributed":
+            self.sharding.check_same(x1=x1, x2=x2, weight_var=self.weight_var, bias_var=self.bias_var)
+        return self._operator(backend, x1, None if x1_eq_x2 else x2)
+
+    def _check_call(self, x1, x2) -> None:
+        """Checks of the inputs before GPyTorch's lazy evaluation (shapes, features, dtypes)."""
+        check_call(self.active_dims, self.batch_shape, x1, x2)
+
+    def _shortcut(self, x1, x2, diag: bool):
+        """A result computed another way (None: go on with the template)."""
+        return None
+
+    def _ard(self, x: torch.Tensor) -> torch.Tensor:
+        return self._scale_inputs(x)
+
+    @property
+    def _bounds_checkable(self) -> bool:
+        """Whether an operator's inputs are checked by their own kernel values first (a numerical activation checks
+        its variances itself, and its diagonal would cost a second setup)."""
+        return True
+
+    def _backend(self, x1, x2) -> str:
+        raise NotImplementedError
+
+    def _dense(self, x1, x2, x1_eq_x2: bool) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _operator(self, backend: str, x1, x2):
+        raise NotImplementedError
+
+    def _diagonal(self, x1: torch.Tensor, x2: torch.Tensor, x1_eq_x2: bool) -> torch.Tensor:
         raise NotImplementedError
 
     def _refuse_last_dim_is_batch(self, last_dim_is_batch: bool) -> None:

@@ -1,13 +1,13 @@
 """NNGP and NTK kernels of fully connected networks as GPyTorch kernels."""
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import torch
 from gpytorch.constraints import Interval
 from gpytorch.priors import Prior
 
-from .._validation import check_call, check_depth, check_finite_kernel, check_inputs, one_point_set
+from .._validation import check_call, check_depth, check_inputs
 from ..algebra.mlp import fully_connected_recursion, input_grams, paired_kernel
 from ..backends import (
     FullyConnectedEvaluator,
@@ -86,48 +86,35 @@ class _FullyConnectedKernel(NetworkKernel):
                              weight_var_constraint, bias_var_constraint)
         self._gram_cache = _GramCache()
 
-    # -- evaluation -------------------------------------------------------------------------------
-    def __call__(self, x1, x2=None, diag=False, last_dim_is_batch=False, **params):
-        # Validate eagerly (GPyTorch evaluates lazily and would raise a bare RuntimeError on mismatched features).
+    # -- evaluation (the template is NetworkKernel.forward) ----------------------------------------------------
+    def _check_call(self, x1, x2) -> None:
         def as_2d(x):
             return x.unsqueeze(-1) if isinstance(x, torch.Tensor) and x.dim() == 1 else x
 
-        a = as_2d(x1)
-        b = a if x2 is None else as_2d(x2)
+        a, b = as_2d(x1), as_2d(x2)
         check_call(self.active_dims, self.batch_shape, a, b)
         if self.active_dims is not None and isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
             if a.dim() >= 1 and b.dim() >= 1 and a.shape[-1] == b.shape[-1]:
                 a, b = a.index_select(-1, self.active_dims), b.index_select(-1, self.active_dims)
         check_inputs(a, b)
-        return super().__call__(x1, x2, diag=diag, last_dim_is_batch=last_dim_is_batch, **params)
 
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor, diag: bool = False, last_dim_is_batch: bool = False,
-                **params) -> Union[torch.Tensor, NetworkKernelOperator]:
-        """Kernel matrix (..., n, m), or its diagonal (..., n) with diag=True. Inputs (..., n, d), (..., m, d)."""
-        self._refuse_last_dim_is_batch(last_dim_is_batch)
-        check_inputs(x1, x2)
-        weight_var, bias_var = self.weight_var, self.bias_var
-        symmetric = one_point_set(x1, x2)
-        if self.has_lengthscale:  # ARD: the kernel of x / lengthscale (one point set stays one)
-            x1 = self._scale_inputs(x1)
-            x2 = x1 if symmetric else self._scale_inputs(x2)
-        if diag:
-            return self._checked_diagonal(x1, x2)
-        backend = resolve_backend(self.backend, x1, x2, self.activation, batched=len(self.batch_shape) > 0)
-        if backend != "dense" and not isinstance(self.activation, Numerical):
-            # (A numerical activation checks its variances itself, and its diagonal would cost a second setup.)
-            self._check_bounded(x1, x2, symmetric)
-        if backend == "distributed":
-            self.sharding.check_same(x1=x1, x2=x2, weight_var=weight_var, bias_var=bias_var)
-            return NetworkKernelOperator(x1, weight_var, bias_var, None if symmetric else x2,
-                                         evaluator=self._evaluator(), sharding=self.sharding)
-        if backend in ("lazy", "keops"):
-            operator = KeOpsNetworkKernelOperator if backend == "keops" else NetworkKernelOperator
-            return operator(x1, weight_var, bias_var, None if symmetric else x2, evaluator=self._evaluator())
-        gram, var1, var2 = self._gram_cache.get(x1, x2, symmetric)
-        k, theta = fully_connected_recursion(gram, var1, var2, self.depth, self.activation, weight_var, bias_var,
-                                             ntk=self._ntk, symmetric=symmetric)
-        return check_finite_kernel(theta if self._ntk else k, x1, x2)
+    @property
+    def _bounds_checkable(self) -> bool:
+        return not isinstance(self.activation, Numerical)
+
+    def _backend(self, x1, x2) -> str:
+        return resolve_backend(self.backend, x1, x2, self.activation, batched=len(self.batch_shape) > 0)
+
+    def _dense(self, x1, x2, x1_eq_x2: bool) -> torch.Tensor:
+        gram, var1, var2 = self._gram_cache.get(x1, x2, x1_eq_x2)
+        k, theta = fully_connected_recursion(gram, var1, var2, self.depth, self.activation, self.weight_var,
+                                             self.bias_var, ntk=self._ntk, symmetric=x1_eq_x2)
+        return theta if self._ntk else k
+
+    def _operator(self, backend: str, x1, x2) -> NetworkKernelOperator:
+        operator = KeOpsNetworkKernelOperator if backend == "keops" else NetworkKernelOperator
+        return operator(x1, self.weight_var, self.bias_var, x2, evaluator=self._evaluator(),
+                        sharding=self.sharding if backend == "distributed" else None)
 
     def _computes_ntk(self) -> bool:
         return self._ntk
@@ -139,10 +126,10 @@ class _FullyConnectedKernel(NetworkKernel):
     def _evaluator(self) -> FullyConnectedEvaluator:
         return FullyConnectedEvaluator(self.depth, self.activation, self._ntk)
 
-    def _diagonal(self, x1, x2, same_points: bool) -> torch.Tensor:
+    def _diagonal(self, x1, x2, x1_eq_x2: bool) -> torch.Tensor:
         """k(x1_i, x2_i), (..., n)."""
         return paired_kernel(x1, x2, self.weight_var.squeeze(-1), self.bias_var.squeeze(-1), self.depth,
-                             self.activation, self._ntk, same_points=same_points)
+                             self.activation, self._ntk, same_points=x1_eq_x2)
 
     # -- housekeeping -----------------------------------------------------------------------------
     def _apply(self, fn, *args, **kwargs):
