@@ -37,11 +37,87 @@ class TestNTKArchitectureARDContract(BaseKernelTestCase, unittest.TestCase):
         kernel.lengthscale = torch.linspace(0.5, 2.0, num_dims)
         return kernel
 
-    def test_active_dims_list(self):  # the module is built for its input width; active_dims would select fewer
-        pass
+    def test_active_dims_list(self):
+        self.skipTest("the module is built for its input width; active_dims would select fewer columns")
 
     def test_active_dims_range(self):
-        pass
+        self.skipTest("the module is built for its input width; active_dims would select fewer columns")
+
+
+class TestNNGPConvolutionalContract(BaseKernelTestCase, unittest.TestCase):
+    """A convolutional architecture kernel (a 1-d CNN with global pooling) under GPyTorch's kernel contract: its
+    inputs are 2 channels of 5 positions (10 columns), and its ARD length scales are per channel."""
+
+    SHAPE = (2, 5)
+
+    def module(self):
+        return torch.nn.Sequential(torch.nn.Conv1d(2, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool1d(1),
+                                   torch.nn.Flatten(), torch.nn.Linear(4, 1))
+
+    def create_kernel_no_ard(self, **kwargs):
+        return NNGPKernel.from_module(self.module(), self.SHAPE, **kwargs)
+
+    def create_kernel_ard(self, num_dims, **kwargs):
+        kernel = NNGPKernel.from_module(self.module(), self.SHAPE, ard_num_dims=num_dims, **kwargs)
+        kernel.lengthscale = torch.linspace(0.5, 2.0, num_dims)
+        return kernel
+
+    def create_data_single_batch(self):
+        return torch.randn(2, 3, 10)
+
+    def create_data_double_batch(self):
+        return torch.randn(3, 2, 50, 10)
+
+    def test_active_dims_list(self):
+        self.skipTest("the module is built for 10 input columns; active_dims would select fewer")
+
+    def test_active_dims_range(self):
+        self.skipTest("the module is built for 10 input columns; active_dims would select fewer")
+
+
+class TestNTKLazyBackendContract(BaseKernelTestCase, unittest.TestCase):
+    """The lazy backend's operator under the same contract (GPyTorch evaluates it through to_dense)."""
+
+    def create_kernel_no_ard(self, **kwargs):
+        return NTKKernel(depth=2, activation="relu", backend="lazy", **kwargs)
+
+    def create_kernel_ard(self, num_dims, **kwargs):
+        kernel = NTKKernel(depth=2, activation="relu", backend="lazy", ard_num_dims=num_dims, **kwargs)
+        kernel.lengthscale = torch.linspace(0.5, 2.0, num_dims)
+        return kernel
+
+
+class TestGraphNodeContract(BaseKernelTestCase, unittest.TestCase):
+    """GraphNodeKernel (inputs: node indices, one column) under GPyTorch's contract, on a 50-node ring."""
+
+    def create_kernel_no_ard(self, **kwargs):
+        from gpytorch_nngp import Aggregate, GraphNodeKernel
+        from gpytorch_nngp.graphs import normalized_adjacency
+
+        ring = torch.roll(torch.eye(50), 1, dims=1)
+        a = normalized_adjacency(ring + ring.T)
+        module = torch.nn.Sequential(Aggregate(a), torch.nn.Conv1d(3, 8, 1), torch.nn.ReLU(), Aggregate(a),
+                                     torch.nn.Conv1d(8, 1, 1))
+        features = torch.randn(50, 3, generator=torch.Generator().manual_seed(0))
+        return GraphNodeKernel(module, features, **kwargs)
+
+    def _nodes(self, *shape):
+        return torch.randint(0, 50, (*shape, 1)).float()
+
+    def create_data_no_batch(self):
+        return self._nodes(50)
+
+    def create_data_single_batch(self):
+        return self._nodes(2, 3)
+
+    def create_data_double_batch(self):
+        return self._nodes(3, 2, 50)
+
+    def test_active_dims_list(self):
+        self.skipTest("the inputs are node indices, one column: there are no dimensions to select")
+
+    def test_active_dims_range(self):
+        self.skipTest("the inputs are node indices, one column: there are no dimensions to select")
 
 
 class TestNTKErfContract(BaseKernelTestCase, unittest.TestCase):

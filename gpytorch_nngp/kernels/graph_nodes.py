@@ -69,7 +69,9 @@ class GraphNodeKernel(NetworkKernel):
 
         self.network = network_from_module(module, (dim, nodes), per_layer, spatial_output=True)
         self.ntk, self.nodes = bool(ntk), nodes
-        self.register_buffer("features", features.mT.reshape(1, -1).clone())  # one input: (d, N) channel first
+        # One input, (d, N) channel first. Not a buffer: GPyTorch indexes and expands every buffer along the batch
+        # dimensions (kernel[i], expand_batch), and every batch member shares the graph; _apply moves it.
+        self.features = features.mT.reshape(1, -1).clone()
         if landmarks is not None:
             if isinstance(landmarks, int) and not isinstance(landmarks, bool):
                 if not 1 <= landmarks <= nodes:
@@ -90,6 +92,7 @@ class GraphNodeKernel(NetworkKernel):
 
     def _apply(self, fn, *args, **kwargs):
         self._cache = None
+        self.features = fn(self.features)
         return super()._apply(fn, *args, **kwargs)
 
     def _computes_ntk(self) -> bool:
@@ -157,11 +160,22 @@ class GraphNodeKernel(NetworkKernel):
             if torch.equal(i, j):
                 return LowRankRootLinearOperator(a)
             return MatmulLinearOperator(a, b.mT)
-        k = self.node_covariance()
-        if diag:
-            return k[..., i, j]
-        return k[..., i.unsqueeze(-1), j.unsqueeze(-2)]
+        return _entries(self.node_covariance(), i, j, diag)
 
     def extra_repr(self) -> str:
         form = "exact" if self.landmarks is None else f"low rank, {len(self.landmarks)} landmarks"
         return f"{'NTK' if self.ntk else 'NNGP'}, {self.nodes} nodes, {form}, {self.network.describe()}"
+
+
+def _entries(k: torch.Tensor, i: torch.Tensor, j: torch.Tensor, diag: bool) -> torch.Tensor:
+    """Entries (i_p, j_q) of the node covariance k (*batch, N, N) for node indices i (*batch, n), j (*batch, m),
+    batch by batch: (*batch, n, m), or (*batch, n) for the pairs (i_p, j_p) with diag. (Plain advanced indexing would
+    pair every batch member of k with every batch member of the indices.)"""
+    batch = torch.broadcast_shapes(k.shape[:-2], i.shape[:-1], j.shape[:-1])
+    nodes = k.shape[-1]
+    k = k.expand(*batch, nodes, nodes)
+    i, j = i.expand(*batch, i.shape[-1]), j.expand(*batch, j.shape[-1])
+    rows = k.gather(-2, i.unsqueeze(-1).expand(*batch, i.shape[-1], nodes))  # (*batch, n, N)
+    if diag:
+        return rows.gather(-1, j.unsqueeze(-1)).squeeze(-1)
+    return rows.gather(-1, j.unsqueeze(-2).expand(*batch, i.shape[-1], j.shape[-1]))
