@@ -8,13 +8,17 @@ import torch
 from keops_stand_in import TorchLazyTensor
 from linear_operator.test.linear_operator_test_case import LinearOperatorTestCase, RectangularLinearOperatorTestCase
 from test_dnn2gp import autograd_jacobian
+from torch import nn
 
+from gpytorch_nngp import Residual
 from gpytorch_nngp.activations import Erf, ReLU
 from gpytorch_nngp.algebra.mlp import fully_connected_recursion, input_grams
 from gpytorch_nngp.backends import DeviceSharding, FullyConnectedEvaluator, keops, memory_budget
 from gpytorch_nngp.backends.keops import KeOpsNetworkKernelOperator
 from gpytorch_nngp.backends.lazy import NetworkKernelOperator
+from gpytorch_nngp.backends.tiling import NetworkEvaluator, architecture_matrix
 from gpytorch_nngp.dnn2gp import FiniteNTKOperator, LinearizedNetwork
+from gpytorch_nngp.frontend.translate import network_from_module
 
 
 def dense_network_kernel(op):
@@ -84,6 +88,41 @@ class TestBatchedNTKReLUOperator(_Square, LinearOperatorTestCase, unittest.TestC
 
 
 class TestRectangularNNGPOperator(_NetworkOperatorCase, RectangularLinearOperatorTestCase, unittest.TestCase):
+    def create_linear_op(self):
+        return self.operator(self.points(5), self.points(4, offset=1))
+
+
+class _ArchitectureOperatorCase(_NetworkOperatorCase):
+    """The same operator over the layer algebra (NetworkEvaluator, tiles) for a small 1-d CNN with pooling and a
+    residual block; the reference is the dense tiled evaluation (backends/tiling.py, architecture_matrix)."""
+
+    SHAPE = (2, 4)
+
+    def points(self, n, offset=0):
+        g = torch.Generator().manual_seed(self.seed + offset)
+        return torch.randn(*self.batch, n, 8, generator=g)
+
+    def operator(self, x1, x2):
+        module = nn.Sequential(nn.Conv1d(2, 3, 3, padding=1), Residual(nn.Sequential(nn.ReLU(), nn.Conv1d(3, 3, 1))),
+                               nn.AvgPool1d(2), nn.Flatten(), nn.Linear(6, 1))
+        network = network_from_module(module, self.SHAPE, per_layer=True)
+        shape = (*self.batch, network.num_parameters)
+        variances = torch.linspace(1.2, 1.8, network.num_parameters).expand(shape).clone()
+        return NetworkKernelOperator(x1, variances, torch.full(shape, 0.3),
+                                     None if self.symmetric else x2,
+                                     evaluator=NetworkEvaluator(network, self.ntk), cache_bytes=self.cache_bytes)
+
+    def evaluate_linear_op(self, op):
+        e = op.evaluator
+        return architecture_matrix(e.network, op.x1, op.x2, op.weight_var, op.bias_var, e.ntk, symmetric=op.symmetric)
+
+
+class TestArchitectureNTKOperator(_ArchitectureOperatorCase, _Square, LinearOperatorTestCase, unittest.TestCase):
+    ntk, symmetric = True, True
+
+
+class TestArchitectureRectangularNNGPOperator(_ArchitectureOperatorCase, RectangularLinearOperatorTestCase,
+                                              unittest.TestCase):
     def create_linear_op(self):
         return self.operator(self.points(5), self.points(4, offset=1))
 
