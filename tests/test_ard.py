@@ -6,7 +6,7 @@ import math
 import gpytorch
 import pytest
 import torch
-from test_monte_carlo import assert_mean_converged
+from helpers.monte_carlo import assert_mean_converged
 from torch import nn
 from torch.func import jacrev
 

@@ -7,8 +7,7 @@ import math
 
 import pytest
 import torch
-from test_monte_carlo import assert_mean_converged
-from test_monte_carlo_cnn import draw
+from helpers.monte_carlo import assert_mean_converged, draw
 from torch import nn
 
 from gpytorch_nngp import NNGPKernel, NTKKernel, Parallel, Residual

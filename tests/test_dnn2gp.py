@@ -4,6 +4,7 @@ import math
 import gpytorch
 import pytest
 import torch
+from helpers.jacobians import autograd_jacobian
 
 from gpytorch_nngp.dnn2gp import DNN2GP, FiniteNTKKernel, FiniteNTKOperator, LinearizedNetwork
 from gpytorch_nngp.dnn2gp.laplace import softmax_ggn_root
@@ -15,17 +16,7 @@ def mlp(d_in, outputs, width=8, seed=0):
                                torch.nn.Tanh(), torch.nn.Linear(width, outputs)).double()
 
 
-def autograd_jacobian(model, x, create_graph=False):
-    """(n, C, P) by one backward pass per output: no torch.func, so independent of the library's Jacobians.
-    create_graph=True keeps it differentiable in x."""
-    params = list(model.parameters())
-    rows = []
-    for i in range(x.shape[0]):
-        out = model(x[i:i + 1])[0]
-        for c in range(out.shape[0]):
-            grads = torch.autograd.grad(out[c], params, retain_graph=True, create_graph=create_graph)
-            rows.append(torch.cat([g.flatten() for g in grads]))
-    return torch.stack(rows).reshape(x.shape[0], -1, rows[0].numel())
+
 
 
 def weight_space_laplace(model, x, y, x_test, delta, sigma, classification):

@@ -2,8 +2,7 @@
 import gpytorch
 import pytest
 import torch
-from test_monte_carlo import assert_mean_converged
-from test_monte_carlo_cnn import BV, WV, draw
+from helpers.monte_carlo import BV, WV, assert_mean_converged, draw
 from torch import nn
 
 from gpytorch_nngp import Aggregate, GraphNodeKernel

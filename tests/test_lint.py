@@ -151,3 +151,20 @@ def test_the_layout_page_names_every_module():
                 if rel.replace(os.sep, "/") not in layout:
                     missing.append(rel)
     assert not missing, f"docs/guide/layout.md does not name {sorted(missing)}"
+
+
+def test_no_test_module_imports_another():
+    """Shared helpers live in tests/helpers (or conftest.py): a test module importing another runs that module's
+    collection-time code twice and hides what is shared."""
+    import ast
+
+    offenders = []
+    tests = os.path.join(ROOT, "tests")
+    for name in sorted(os.listdir(tests)):
+        if not (name.startswith("test_") and name.endswith(".py")):
+            continue
+        for node in ast.walk(ast.parse(open(os.path.join(tests, name)).read())):
+            modules = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            offenders += [f"{name} imports {m}" for m in modules if m.split(".")[0].startswith("test_")]
+    assert not offenders, "; ".join(offenders)

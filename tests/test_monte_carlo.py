@@ -13,6 +13,7 @@ import math
 
 import pytest
 import torch
+from helpers.monte_carlo import assert_mean_converged
 from torch.func import jacrev
 
 from gpytorch_nngp import NNGPKernel, NTKKernel
@@ -50,13 +51,6 @@ def inputs():
     x[5] = 2 * x[0]  # a parallel pair
     return x
 
-
-def assert_mean_converged(samples, ref, floor: float):
-    """The mean of per-draw estimates (draws, n, n) is within 4 standard errors of ref (n, n), in the relative
-    Frobenius norm, or within `floor` when the draws agree more closely than that."""
-    err = (torch.linalg.norm(samples.mean(0) - ref) / torch.linalg.norm(ref)).item()
-    stderr = (torch.linalg.norm(samples.std(0)) / math.sqrt(len(samples)) / torch.linalg.norm(ref)).item()
-    assert err < max(4 * stderr, floor), f"relative Frobenius error {err:.4f}, standard error {stderr:.4f}"
 
 
 def _assert_converged(samples, kernel, x, wv, bv):

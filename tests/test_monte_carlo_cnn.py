@@ -13,14 +13,12 @@ import math
 
 import pytest
 import torch
-from test_monte_carlo import assert_mean_converged
+from helpers.monte_carlo import BV, WV, assert_kernel_converged, draw, empirical_ntks
 from torch import nn
-from torch.func import functional_call, jacrev
 
 from gpytorch_nngp import NNGPKernel, NTKKernel, Parallel, Residual, SelfAttention
 
 WIDTH = 256
-WV, BV = 1.6, 0.2
 
 
 def networks():
@@ -64,27 +62,10 @@ def networks():
     }
 
 
-def prior_variances(module):
-    """Each parameter's prior variance: weight_var / fan_in for weights, bias_var for biases."""
-    out = {}
-    for name, sub in module.named_modules():
-        if isinstance(sub, (nn.Conv1d, nn.Conv2d, nn.Linear, nn.ConvTranspose1d, nn.ConvTranspose2d)):
-            # weight (out, in, *k), transposed (in, out, *k): fan-in = in * taps, as the kernel normalizes
-            fan_in = sub.weight[0].numel() if not isinstance(sub, (nn.ConvTranspose1d, nn.ConvTranspose2d)) else \
-                sub.weight[:, 0].numel()
-            out[f"{name}.weight" if name else "weight"] = WV / fan_in
-            out[f"{name}.bias" if name else "bias"] = BV
-        if isinstance(sub, SelfAttention):  # N(0, 1) weights, scaled in its forward (NTK parametrization)
-            out.update({f"{name}.{p}": 1.0 for p, _ in sub.named_parameters()})
-    return out
 
 
-def draw(module, gen):
-    variances = prior_variances(module)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * math.sqrt(variances[name]))
-    return variances
+
+
 
 
 def inputs(shape):
@@ -101,23 +82,10 @@ def _case(name):
     return module.double(), shape, x, x.reshape(len(x), *shape)
 
 
-def _assert_converged(samples, cls, module, shape, x):
-    """The mean of the per-draw estimates is within 4 standard errors (floor 2%) of cls.from_module's kernel."""
-    with torch.no_grad():
-        ref = cls.from_module(module, shape, weight_var=WV, bias_var=BV).double()(x).to_dense()
-    assert_mean_converged(samples, ref, 0.02)
 
 
-def empirical_ntks(module, inputs, points: int, gen, draws: int):
-    """Empirical NTKs (draws, points, points) of the NTK parametrization: sum over parameters of their prior
-    variance times the Jacobians' Gram, for `draws` prior draws of module's parameters."""
-    samples = []
-    for _ in range(draws):
-        variances = draw(module, gen)
-        params = {k: v.detach() for k, v in module.named_parameters()}
-        jac = jacrev(lambda p: functional_call(module, p, (inputs,)).squeeze(-1))(params)
-        samples.append(sum(variances[k] * j.reshape(points, -1) @ j.reshape(points, -1).T for k, j in jac.items()))
-    return torch.stack(samples)
+
+
 
 
 @pytest.mark.parametrize("name", sorted(networks()))
@@ -130,11 +98,11 @@ def test_cnn_nngp_converges(name):
         with torch.no_grad():
             h = module[:-1](batch).reshape(len(x), -1)
         samples.append(WV * h @ h.T / h.shape[1] + BV)
-    _assert_converged(torch.stack(samples), NNGPKernel, module, shape, x)
+    assert_kernel_converged(torch.stack(samples), NNGPKernel, module, shape, x)
 
 
 @pytest.mark.parametrize("name", ["attention", "flatten", "parallel", "pool_residual_layernorm", "shared_activation"])
 def test_cnn_empirical_ntk_converges(name):
     module, shape, x, batch = _case(name)
     samples = empirical_ntks(module, batch, len(x), torch.Generator().manual_seed(2), draws=6)
-    _assert_converged(samples, NTKKernel, module, shape, x)
+    assert_kernel_converged(samples, NTKKernel, module, shape, x)

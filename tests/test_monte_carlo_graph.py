@@ -4,7 +4,7 @@ test_monte_carlo_cnn.py (NNGP from the readout's input, the empirical NTK from t
 
 import pytest
 import torch
-from test_monte_carlo_cnn import BV, WV, _assert_converged, draw, empirical_ntks
+from helpers.monte_carlo import BV, WV, assert_kernel_converged, draw, empirical_ntks
 from torch import nn
 
 from gpytorch_nngp import Aggregate, GraphInputs, GraphNetwork, NNGPKernel, NTKKernel
@@ -63,7 +63,7 @@ def test_graph_nngp_converges(name):
         draw(module, gen)
         h = _readout_input(module, inputs)
         samples.append(WV * h @ h.T / h.shape[1] + BV)
-    _assert_converged(torch.stack(samples), NNGPKernel, module, shape, rows)
+    assert_kernel_converged(torch.stack(samples), NNGPKernel, module, shape, rows)
 
 
 @pytest.mark.parametrize("name", ["fixed", "edges"])
@@ -71,4 +71,4 @@ def test_graph_empirical_ntk_converges(name):
     module, shape, rows = cases()[name]
     inputs = rows.reshape(len(rows), *shape) if name == "fixed" else rows
     samples = empirical_ntks(module, inputs, len(rows), torch.Generator().manual_seed(2), draws=6)
-    _assert_converged(samples, NTKKernel, module, shape, rows)
+    assert_kernel_converged(samples, NTKKernel, module, shape, rows)

@@ -5,9 +5,9 @@ import unittest
 
 import pytest
 import torch
+from helpers.jacobians import autograd_jacobian
 from keops_stand_in import TorchLazyTensor
 from linear_operator.test.linear_operator_test_case import LinearOperatorTestCase, RectangularLinearOperatorTestCase
-from test_dnn2gp import autograd_jacobian
 from torch import nn
 
 from gpytorch_nngp import Residual
