@@ -196,7 +196,7 @@ def test_forward_mode_variance_gradients_equal_autograd(cls, act, symmetric, inp
     op = (k(x) if symmetric else k(x, y)).evaluate_kernel()
     left = torch.randn(40, 4, generator=g, dtype=torch.float64)
     right = torch.randn(op.shape[-1], 4, generator=g, dtype=torch.float64)
-    assert op.evaluator.forward_mode_applies(op, [a.requires_grad for a in op._args])
+    assert op.evaluator.forward_mode_applies(op._operands(), [a.requires_grad for a in op._args])
     forward_mode = op._bilinear_derivative(left, right)
     op.evaluator.forward_mode_applies = lambda op, wanted: False
     autograd = op._bilinear_derivative(left, right)

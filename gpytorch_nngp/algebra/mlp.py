@@ -70,7 +70,7 @@ def paired_kernel(
     depth: int,
     activation: Activation,
     ntk: bool,
-    same_points: bool = False,
+    x1_eq_x2: bool = False,
 ) -> torch.Tensor:
     """Kernel entries k(x1_i, x2_i) of paired rows (a diagonal, or scattered entries), in O(n).
 
@@ -78,14 +78,14 @@ def paired_kernel(
         x1, x2: (..., n, d) inputs, row i of one paired with row i of the other.
         weight_var, bias_var: variances broadcasting against (..., n).
         depth, activation, ntk: the network, as in fully_connected_recursion.
-        same_points: x1 and x2 are the same points (a kernel diagonal): one variance serves all three state
+        x1_eq_x2: x1 and x2 are the same points (a kernel diagonal): one variance serves all three state
             entries, so |c| = 1 exactly.
 
     Returns:
         (..., n): the NNGP, or the NTK with ntk=True.
     """
     var1 = input_variances(x1)
-    if same_points:
+    if x1_eq_x2:
         k, theta = fully_connected_recursion(var1, var1, var1, depth, activation, weight_var, bias_var, ntk)
     else:
         cross = (x1 * x2).sum(-1) / x1.shape[-1]

@@ -230,17 +230,17 @@ class Network:
         return state.recorded
 
     def matrix(self, x1, x2, weight_var, bias_var, ntk: bool, records: Tuple[Records, Records],
-               same_points: Optional[Tuple[int, int]] = None, workspace: Optional[Workspace] = None):
+               offsets: Optional[Tuple[int, int]] = None, workspace: Optional[Workspace] = None):
         """Kernel entries k(x1_i, x2_j), (..., n, m), given both sides' records (from `records`).
 
-        same_points: (r, c) when x1 are rows r.. and x2 rows c.. of one point set: entries of a point with itself
+        offsets: (r, c) when x1 are rows r.. and x2 rows c.. of one point set: entries of a point with itself
         start from the same input state as the records did, so that their correlation is 1 to the last bit.
         workspace: buffers for an evaluation without autograd (functional/workspace.py), or None.
         """
         state = self._start(x1, x2, 2, weight_var.shape[:-1], own=records)
         pairs = None
-        if same_points is not None:
-            r, c = same_points
+        if offsets is not None:
+            r, c = offsets
             first, last = max(r, c), min(r + x1.shape[-2], c + x2.shape[-2])
             if first < last:
                 rows = torch.arange(first, last, device=state.cov.device)
@@ -254,17 +254,17 @@ class Network:
         out = self.propagate(state, Context(weight_var, bias_var, 2, ntk, workspace, self_pairs=pairs))
         return out.theta if ntk else out.cov
 
-    def paired(self, x1, x2, weight_var, bias_var, ntk: bool, same_points: bool = False,
+    def paired(self, x1, x2, weight_var, bias_var, ntk: bool, x1_eq_x2: bool = False,
                chunk: Optional[int] = None) -> torch.Tensor:
-        """k(x1_i, x2_i) for paired rows, (..., n): a kernel diagonal (same_points) or scattered entries; `chunk`
+        """k(x1_i, x2_i) for paired rows, (..., n): a kernel diagonal (x1_eq_x2) or scattered entries; `chunk`
         pairs at a time."""
         n = x1.shape[-2]
         if chunk is not None and n > chunk:
             return torch.cat([self.paired(x1[..., i:i + chunk, :], x2[..., i:i + chunk, :], weight_var, bias_var, ntk,
-                                          same_points) for i in range(0, n, chunk)], dim=-1)
+                                          x1_eq_x2) for i in range(0, n, chunk)], dim=-1)
         ctx = Context(weight_var, bias_var, lead=1, ntk=ntk)
         batch = weight_var.shape[:-1]
-        if same_points:
+        if x1_eq_x2:
             out = self.propagate(self._start(x1, x1, 1, batch), ctx)
         else:
             own = (self.records(x1, weight_var, bias_var), self.records(x2, weight_var, bias_var))

@@ -9,7 +9,8 @@ scattered entries, and optionally a faster derivative wrt the variances. Two eva
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from dataclasses import dataclass
+from typing import Callable, Optional, Tuple
 
 import torch
 
@@ -19,9 +20,29 @@ from ..functional.activations import Activation
 from . import budget
 
 
+@dataclass(frozen=True)
+class Operands:
+    """What an evaluator gets of its operator (the two are one-way: the operator asks, the evaluator computes from
+    these): the inputs and variances, whether x1 is x2 (one point set, so a point's entry with itself is its
+    variance), the batch shape, a dictionary for what the evaluator keeps per operator (records, the diagonal), and
+    for forward-mode gradients the operator's plan of blocks, its device placement and its block weights."""
+
+    x1: torch.Tensor
+    x2: torch.Tensor
+    weight_var: torch.Tensor
+    bias_var: torch.Tensor
+    x1_eq_x2: bool
+    batch: torch.Size
+    scratch: dict
+    gradient_blocks: Callable = None  # () -> [(start, stop, col_start, triangle, device)]
+    on: Callable = None  # (device, tensors) -> the tensors on that device
+    block_weights: Callable = None  # (left, right, start, stop, col_start, triangle) -> the block's weights
+
+
 class Evaluator:
     """The kernel-specific half of NetworkKernelOperator. `variance_axes`: trailing axes of weight_var and bias_var
-    after their batch shape ((*batch, 1, 1) for the fully connected kernel, (*batch, L) for architectures)."""
+    after their batch shape ((*batch, 1, 1) for the fully connected kernel, (*batch, L) for architectures). Every
+    method takes the operator's Operands, never the operator."""
 
     variance_axes = 2
     expand_by_repeat = False  # _expand_batch repeats the operator (one evaluation) instead of expanding the inputs
@@ -40,7 +61,8 @@ class Evaluator:
     def diagonal(self, op) -> torch.Tensor:
         raise NotImplementedError
 
-    def get_indices(self, op, row_index, col_index, *batch_indices) -> torch.Tensor:
+    def get_indices(self, op, row_index, col_index, *batch_indices) -> Optional[torch.Tensor]:
+        """Entries by index, or None for linear_operator's generic indexing."""
         raise NotImplementedError
 
     def forward_mode_applies(self, op, wanted) -> bool:
@@ -109,21 +131,21 @@ class FullyConnectedEvaluator(Evaluator):
         return ("fully connected", repr(self.activation), self.depth, self.ntk)
 
     def rows(self, op, start, stop, x1, x2, weight_var, bias_var, workspace=None, col_start=0):
-        offset = start - col_start if op.symmetric else None
+        offset = start - col_start if op.x1_eq_x2 else None
         return kernel_rows(x1[..., start:stop, :], x2[..., col_start:, :], weight_var, bias_var, self.depth,
                            self.activation, self.ntk, diagonal_offset=offset, workspace=workspace)
 
     def rows_per_block(self, op, with_grad: bool) -> int:
-        batch = math.prod(op._batch()) if len(op._batch()) else 1
+        batch = math.prod(op.batch) if len(op.batch) else 1
         return _block_rows(op.x2.shape[-2], batch, op.x1.element_size(), self.depth, with_grad, op.x1.device)
 
     def diagonal(self, op) -> torch.Tensor:
         return paired_kernel(op.x1, op.x2, op.weight_var.squeeze(-1), op.bias_var.squeeze(-1), self.depth,
-                             self.activation, self.ntk, same_points=op.symmetric)
+                             self.activation, self.ntk, x1_eq_x2=op.x1_eq_x2)
 
     def get_indices(self, op, row_index, col_index, *batch_indices):
         """Entries k(x1[row_index], x2[col_index]) elementwise (broadcast indices), by the diagonal recursion."""
-        batch = op._batch()
+        batch = op.batch
         x1 = op.x1.expand(*batch, *op.x1.shape[-2:]) if len(batch) else op.x1
         x2 = op.x2.expand(*batch, *op.x2.shape[-2:]) if len(batch) else op.x2
         wv = op.weight_var.expand(*batch, 1, 1) if len(batch) else op.weight_var
@@ -152,7 +174,7 @@ class FullyConnectedEvaluator(Evaluator):
         for start in range(0, rows.numel(), step):
             r = rows[start:start + step]
             gram, var1, var2 = input_grams(op.x1[r], op.x2[cols])
-            if op.symmetric:
+            if op.x1_eq_x2:
                 gram = torch.where(r.unsqueeze(-1) == cols, var1.expand_as(gram), gram)
             k, theta = fully_connected_recursion(gram, var1, var2, self.depth, self.activation, weight_var, bias_var,
                                                  ntk=self.ntk)
@@ -178,15 +200,15 @@ class FullyConnectedEvaluator(Evaluator):
         inputs = wanted[0] or (len(wanted) == 4 and wanted[3])
         grad_w = grad_b = torch.zeros((), dtype=op.weight_var.dtype, device=op.weight_var.device)
         grad_x1 = torch.zeros_like(op.x1) if inputs else None
-        grad_x2 = (grad_x1 if op.symmetric else torch.zeros_like(op.x2)) if inputs else None
+        grad_x2 = (grad_x1 if op.x1_eq_x2 else torch.zeros_like(op.x2)) if inputs else None
         d = op.x1.shape[-1]
         with torch.no_grad():
-            for start, stop, col, triangle, device in op._gradient_blocks():
-                x1, x2, left, right = op._on(device, (op.x1, op.x2, left_vecs, right_vecs))
-                offset = start - col if op.symmetric else None
+            for start, stop, col, triangle, device in op.gradient_blocks():
+                x1, x2, left, right = op.on(device, (op.x1, op.x2, left_vecs, right_vecs))
+                offset = start - col if op.x1_eq_x2 else None
                 rows, cols = x1[start:stop], x2[col:]
                 gram, var1, var2 = input_grams(rows, cols, diagonal_offset=offset)
-                weights = op._block_weights(left, right, start, stop, col, triangle)
+                weights = op.block_weights(left, right, start, stop, col, triangle)
                 parts = program.tangents(gram, var1, var2, w, b, self.ntk, weights, inputs=inputs)
                 grad_w, grad_b = grad_w + parts[0].to(grad_w.device), grad_b + parts[1].to(grad_b.device)
                 if inputs:

@@ -27,7 +27,7 @@ from linear_operator.operators import LinearOperator
 from ..functional.workspace import Workspace
 from . import budget, shared_cache
 from .distributed import RowSharding
-from .evaluators import Evaluator
+from .evaluators import Evaluator, Operands
 
 
 class NetworkKernelOperator(LinearOperator):
@@ -69,6 +69,11 @@ class NetworkKernelOperator(LinearOperator):
         return type(self)(x1, self.weight_var, self.bias_var, x2, evaluator=self.evaluator,
                           cache_bytes=self.cache_bytes, sharding=sharding)
 
+    def _operands(self) -> Operands:
+        """What the evaluator gets of this operator (evaluators.Operands)."""
+        return Operands(self.x1, self.x2, self.weight_var, self.bias_var, self.symmetric, self._batch(), self.scratch,
+                        self._gradient_blocks, self._on, self._block_weights)
+
     # -- shape -------------------------------------------------------------------------------------------------
     def _batch(self):
         axes = self.evaluator.variance_axes
@@ -86,11 +91,11 @@ class NetworkKernelOperator(LinearOperator):
     # -- evaluation --------------------------------------------------------------------------------------------
     def _rows(self, start, stop, x1, x2, weight_var, bias_var, workspace=None, col_start=0):
         """k(x1[start:stop], x2[col_start:]), (..., stop - start, m - col_start); col_start <= start when symmetric."""
-        return self.evaluator.rows(self, start, stop, x1, x2, weight_var, bias_var, workspace, col_start)
+        return self.evaluator.rows(self._operands(), start, stop, x1, x2, weight_var, bias_var, workspace, col_start)
 
     def _block_size(self, with_grad: bool) -> int:
         """Rows per block, for blocks of all m columns."""
-        return self.evaluator.rows_per_block(self, with_grad)
+        return self.evaluator.rows_per_block(self._operands(), with_grad)
 
     def _blocks(self, with_grad: bool, triangle: bool = False, rows: Optional[Tuple[int, int]] = None):
         """(start, stop, col_start) of each block of rows (all rows, or rows = [first, last)): all columns, or with
@@ -229,7 +234,7 @@ class NetworkKernelOperator(LinearOperator):
         """out += the product of block k(x1[start:stop], x2[col:]) with rhs (..., m, t); for a symmetric operator's
         triangle block, also its mirror image's, which lands in the rows below the block."""
         out[..., start:stop, :] += block @ rhs[..., col:, :]
-        if self.symmetric:  # (rhs^T block)^T reads the block row by row: 1.7x faster than block^T @ rhs on a CPU
+        if self.symmetric:  # (rhs^T block)^T reads the block row by row, faster than block^T @ rhs on a CPU
             out[..., stop:, :] += (rhs[..., start:stop, :].mT @ block[..., stop - start:]).mT
 
     def _bilinear_derivative(self, left_vecs: torch.Tensor, right_vecs: torch.Tensor):
@@ -239,8 +244,9 @@ class NetworkKernelOperator(LinearOperator):
         wanted = [a.requires_grad for a in self._args]
         if not any(wanted):
             return (None,) * len(wanted)
-        if left_vecs.dim() == 2 and right_vecs.dim() == 2 and self.evaluator.forward_mode_applies(self, wanted):
-            grads = self.evaluator.variance_derivative(self, left_vecs, right_vecs, wanted)
+        operands = self._operands()
+        if left_vecs.dim() == 2 and right_vecs.dim() == 2 and self.evaluator.forward_mode_applies(operands, wanted):
+            grads = self.evaluator.variance_derivative(operands, left_vecs, right_vecs, wanted)
         else:
             grads = self._autograd_derivative(left_vecs, right_vecs, wanted)
         if self.sharding is not None:  # each process has its own rows' part: the sum over processes
@@ -273,7 +279,7 @@ class NetworkKernelOperator(LinearOperator):
     def _diagonal(self) -> torch.Tensor:
         if self.x1.shape[-2] != self.x2.shape[-2]:
             raise RuntimeError("the diagonal of a non-square kernel operator is undefined")
-        return self.evaluator.diagonal(self).expand(self.shape[:-1])
+        return self.evaluator.diagonal(self._operands()).expand(self.shape[:-1])
 
     def to_dense(self) -> torch.Tensor:
         if self.sharding is not None:  # the whole matrix is wanted: every process evaluates it (small n only)
@@ -291,7 +297,8 @@ class NetworkKernelOperator(LinearOperator):
 
     def _get_indices(self, row_index, col_index, *batch_indices):
         """Entries k(x1[row_index], x2[col_index]) elementwise (broadcast indices), without the matrix."""
-        return self.evaluator.get_indices(self, row_index, col_index, *batch_indices)
+        out = self.evaluator.get_indices(self._operands(), row_index, col_index, *batch_indices)
+        return super()._get_indices(row_index, col_index, *batch_indices) if out is None else out
 
     def _getitem(self, row_index, col_index, *batch_indices):
         """Slices of rows/columns (and batch) give another operator on the selected points."""

@@ -1,12 +1,12 @@
 """The process-wide cache of evaluated kernel matrices that operators on the same points and variances share.
 
 linear_operator's autograd functions rebuild an operator from its representation (the same tensors) in their
-backward pass; the rebuilt one finds the matrix its original evaluated instead of evaluating it again (2.6 s of a
-16 s marginal-likelihood step at n = 10,000). So does any later operator on equal points with equal variances while
-that matrix is alive. That matters for an ExactGP's predictions right after a training step: the step's `loss`
-keeps its operator alive (linear_operator's backward keeps the preconditioner, which holds it), and the predictions'
-operator comes with new variance tensors of equal values. Without the match a 10 GB matrix at n = 50,000 would be
-held twice.
+backward pass; the rebuilt one finds the matrix its original evaluated instead of evaluating it again (a sixth of a
+marginal-likelihood step at n = 10,000, docs/guide/benchmarks.md). So does any later operator on equal points with
+equal variances while that matrix is alive. That matters for an ExactGP's predictions right after a training step:
+the step's `loss` keeps its operator alive (linear_operator's backward keeps the preconditioner, which holds it),
+and the predictions' operator comes with new variance tensors of equal values. Without the match a 10 GB matrix at n
+= 50,000 would be held twice.
 
 An entry keeps its matrix while the tensors of the operator that made it live (the rebuilt operator needs it after
 the original is gone), then lets it go with the last operator that holds it. Entries are filed by what an operator

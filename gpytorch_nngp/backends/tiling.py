@@ -13,7 +13,6 @@ import math
 from typing import Dict, Optional, Tuple
 
 import torch
-from linear_operator.operators import LinearOperator
 
 from ..algebra import Network
 from ..functional.workspace import Workspace
@@ -46,10 +45,10 @@ def own_records(network: Network, x: torch.Tensor, weight_var, bias_var):
 
 
 def paired(network: Network, x1: torch.Tensor, x2: torch.Tensor, weight_var, bias_var, ntk: bool,
-           same_points: bool = False) -> torch.Tensor:
+           x1_eq_x2: bool = False) -> torch.Tensor:
     """Network.paired, a chunk of points at a time (points_per_chunk): every path that computes a kernel diagonal
     goes through here, so that all of them cut the points the same way."""
-    return network.paired(x1, x2, weight_var, bias_var, ntk, same_points, points_per_chunk(network, x1))
+    return network.paired(x1, x2, weight_var, bias_var, ntk, x1_eq_x2, points_per_chunk(network, x1))
 
 
 def architecture_matrix(network: Network, x1: torch.Tensor, x2: torch.Tensor, weight_var: torch.Tensor,
@@ -88,9 +87,9 @@ def architecture_matrix(network: Network, x1: torch.Tensor, x2: torch.Tensor, we
         v1 = network.take(records[0], slice(r, r_end))
         for c in range(0, m, cols):
             c_end = min(m, c + cols)
-            same = (row_offset + r, c) if symmetric else None
+            offsets = (row_offset + r, c) if symmetric else None
             tile = network.matrix(x1[..., r:r_end, :], x2[..., c:c_end, :], weight_var, bias_var, ntk,
-                                  (v1, network.take(records[1], slice(c, c_end))), same_points=same,
+                                  (v1, network.take(records[1], slice(c, c_end))), offsets=offsets,
                                   workspace=workspace)
             if with_grad:
                 row_tiles.append(tile)
@@ -119,7 +118,7 @@ def _with_diagonal(network, out, x1, weight_var, bias_var, ntk, row_offset, m, d
         own = diagonal[..., first:last]
     else:
         points = x1[..., rows - row_offset, :]
-        own = paired(network, points, points, weight_var, bias_var, ntk, same_points=True)
+        own = paired(network, points, points, weight_var, bias_var, ntk, x1_eq_x2=True)
     index = (Ellipsis, rows - row_offset, rows)
     if out.requires_grad or own.requires_grad:
         out = out.clone()
@@ -145,7 +144,7 @@ class NetworkEvaluator(Evaluator):
         return ("network", id(self.network), self.ntk)
 
     def rows_per_block(self, op, with_grad: bool) -> int:
-        batch = math.prod(op._batch()) if len(op._batch()) else 1
+        batch = math.prod(op.batch) if len(op.batch) else 1
         pairs = tile_pairs(self.network, op.x1.element_size(), with_grad, device=op.x1.device) // batch
         return max(1, pairs // max(op.x2.shape[-2], 1))
 
@@ -155,26 +154,26 @@ class NetworkEvaluator(Evaluator):
             cached = op.scratch.setdefault("records", {})
             if x1.device not in cached:  # inference: both sides' records once for all blocks
                 v2 = own_records(self.network, x2, weight_var, bias_var)
-                v1 = v2 if op.symmetric else own_records(self.network, x1, weight_var, bias_var)
+                v1 = v2 if op.x1_eq_x2 else own_records(self.network, x1, weight_var, bias_var)
                 cached[x1.device] = (v1, v2)
             v1, v2 = cached[x1.device]
             records = (self.network.take(v1, slice(start, stop)), self.network.take(v2, slice(col_start, None)))
-            if op.symmetric:  # the entries of a point with itself: one diagonal pass for all blocks
+            if op.x1_eq_x2:  # the entries of a point with itself: one diagonal pass for all blocks
                 diagonals = op.scratch.setdefault("diagonal", {})
                 if x1.device not in diagonals:
                     diagonals[x1.device] = paired(self.network, x1, x1, weight_var, bias_var, self.ntk,
-                                                  same_points=True)
+                                                  x1_eq_x2=True)
                 diagonal = diagonals[x1.device][..., col_start:]
         return architecture_matrix(self.network, x1[..., start:stop, :], x2[..., col_start:, :], weight_var, bias_var,
-                                   self.ntk, symmetric=op.symmetric, row_offset=start - col_start,
+                                   self.ntk, symmetric=op.x1_eq_x2, row_offset=start - col_start,
                                    records=records, diagonal=diagonal)
 
     def diagonal(self, op) -> torch.Tensor:
-        return paired(self.network, op.x1, op.x2, op.weight_var, op.bias_var, self.ntk, same_points=op.symmetric)
+        return paired(self.network, op.x1, op.x2, op.weight_var, op.bias_var, self.ntk, x1_eq_x2=op.x1_eq_x2)
 
     def get_indices(self, op, row_index, col_index, *batch_indices):
         if batch_indices or op.weight_var.dim() > 1:
-            return LinearOperator._get_indices(op, row_index, col_index, *batch_indices)
+            return None  # linear_operator's generic indexing
         # a pair holds its two inputs and, while propagated, a few state tensors
         numbers = 2 * self.network.features + _LIVE_NO_GRAD * self.network.entries_per_pair
         return chunked_pairs(lambda a, b: self.network.paired(a, b, op.weight_var, op.bias_var, self.ntk),

@@ -142,7 +142,7 @@ class ArchitectureKernel(NetworkKernel):
         return self._scale_inputs(x, channels=shape[0], width=math.prod(shape))
 
     def _diagonal(self, x1, x2, x1_eq_x2: bool) -> torch.Tensor:
-        return paired(self.network, x1, x2, self.weight_var, self.bias_var, self.ntk, same_points=x1_eq_x2)
+        return paired(self.network, x1, x2, self.weight_var, self.bias_var, self.ntk, x1_eq_x2=x1_eq_x2)
 
     def extra_repr(self) -> str:
         return f"{'NTK' if self.ntk else 'NNGP'}, input_shape={self.network.input_shape}, {self.network.describe()}"

@@ -129,7 +129,7 @@ class _FullyConnectedKernel(NetworkKernel):
     def _diagonal(self, x1, x2, x1_eq_x2: bool) -> torch.Tensor:
         """k(x1_i, x2_i), (..., n)."""
         return paired_kernel(x1, x2, self.weight_var.squeeze(-1), self.bias_var.squeeze(-1), self.depth,
-                             self.activation, self._ntk, same_points=x1_eq_x2)
+                             self.activation, self._ntk, x1_eq_x2=x1_eq_x2)
 
     # -- housekeeping -----------------------------------------------------------------------------
     def _apply(self, fn, *args, **kwargs):

@@ -119,7 +119,7 @@ class GraphNodeKernel(NetworkKernel):
                 a.shape == b.shape and torch.equal(a, b) for a, b in zip(self._cache[1], key)):
             return self._cache[2]
         x = self._features(wv.dtype)
-        out = self.network.paired(x, x, wv, bv, self.ntk, same_points=True)[..., 0, :, :]
+        out = self.network.paired(x, x, wv, bv, self.ntk, x1_eq_x2=True)[..., 0, :, :]
         if caching:
             self._cache = ("exact", key, out)
         return out

@@ -60,7 +60,7 @@ class SVGPClassifier(gpytorch.models.ApproximateGP):
 
     def forward(self, x):
         # The mean is batched over the C latent functions; the covariance is one shared (n, n) matrix that
-        # broadcasts against it (expanding it to (C, n, n) made every step 4x slower: C Cholesky factors).
+        # broadcasts against it (expanding it to (C, n, n) would factorize C Cholesky factors per step).
         return gpytorch.distributions.MultivariateNormal(self.mean_module(x), self.covar_module(x))
 
     def predict_proba(self, x, batch_size: int = 1024, samples: int = 64):

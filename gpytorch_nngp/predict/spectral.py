@@ -18,8 +18,8 @@ class _Eigen:
     On the CPU from TRIDIAGONAL_MIN_POINTS up, V is never formed: A is reduced once to a tridiagonal matrix
     A = Q T Q^T by Householder reflections (LAPACK sytrd, in place), T = Z diag(l) Z^T is solved by divide and
     conquer (stevd), and V w = Q (Z w) is applied through the stored reflectors (ormqr), O(n^2) per column. This is
-    syevd without its most expensive stages (the n x n back-transformation of the eigenvectors); at n = 5,000 it
-    takes 9 s where torch.linalg.eigh takes 19 s on a 2-core CPU. Elsewhere (GPU, small n) torch.linalg.eigh.
+    syevd without its most expensive stages (the n x n back-transformation of the eigenvectors), about half of
+    torch.linalg.eigh's time on a CPU (docs/guide/benchmarks.md). Elsewhere (GPU, small n) torch.linalg.eigh.
     """
 
     def __init__(self, k: torch.Tensor, normalization: int, tridiagonal: Optional[bool] = None,
