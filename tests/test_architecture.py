@@ -54,7 +54,7 @@ def test_lazy_and_tiled_equal_dense(make, cls):
         assert torch.equal(dense(x, diag=True), k.diagonal())
         # Tiles of 3 pairs (one row, three columns at a time) give the same matrix.
         net, wv, bv = dense.network, dense.weight_var, dense.bias_var
-        tiled = architecture_matrix(net, x, x, wv, bv, dense.ntk, symmetric=True,
+        tiled = architecture_matrix(net, x, x, wv, bv, dense.ntk, x1_eq_x2=True,
                                     budget=3 * net.entries_per_pair * 8 * 8)
         torch.testing.assert_close(tiled, k, rtol=1e-12, atol=1e-12)
 

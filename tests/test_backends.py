@@ -179,9 +179,9 @@ def test_equal_but_separate_inputs_get_their_own_gradients(cls, act, small_block
 
 @pytest.mark.parametrize("cls", [NNGPKernel, NTKKernel])
 @pytest.mark.parametrize("act", ["relu", activations.LeakyReLU(0.2), activations.ABReLU(-0.5, 1.5), "abs"], ids=str)
-@pytest.mark.parametrize("symmetric", [True, False], ids=["symmetric", "cross"])
+@pytest.mark.parametrize("x1_eq_x2", [True, False], ids=["symmetric", "cross"])
 @pytest.mark.parametrize("inputs", [False, True], ids=["variances", "and_inputs"])
-def test_forward_mode_variance_gradients_equal_autograd(cls, act, symmetric, inputs):
+def test_forward_mode_variance_gradients_equal_autograd(cls, act, x1_eq_x2, inputs):
     """The lazy backward wrt (weight_var, bias_var) runs in forward mode (no graph), and so do the inputs' gradients
     (wanted when ARD length scales scale the inputs); it equals the block-wise autograd derivative, also with
     duplicate, zero and antiparallel inputs."""
@@ -193,7 +193,7 @@ def test_forward_mode_variance_gradients_equal_autograd(cls, act, symmetric, inp
         x, y = x.requires_grad_(True), y.requires_grad_(True)
     k = cls(3, act, backend="lazy").double()
     k.weight_var, k.bias_var = 1.7, 0.2
-    op = (k(x) if symmetric else k(x, y)).evaluate_kernel()
+    op = (k(x) if x1_eq_x2 else k(x, y)).evaluate_kernel()
     left = torch.randn(40, 4, generator=g, dtype=torch.float64)
     right = torch.randn(op.shape[-1], 4, generator=g, dtype=torch.float64)
     assert op.evaluator.forward_mode_applies(op._operands(), [a.requires_grad for a in op._args])
@@ -231,7 +231,7 @@ def evaluations(monkeypatch):
     original = lazy.NetworkKernelOperator._rows
 
     def counting(self, start, stop, *args, **kwargs):
-        record.append((self.symmetric, tuple(self.shape), start, stop))
+        record.append((self.x1_eq_x2, tuple(self.shape), start, stop))
         return original(self, start, stop, *args, **kwargs)
 
     monkeypatch.setattr(lazy.NetworkKernelOperator, "_rows", counting)
@@ -289,7 +289,7 @@ def test_symmetric_operator_evaluates_the_upper_triangle(cls, act, small_blocks)
     from gpytorch_nngp.algebra.mlp import fully_connected_recursion, input_grams
 
     kk, theta = fully_connected_recursion(*input_grams(x, x, True), 3, reference.activation, wv, bv, ntk=k._ntk,
-                                          symmetric=True)
+                                          x1_eq_x2=True)
     dense = theta if k._ntk else kk
     expected = torch.autograd.grad((left * (dense @ right)).sum(), [wv, bv])
     dense = dense.detach()
@@ -311,7 +311,7 @@ def test_predictions_after_a_training_step_reuse_its_matrix(evaluations):
     xt = torch.randn(20, 4, generator=torch.Generator().manual_seed(4))
 
     def training_matrices():  # evaluations of the n x n training matrix (each starts with the block at row 0)
-        return sum(1 for symmetric, shape, start, _ in evaluations if symmetric and shape == (n, n) and start == 0)
+        return sum(1 for x1_eq_x2, shape, start, _ in evaluations if x1_eq_x2 and shape == (n, n) and start == 0)
 
     def predict():
         model.eval()
@@ -347,7 +347,7 @@ def test_entries_by_index(cls, monkeypatch):
             block = op._get_indices(rows, cols)
             assert block.shape == (4, op.shape[-1])
             torch.testing.assert_close(block, matrix[rows, cols], rtol=1e-10, atol=1e-12)
-            if op.symmetric:
+            if op.x1_eq_x2:
                 same = torch.tensor([0, 3, 4, 2])
                 assert torch.equal(block[torch.arange(4), same], op._diagonal()[same])
             g = torch.Generator().manual_seed(5)

@@ -63,11 +63,11 @@ def test_the_program_is_compiled_from_the_layers_from_module_builds(ntk):
     compiled = FlatProgram(network.layers)
     assert [type(step).__name__ for step in compiled.steps] == ["Affine", "Dual", "Affine", "Dual", "Affine"]
     x = points()
-    gram, var1, var2 = input_grams(x, x, symmetric=True)
+    gram, var1, var2 = input_grams(x, x, x1_eq_x2=True)
     want = ArchitectureKernel(network, ntk=ntk, weight_var=1.6, bias_var=0.2).double()(x).to_dense().detach()
     w, b = torch.tensor(1.6, dtype=torch.float64), torch.tensor(0.2, dtype=torch.float64)
     with torch.no_grad():
-        k, theta = compiled.values(gram.clone(), var1, var2, w, b, ntk=ntk, symmetric=True, consume_gram=True)
+        k, theta = compiled.values(gram.clone(), var1, var2, w, b, ntk=ntk, x1_eq_x2=True, consume_gram=True)
     torch.testing.assert_close(theta if ntk else k, want, rtol=1e-7, atol=1e-7)  # tanh: the Hermite series
 
     relu = mlp_program(2, get_activation("relu"))

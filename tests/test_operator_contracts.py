@@ -27,7 +27,7 @@ def dense_network_kernel(op):
     A symmetric operator reads the variances of its diagonal entries from x2 (so that |c| = 1 exactly there); the
     reference builds its layer-0 state the same way, so that gradients split between x1 and x2 alike.
     """
-    gram, var1, var2 = input_grams(op.x1, op.x2, diagonal_offset=0 if op.symmetric else None)
+    gram, var1, var2 = input_grams(op.x1, op.x2, diagonal_offset=0 if op.x1_eq_x2 else None)
     e = op.evaluator
     k, theta = fully_connected_recursion(gram, var1, var2, e.depth, e.activation, op.weight_var, op.bias_var,
                                          ntk=e.ntk)
@@ -37,7 +37,7 @@ def dense_network_kernel(op):
 class _NetworkOperatorCase:
     """Small operators (n = 5, d = 6) evaluated in row blocks of a few rows, so the block loops are exercised."""
 
-    depth, activation, ntk, batch, symmetric, cache_bytes = 2, ReLU(), False, (), False, 0
+    depth, activation, ntk, batch, x1_eq_x2, cache_bytes = 2, ReLU(), False, (), False, 0
     seed = 0
 
     def points(self, n, offset=0):
@@ -47,7 +47,7 @@ class _NetworkOperatorCase:
     def operator(self, x1, x2):
         shape = (*self.batch, 1, 1)
         return NetworkKernelOperator(x1, torch.full(shape, 1.7), torch.full(shape, 0.4),
-                                     None if self.symmetric else x2,
+                                     None if self.x1_eq_x2 else x2,
                                      evaluator=FullyConnectedEvaluator(self.depth, self.activation, self.ntk),
                                      cache_bytes=self.cache_bytes)
 
@@ -76,7 +76,7 @@ class TestNNGPReLUOperator(_Square, LinearOperatorTestCase, unittest.TestCase):
 class TestNNGPReLUOperatorSymmetricCached(_Square, LinearOperatorTestCase, unittest.TestCase):
     """x1 and x2 the same points (exact diagonal), products through the cached no-grad matrix."""
 
-    symmetric, cache_bytes = True, 2 ** 20
+    x1_eq_x2, cache_bytes = True, 2 ** 20
 
 
 class TestNTKErfOperator(_Square, LinearOperatorTestCase, unittest.TestCase):
@@ -84,7 +84,7 @@ class TestNTKErfOperator(_Square, LinearOperatorTestCase, unittest.TestCase):
 
 
 class TestBatchedNTKReLUOperator(_Square, LinearOperatorTestCase, unittest.TestCase):
-    ntk, batch, symmetric = True, (2,), True
+    ntk, batch, x1_eq_x2 = True, (2,), True
 
 
 class TestRectangularNNGPOperator(_NetworkOperatorCase, RectangularLinearOperatorTestCase, unittest.TestCase):
@@ -109,16 +109,16 @@ class _ArchitectureOperatorCase(_NetworkOperatorCase):
         shape = (*self.batch, network.num_parameters)
         variances = torch.linspace(1.2, 1.8, network.num_parameters).expand(shape).clone()
         return NetworkKernelOperator(x1, variances, torch.full(shape, 0.3),
-                                     None if self.symmetric else x2,
+                                     None if self.x1_eq_x2 else x2,
                                      evaluator=NetworkEvaluator(network, self.ntk), cache_bytes=self.cache_bytes)
 
     def evaluate_linear_op(self, op):
         e = op.evaluator
-        return architecture_matrix(e.network, op.x1, op.x2, op.weight_var, op.bias_var, e.ntk, symmetric=op.symmetric)
+        return architecture_matrix(e.network, op.x1, op.x2, op.weight_var, op.bias_var, e.ntk, x1_eq_x2=op.x1_eq_x2)
 
 
 class TestArchitectureNTKOperator(_ArchitectureOperatorCase, _Square, LinearOperatorTestCase, unittest.TestCase):
-    ntk, symmetric = True, True
+    ntk, x1_eq_x2 = True, True
 
 
 class TestArchitectureRectangularNNGPOperator(_ArchitectureOperatorCase, RectangularLinearOperatorTestCase,
@@ -133,15 +133,15 @@ class _ShardedCase(_NetworkOperatorCase):
 
     def operator(self, x1, x2):
         op = super().operator(x1, x2)
-        return op._like(op.x1, None if op.symmetric else op.x2, sharding=DeviceSharding(["cpu", "cpu", "cpu"]))
+        return op._like(op.x1, None if op.x1_eq_x2 else op.x2, sharding=DeviceSharding(["cpu", "cpu", "cpu"]))
 
 
 class TestShardedNTKReLUOperator(_ShardedCase, _Square, LinearOperatorTestCase, unittest.TestCase):
-    ntk, batch, symmetric = True, (2,), True
+    ntk, batch, x1_eq_x2 = True, (2,), True
 
 
 class TestShardedNNGPErfOperatorCached(_ShardedCase, _Square, LinearOperatorTestCase, unittest.TestCase):
-    activation, symmetric, cache_bytes = Erf(), True, 2 ** 20
+    activation, x1_eq_x2, cache_bytes = Erf(), True, 2 ** 20
 
 
 class TestShardedRectangularOperator(_ShardedCase, RectangularLinearOperatorTestCase, unittest.TestCase):
@@ -157,7 +157,7 @@ class _KeOpsOperatorCase(_NetworkOperatorCase):
     difference from the exact diagonal of the reference -- rounding of the inputs, not an error of the formulas.
     """
 
-    ntk, depth, symmetric = True, 2, True
+    ntk, depth, x1_eq_x2 = True, 2, True
 
     def setUp(self):
         super().setUp()
@@ -170,7 +170,7 @@ class _KeOpsOperatorCase(_NetworkOperatorCase):
 
     def operator(self, x1, x2):
         return KeOpsNetworkKernelOperator(x1, torch.tensor([[1.7]]), torch.tensor([[0.4]]),
-                                          None if self.symmetric else x2,
+                                          None if self.x1_eq_x2 else x2,
                                           evaluator=FullyConnectedEvaluator(self.depth, self.activation, self.ntk))
 
 

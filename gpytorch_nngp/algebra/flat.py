@@ -48,8 +48,8 @@ class FlatState:
 class _Run:
     """How a program runs on torch values: the variances, the NTK flag, and the inference-path workspace."""
 
-    def __init__(self, weight_var, bias_var, ntk: bool, symmetric: bool, workspace: Optional[Workspace]):
-        self.w, self.b, self.ntk, self.symmetric, self.workspace = weight_var, bias_var, ntk, symmetric, workspace
+    def __init__(self, weight_var, bias_var, ntk: bool, x1_eq_x2: bool, workspace: Optional[Workspace]):
+        self.w, self.b, self.ntk, self.x1_eq_x2, self.workspace = weight_var, bias_var, ntk, x1_eq_x2, workspace
 
     @property
     def inplace(self) -> bool:
@@ -78,7 +78,7 @@ class Affine:
     def values(self, s: FlatState, run: _Run) -> FlatState:
         k12 = run.affine(s.k12, s.owned, self.bias)
         k11 = run.affine(s.k11, s.owned_variances, self.bias)
-        k22 = _next_k22(s, k11, run.symmetric, lambda: run.affine(s.k22, s.owned_variances, self.bias))
+        k22 = _next_k22(s, k11, run.x1_eq_x2, lambda: run.affine(s.k22, s.owned_variances, self.bias))
         theta = None
         if run.ntk:
             if s.theta is None:  # theta' = k' (a copy on the inference path, where k' then changes in place)
@@ -146,9 +146,9 @@ class Dual:
         self.activation = activation
 
     def values(self, s: FlatState, run: _Run) -> FlatState:
-        f, fdot, f11, f22 = self.activation.layer(s.k12, s.k11, s.k22, run.ntk, run.symmetric,
+        f, fdot, f11, f22 = self.activation.layer(s.k12, s.k11, s.k22, run.ntk, run.x1_eq_x2,
                                                   workspace=run.workspace)
-        k22 = _next_k22(s, f11, run.symmetric, lambda: f22)
+        k22 = _next_k22(s, f11, run.x1_eq_x2, lambda: f22)
         theta = s.theta
         if run.ntk and theta is not None:
             theta = theta.mul_(fdot) if run.inplace else fdot * theta
@@ -185,11 +185,11 @@ class Dual:
         return out, douts
 
 
-def _next_k22(s: FlatState, new_k11, symmetric: bool, compute):
+def _next_k22(s: FlatState, new_k11, x1_eq_x2: bool, compute):
     """The new k22: new_k11 itself (or its transpose, for one point set) when k22 is k11, else compute()."""
     if s.k22 is s.k11:
         return new_k11
-    if symmetric:
+    if x1_eq_x2:
         return new_k11.transpose(-1, -2)
     return compute()
 
@@ -209,10 +209,10 @@ class FlatProgram:
         self.steps = steps
         self.activations = [step.activation for step in steps if isinstance(step, Dual)]
 
-    def values(self, gram, var1, var2, weight_var, bias_var, ntk: bool = False, symmetric: bool = False,
+    def values(self, gram, var1, var2, weight_var, bias_var, ntk: bool = False, x1_eq_x2: bool = False,
                workspace: Optional[Workspace] = None, consume_gram: bool = False) -> Tuple[torch.Tensor, object]:
         """(K, Theta or None) from the input state: gram (..., n, m) (or (..., n) paired), var1 (..., n, 1),
-        var2 (..., 1, m) (var1 itself for the same points; var1 transposed with symmetric=True). `workspace`
+        var2 (..., 1, m) (var1 itself for the same points; var1 transposed with x1_eq_x2=True). `workspace`
         (inference only) recycles buffers; with consume_gram the gram may be overwritten."""
         inplace = not torch.is_grad_enabled() or not any(
             t.requires_grad for t in (gram, var1, var2, weight_var, bias_var) if isinstance(t, torch.Tensor))
@@ -220,7 +220,7 @@ class FlatProgram:
             workspace = None
         elif workspace is None:
             workspace = Workspace(shrink=True)
-        run = _Run(weight_var, bias_var, ntk, symmetric, workspace)
+        run = _Run(weight_var, bias_var, ntk, x1_eq_x2, workspace)
         # The input's variances are never the program's to overwrite; the gram is when the caller hands it over.
         state = FlatState(gram, var1, var2, owned=consume_gram and run.inplace)
         for step in self.steps:

@@ -28,7 +28,7 @@ __all__ = ["fully_connected_recursion", "input_grams", "input_variances", "paire
 def input_grams(
     x1: torch.Tensor,
     x2: torch.Tensor,
-    symmetric: bool = False,
+    x1_eq_x2: bool = False,
     out: Optional[torch.Tensor] = None,
     diagonal_offset: Optional[int] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -37,7 +37,7 @@ def input_grams(
     Args:
         x1: (..., n, d) inputs.
         x2: (..., m, d) inputs.
-        symmetric: x1 and x2 are the same points; the variances are then read off the Gram's diagonal, so that
+        x1_eq_x2: x1 and x2 are the same points; the variances are then read off the Gram's diagonal, so that
             diagonal entries have k12 == k11 == k22 bitwise (|c| = 1 exactly, finite gradients).
         out: (n, m) buffer to write the Gram into (inference only, unbatched inputs).
         diagonal_offset: x1 are rows offset, offset + 1, ... of x2 (a row block of a symmetric matrix): the
@@ -48,7 +48,7 @@ def input_grams(
     """
     d = x1.shape[-1]
     gram = (torch.matmul(x1, x2.mT, out=out) if out is not None else x1 @ x2.mT).div_(d)
-    if symmetric:
+    if x1_eq_x2:
         var1 = gram.diagonal(dim1=-2, dim2=-1).unsqueeze(-1)
         return gram, var1, var1.mT
     var1 = input_variances(x1).unsqueeze(-1)
@@ -103,7 +103,7 @@ def fully_connected_recursion(
     weight_var: torch.Tensor,
     bias_var: torch.Tensor,
     ntk: bool = False,
-    symmetric: bool = False,
+    x1_eq_x2: bool = False,
     workspace: Optional[Workspace] = None,
     consume_gram: bool = False,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -117,7 +117,7 @@ def fully_connected_recursion(
         activation: the Activation.
         weight_var, bias_var: variances broadcasting against gram.
         ntk: also compute the NTK.
-        symmetric: var2 is var1 transposed (x1 == x2), so the second variance needs no work of its own.
+        x1_eq_x2: var2 is var1 transposed (x1 == x2), so the second variance needs no work of its own.
         workspace: free tensors shaped like gram, reused and refilled by the inference path (a caller that
             evaluates many blocks of the same shape passes the same list, so only the first block allocates).
         consume_gram: gram is a temporary of the caller and may be overwritten (inference path only).
@@ -125,5 +125,5 @@ def fully_connected_recursion(
     Returns:
         (K^L, Theta^L) shaped like gram; Theta^L is None unless ntk.
     """
-    return mlp_program(depth, activation).values(gram, var1, var2, weight_var, bias_var, ntk=ntk, symmetric=symmetric,
+    return mlp_program(depth, activation).values(gram, var1, var2, weight_var, bias_var, ntk=ntk, x1_eq_x2=x1_eq_x2,
                                                  workspace=workspace, consume_gram=consume_gram)

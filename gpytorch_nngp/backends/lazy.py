@@ -53,7 +53,7 @@ class NetworkKernelOperator(LinearOperator):
                  sharding: Optional[RowSharding] = None):
         args = (x1, weight_var, bias_var) if x2 is None else (x1, weight_var, bias_var, x2)
         super().__init__(*args, evaluator=evaluator, cache_bytes=cache_bytes, sharding=sharding)
-        self.symmetric = x2 is None
+        self.x1_eq_x2 = x2 is None
         self.x1, self.x2 = x1, (x1 if x2 is None else x2)
         self.weight_var, self.bias_var = weight_var, bias_var
         self.evaluator = evaluator
@@ -71,7 +71,7 @@ class NetworkKernelOperator(LinearOperator):
 
     def _operands(self) -> Operands:
         """What the evaluator gets of this operator (evaluators.Operands)."""
-        return Operands(self.x1, self.x2, self.weight_var, self.bias_var, self.symmetric, self._batch(), self.scratch,
+        return Operands(self.x1, self.x2, self.weight_var, self.bias_var, self.x1_eq_x2, self._batch(), self.scratch,
                         self._gradient_blocks, self._on, self._block_weights)
 
     # -- shape -------------------------------------------------------------------------------------------------
@@ -84,7 +84,7 @@ class NetworkKernelOperator(LinearOperator):
         return torch.Size(self._batch() + (self.x1.shape[-2], self.x2.shape[-2]))
 
     def _transpose_nonbatch(self):
-        if self.symmetric:  # K^T = K, and the cached matrix is kept
+        if self.x1_eq_x2:  # K^T = K, and the cached matrix is kept
             return self
         return self._like(self.x2, self.x1)
 
@@ -108,7 +108,7 @@ class NetworkKernelOperator(LinearOperator):
         """(start, stop, device) of the rows this process evaluates: all of them unless sharded (a symmetric
         operator's shares hold equal parts of the upper triangle)."""
         n = self.x1.shape[-2]
-        return self.sharding.parts(n, triangle=self.symmetric) if self.sharding is not None else [(0, n, None)]
+        return self.sharding.parts(n, triangle=self.x1_eq_x2) if self.sharding is not None else [(0, n, None)]
 
     def _on(self, device, tensors):
         """The tensors on `device` (None: where they are); differentiable copies."""
@@ -127,7 +127,7 @@ class NetworkKernelOperator(LinearOperator):
     def _keeps_blocks(self) -> bool:
         """Whether the cache holds blocks (a symmetric operator's upper triangle, a sharded operator's own blocks)
         rather than the whole matrix."""
-        return self.symmetric or self.sharding is not None
+        return self.x1_eq_x2 or self.sharding is not None
 
     def _cache_fits(self) -> bool:
         """Whether what this process keeps fits in the cache budget: the whole matrix, or its blocks."""
@@ -164,7 +164,7 @@ class NetworkKernelOperator(LinearOperator):
         out = torch.empty(*batch, *self.shape[-2:], dtype=self.x1.dtype, device=self.x1.device)
         for start, stop, col, _, block in blocks:
             out[..., start:stop, col:] = block
-            if self.symmetric:
+            if self.x1_eq_x2:
                 out[..., stop:, start:stop] = block[..., stop - start:].mT
         return out
 
@@ -178,7 +178,7 @@ class NetworkKernelOperator(LinearOperator):
     def _local_block_ranges(self):
         """(start, stop, col_start, part index) of this process's blocks: its rows (upper triangle if symmetric)."""
         return [(start, stop, col, i) for i, (first, last, _) in enumerate(self._parts())
-                for start, stop, col in self._blocks(with_grad=False, triangle=self.symmetric, rows=(first, last))]
+                for start, stop, col in self._blocks(with_grad=False, triangle=self.x1_eq_x2, rows=(first, last))]
 
     def _local_blocks(self):
         """(start, stop, col_start, part index, block) of a sharded operator's blocks: the cached ones, or evaluated
@@ -209,7 +209,7 @@ class NetworkKernelOperator(LinearOperator):
         on = [rhs if device is None else rhs.to(device) for _, _, device in parts]
         n, t = self.x1.shape[-2], rhs.shape[-1]
         batch = torch.broadcast_shapes(self._batch(), rhs.shape[:-2])  # every rank's, also one without rows
-        if self.symmetric:
+        if self.x1_eq_x2:
             partial = [r.new_zeros(*batch, n, t) for r in on]
             for start, stop, col, i, block in self._local_blocks():
                 self._add_block_product(partial[i], start, stop, col, block, on[i])
@@ -234,7 +234,7 @@ class NetworkKernelOperator(LinearOperator):
         """out += the product of block k(x1[start:stop], x2[col:]) with rhs (..., m, t); for a symmetric operator's
         triangle block, also its mirror image's, which lands in the rows below the block."""
         out[..., start:stop, :] += block @ rhs[..., col:, :]
-        if self.symmetric:  # (rhs^T block)^T reads the block row by row, faster than block^T @ rhs on a CPU
+        if self.x1_eq_x2:  # (rhs^T block)^T reads the block row by row, faster than block^T @ rhs on a CPU
             out[..., stop:, :] += (rhs[..., start:stop, :].mT @ block[..., stop - start:]).mT
 
     def _bilinear_derivative(self, left_vecs: torch.Tensor, right_vecs: torch.Tensor):
@@ -256,8 +256,8 @@ class NetworkKernelOperator(LinearOperator):
     def _gradient_blocks(self):
         """(start, stop, col_start, triangle, device) of the blocks whose derivatives this process adds up: all
         rows, or with a sharding this process's; the upper triangle only of a symmetric operator."""
-        return [(start, stop, col, self.symmetric, device) for first, last, device in self._parts()
-                for start, stop, col in self._blocks(with_grad=True, triangle=self.symmetric, rows=(first, last))]
+        return [(start, stop, col, self.x1_eq_x2, device) for first, last, device in self._parts()
+                for start, stop, col in self._blocks(with_grad=True, triangle=self.x1_eq_x2, rows=(first, last))]
 
     def _autograd_derivative(self, left_vecs, right_vecs, wanted):
         """The bilinear derivative by autograd through one recomputed block at a time."""
@@ -283,7 +283,7 @@ class NetworkKernelOperator(LinearOperator):
 
     def to_dense(self) -> torch.Tensor:
         if self.sharding is not None:  # the whole matrix is wanted: every process evaluates it (small n only)
-            return self._like(self.x1, None if self.symmetric else self.x2, sharding="none").to_dense()
+            return self._like(self.x1, None if self.x1_eq_x2 else self.x2, sharding="none").to_dense()
         if not torch.is_grad_enabled() or not any(
                 t.requires_grad for t in (self.x1, self.x2, self.weight_var, self.bias_var)):
             dense = self._dense_no_grad()
@@ -307,14 +307,14 @@ class NetworkKernelOperator(LinearOperator):
             return super()._getitem(row_index, col_index, *batch_indices)
         if batch_indices:
             return super()._getitem(row_index, col_index, *batch_indices)
-        same_rows = self.symmetric and isinstance(row_index, slice) and row_index == col_index
+        same_rows = self.x1_eq_x2 and isinstance(row_index, slice) and row_index == col_index
         return self._like(self.x1[..., row_index, :], None if same_rows else self.x2[..., col_index, :])
 
     def _expand_batch(self, batch_shape):
         if self.evaluator.expand_by_repeat:  # repeat this operator (one evaluation), not the expanded inputs
             return LinearOperator._expand_batch(self, batch_shape)
         x1 = self.x1.expand(*batch_shape, *self.x1.shape[-2:])
-        return self._like(x1, None if self.symmetric else self.x2.expand(*batch_shape, *self.x2.shape[-2:]))
+        return self._like(x1, None if self.x1_eq_x2 else self.x2.expand(*batch_shape, *self.x2.shape[-2:]))
 
 
 class _BlockwiseMatmul(torch.autograd.Function):

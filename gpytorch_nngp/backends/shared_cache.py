@@ -29,7 +29,7 @@ class CachedBlocks(list):
 
 def _key(op):
     shapes = tuple((tuple(a.shape), a.dtype, a.device) for a in op._args)
-    return (type(op), shapes, op.symmetric, op._kwargs["evaluator"].key(), id(op._kwargs.get("sharding")))
+    return (type(op), shapes, op.x1_eq_x2, op._kwargs["evaluator"].key(), id(op._kwargs.get("sharding")))
 
 
 def _same(kept, a) -> bool:

@@ -52,7 +52,7 @@ def paired(network: Network, x1: torch.Tensor, x2: torch.Tensor, weight_var, bia
 
 
 def architecture_matrix(network: Network, x1: torch.Tensor, x2: torch.Tensor, weight_var: torch.Tensor,
-                        bias_var: torch.Tensor, ntk: bool, symmetric: bool = False, row_offset: int = 0,
+                        bias_var: torch.Tensor, ntk: bool, x1_eq_x2: bool = False, row_offset: int = 0,
                         records: Optional[Tuple[Dict, Dict]] = None, budget: Optional[int] = None,
                         diagonal: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The kernel matrix k(x1, x2), (..., n, m), evaluated in tiles.
@@ -62,7 +62,7 @@ def architecture_matrix(network: Network, x1: torch.Tensor, x2: torch.Tensor, we
         x1, x2: (..., n, F), (..., m, F) inputs, F = prod(network.input_shape).
         weight_var, bias_var: (*batch, L) variances.
         ntk: the NTK, else the NNGP.
-        symmetric: x1 are rows row_offset.. of x2 (the same point set): the entries of a point with itself get
+        x1_eq_x2: x1 are rows row_offset.. of x2 (the same point set): the entries of a point with itself get
             correlation exactly 1.
         records: both sides' records (Network.records), if already computed.
         budget: bytes of state per tile (default: see tile_pairs).
@@ -71,7 +71,7 @@ def architecture_matrix(network: Network, x1: torch.Tensor, x2: torch.Tensor, we
     with_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x1, x2, weight_var, bias_var))
     if records is None:
         v2 = own_records(network, x2, weight_var, bias_var)
-        v1 = (network.take(v2, slice(row_offset, row_offset + x1.shape[-2])) if symmetric
+        v1 = (network.take(v2, slice(row_offset, row_offset + x1.shape[-2])) if x1_eq_x2
               else own_records(network, x1, weight_var, bias_var))
         records = (v1, v2)
     n, m = x1.shape[-2], x2.shape[-2]
@@ -87,7 +87,7 @@ def architecture_matrix(network: Network, x1: torch.Tensor, x2: torch.Tensor, we
         v1 = network.take(records[0], slice(r, r_end))
         for c in range(0, m, cols):
             c_end = min(m, c + cols)
-            offsets = (row_offset + r, c) if symmetric else None
+            offsets = (row_offset + r, c) if x1_eq_x2 else None
             tile = network.matrix(x1[..., r:r_end, :], x2[..., c:c_end, :], weight_var, bias_var, ntk,
                                   (v1, network.take(records[1], slice(c, c_end))), offsets=offsets,
                                   workspace=workspace)
@@ -101,7 +101,7 @@ def architecture_matrix(network: Network, x1: torch.Tensor, x2: torch.Tensor, we
             tiles.append(torch.cat(row_tiles, dim=-1) if len(row_tiles) > 1 else row_tiles[0])
     if with_grad:
         out = torch.cat(tiles, dim=-2) if len(tiles) > 1 else tiles[0]
-    if symmetric:
+    if x1_eq_x2:
         out = _with_diagonal(network, out, x1, weight_var, bias_var, ntk, row_offset, m, diagonal)
     return out
 
@@ -165,7 +165,7 @@ class NetworkEvaluator(Evaluator):
                                                   x1_eq_x2=True)
                 diagonal = diagonals[x1.device][..., col_start:]
         return architecture_matrix(self.network, x1[..., start:stop, :], x2[..., col_start:, :], weight_var, bias_var,
-                                   self.ntk, symmetric=op.x1_eq_x2, row_offset=start - col_start,
+                                   self.ntk, x1_eq_x2=op.x1_eq_x2, row_offset=start - col_start,
                                    records=records, diagonal=diagonal)
 
     def diagonal(self, op) -> torch.Tensor:

@@ -88,17 +88,17 @@ class Activation:
         return self.dual(k12, k11, k22, ntk)
 
     def layer(self, k12: torch.Tensor, k11: torch.Tensor, k22: torch.Tensor, ntk: bool = False,
-              symmetric: bool = False, workspace: Optional[Workspace] = None) -> LayerValues:
+              x1_eq_x2: bool = False, workspace: Optional[Workspace] = None) -> LayerValues:
         """One layer's maps: (F(k12), Fdot(k12) or None, F(k11) on the variances, F(k22) or None).
 
-        F(k22) is None when k22 is k11 or, with symmetric=True, when k22 is k11 transposed (the caller reuses
+        F(k22) is None when k22 is k11 or, with x1_eq_x2=True, when k22 is k11 transposed (the caller reuses
         F(k11)). Activations whose dual has a per-point setup cost (Numerical) share it across the three maps.
         workspace: where buffers for the outputs may come from (functional/workspace.py), given only
         when no autograd is needed; activations may ignore it.
         """
         f, fdot = self.dual(k12, k11, k22, ntk)
         f11, _ = self.dual(k11, k11, k11, False)
-        f22 = None if k22 is k11 or symmetric else self.dual(k22, k22, k22, False)[0]
+        f22 = None if k22 is k11 or x1_eq_x2 else self.dual(k22, k22, k22, False)[0]
         return f, fdot, f11, f22
 
     def __repr__(self) -> str:

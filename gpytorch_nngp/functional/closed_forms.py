@@ -55,13 +55,13 @@ class ABReLU(Activation):
         return f, fdot
 
     def layer(self, k12: torch.Tensor, k11: torch.Tensor, k22: torch.Tensor, ntk: bool = False,
-              symmetric: bool = False, workspace: Optional[Workspace] = None) -> LayerValues:
+              x1_eq_x2: bool = False, workspace: Optional[Workspace] = None) -> LayerValues:
         if workspace is None:
-            return super().layer(k12, k11, k22, ntk, symmetric)
+            return super().layer(k12, k11, k22, ntk, x1_eq_x2)
         # Inference path: F and Fdot are written into recycled buffers (see recursion.fully_connected_recursion).
         f, fdot = self.dual_into(k12, k11, k22, ntk, workspace)
         f11, _ = self.dual(k11, k11, k11, False)
-        f22 = None if k22 is k11 or symmetric else self.dual(k22, k22, k22, False)[0]
+        f22 = None if k22 is k11 or x1_eq_x2 else self.dual(k22, k22, k22, False)[0]
         return f, fdot, f11, f22
 
     def __repr__(self):

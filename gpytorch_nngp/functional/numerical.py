@@ -288,21 +288,21 @@ class Numerical(Activation):
         return f, fdot
 
     def layer(self, k12: torch.Tensor, k11: torch.Tensor, k22: torch.Tensor, ntk: bool = False,
-              symmetric: bool = False, workspace: Optional[Workspace] = None) -> LayerValues:
+              x1_eq_x2: bool = False, workspace: Optional[Workspace] = None) -> LayerValues:
         # One set of samples and coefficients per point serves the matrix, its NTK term and the variances.
         # Variances go through the same series at c = 1 as the matrix diagonal, so that identical inputs keep
         # k12 == k11 == k22 bitwise in the next layer (|c| = 1 exactly, safe gradients).
         side1 = self._side(k11, ntk)
         if k22 is k11:
             side2 = side1
-        elif symmetric:
+        elif x1_eq_x2:
             side2 = side1.transposed()
         else:
             side2 = self._side(k22, ntk)
         f = self._pair(k12, k11, k22, side1, side2, deriv=False)
         fdot = self._pair(k12, k11, k22, side1, side2, deriv=True) if ntk else None
         f11 = self._pair(k11, k11, k11, side1, side1, deriv=False)
-        f22 = None if k22 is k11 or symmetric else self._pair(k22, k22, k22, side2, side2, deriv=False)
+        f22 = None if k22 is k11 or x1_eq_x2 else self._pair(k22, k22, k22, side2, side2, deriv=False)
         return f, fdot, f11, f22
 
 

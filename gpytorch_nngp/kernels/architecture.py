@@ -122,7 +122,7 @@ class ArchitectureKernel(NetworkKernel):
         return resolve_backend(self.backend, x1, x2, entries_per_pair=self.network.entries_per_pair)
 
     def _dense(self, x1, x2, x1_eq_x2: bool) -> torch.Tensor:
-        return architecture_matrix(self.network, x1, x2, self.weight_var, self.bias_var, self.ntk, symmetric=x1_eq_x2)
+        return architecture_matrix(self.network, x1, x2, self.weight_var, self.bias_var, self.ntk, x1_eq_x2=x1_eq_x2)
 
     def _operator(self, backend: str, x1, x2) -> NetworkKernelOperator:
         return NetworkKernelOperator(x1, self.weight_var, self.bias_var, x2,

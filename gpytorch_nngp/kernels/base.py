@@ -191,11 +191,11 @@ class NetworkKernel(Kernel):
                              f"and {x2.shape[-2]}")
         return check_finite_kernel(self._diagonal(x1, x2, one_point_set(x1, x2)), x1, x2)
 
-    def _check_bounded(self, x1: torch.Tensor, x2: torch.Tensor, symmetric: bool) -> None:
+    def _check_bounded(self, x1: torch.Tensor, x2: torch.Tensor, x1_eq_x2: bool) -> None:
         """Before returning an operator that is evaluated later, block by block: both sides' own kernel values are
         finite, which bounds every entry (|k12| <= sqrt(k11 k22))."""
         with torch.no_grad():
-            for x in (x1,) if symmetric else (x1, x2):
+            for x in (x1,) if x1_eq_x2 else (x1, x2):
                 check_finite_kernel(self._diagonal(x, x, True), x)
 
     def _init_variances(self, shape: Sequence[int], weight_var, bias_var, weight_var_prior: Optional[Prior] = None,

@@ -37,15 +37,15 @@ class _GramCache:
     def clear(self):
         self.entries = []
 
-    def get(self, x1: torch.Tensor, x2: torch.Tensor, symmetric: bool):
+    def get(self, x1: torch.Tensor, x2: torch.Tensor, x1_eq_x2: bool):
         if x1.requires_grad or x2.requires_grad or torch.is_inference_mode_enabled():
-            return input_grams(x1, x2, symmetric)
+            return input_grams(x1, x2, x1_eq_x2)
         for i, (c1, c2, sym, grams) in enumerate(self.entries):
-            if sym == symmetric and _same(x1, c1) and (symmetric or _same(x2, c2)):
+            if sym == x1_eq_x2 and _same(x1, c1) and (x1_eq_x2 or _same(x2, c2)):
                 self.entries.insert(0, self.entries.pop(i))
                 return grams
-        grams = input_grams(x1, x2, symmetric)
-        self.entries.insert(0, (x1.detach().clone(), None if symmetric else x2.detach().clone(), symmetric, grams))
+        grams = input_grams(x1, x2, x1_eq_x2)
+        self.entries.insert(0, (x1.detach().clone(), None if x1_eq_x2 else x2.detach().clone(), x1_eq_x2, grams))
         del self.entries[self.size:]
         return grams
 
@@ -108,7 +108,7 @@ class _FullyConnectedKernel(NetworkKernel):
     def _dense(self, x1, x2, x1_eq_x2: bool) -> torch.Tensor:
         gram, var1, var2 = self._gram_cache.get(x1, x2, x1_eq_x2)
         k, theta = fully_connected_recursion(gram, var1, var2, self.depth, self.activation, self.weight_var,
-                                             self.bias_var, ntk=self._ntk, symmetric=x1_eq_x2)
+                                             self.bias_var, ntk=self._ntk, x1_eq_x2=x1_eq_x2)
         return theta if self._ntk else k
 
     def _operator(self, backend: str, x1, x2) -> NetworkKernelOperator:
