@@ -170,9 +170,9 @@ def test_repeated_calls_reuse_the_lanczos_runs():
     y_train for means, the run from the cross kernels for the same x_test) and give what one call with all the times
     gives; a new x_test starts new runs."""
     gen = torch.Generator().manual_seed(4)
-    x, x_test = torch.randn(300, 4, generator=gen, dtype=torch.float64), torch.randn(9, 4, generator=gen,
+    x, x_test = torch.randn(150, 4, generator=gen, dtype=torch.float64), torch.randn(6, 4, generator=gen,
                                                                                      dtype=torch.float64)
-    y = torch.randn(300, 2, generator=gen, dtype=torch.float64)
+    y = torch.randn(150, 2, generator=gen, dtype=torch.float64)
     k = NTKKernel(2, "relu", backend="lazy").double()
     times = [1.0, 30.0, 1e3, math.inf]
     together = gradient_descent_mse_ensemble(k, x, y, diag_reg=1e-3, solver="krylov")(t=times, x_test=x_test,
