@@ -70,7 +70,7 @@ def add_architecture_arguments(parser: argparse.ArgumentParser) -> None:
                              "(O(P^2) per pair: fine on 8x8 digits, hours on 28x28 MNIST on a CPU)")
 
 
-IMAGE_SHAPES = {"digits": (1, 8, 8), "mnist5k": (1, 28, 28)}
+IMAGE_SHAPES = {"digits": (1, 8, 8), "mnist5k": (1, 28, 28), "fashion-mnist": (1, 28, 28)}
 
 
 def cnn_module(depth: int, readout: str, side: int, activation="relu", channels: int = 32) -> torch.nn.Module:

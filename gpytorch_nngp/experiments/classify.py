@@ -1,6 +1,7 @@
 """Classification experiments: exact NNGP regression-on-labels (the paper) or an SVGP with a softmax likelihood.
 
-    python -m gpytorch_nngp.experiments classify --dataset {mnist5k,digits} --model {exact,svgp} --n-train N
+    python -m gpytorch_nngp.experiments classify --dataset {mnist5k,digits,fashion-mnist} --model {exact,svgp}
+        --n-train N
         --seed S [--kernel nngp|ntk] [--architecture mlp|cnn --readout flatten|gap]
         [--depth L --weight-var V --bias-var B] [--learn-hyperparameters]
         [--inducing M --epochs E --lr A --ngd-lr G] --out results.json
