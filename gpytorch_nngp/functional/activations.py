@@ -1,18 +1,6 @@
-"""Activations and their dual functions F and Fdot.
-
-For (u, v) ~ N(0, [[k11, k12], [k12, k22]]):
-
-    F(k12, k11, k22)    = E[phi(u) phi(v)]      (NNGP layer map, Lee et al. 2018, Eq. 3)
-    Fdot(k12, k11, k22) = E[phi'(u) phi'(v)]    (NTK layer map, Jacot et al. 2018)
-
-Every activation implements `dual(k12, k11, k22, ntk)` on broadcastable tensors: k12 (..., n, m),
-k11 (..., n, 1), k22 (..., 1, m) for a kernel matrix, or all (..., n) for a diagonal. It returns
-(F, Fdot) with Fdot None when ntk is False. Closed forms where they exist; any other elementwise torch
-function goes through `Numerical` (Hermite/Mehler series, see hermite.py).
-
-The public face of the activations: get_activation, the names and torch modules the kernels know, and every
-activation class (activation_base.py, closed_forms.py, numerical.py).
-"""
+"""The public face of the activations: get_activation, the names and torch modules the kernels know, compose, and
+every activation class. What an activation is (its dual maps F and Fdot) is in activation_base.py; the closed forms
+are in closed_forms.py, the numerical (Hermite series) one in numerical.py."""
 from __future__ import annotations
 
 from typing import Optional
@@ -24,7 +12,8 @@ from .closed_forms import GELU, ABReLU, Abs, Erf, Identity, LeakyReLU, ReLU, Sig
 from .numerical import _NUMERICAL, NUMERICAL_MODULES, Numerical, check_elementwise  # noqa: F401
 
 NAMES = tuple(sorted(set(_CLOSED_FORM) | set(_NUMERICAL)))
-# Other elementwise, stateless torch activation modules: the numerical dual of the module itself.
+
+
 def _named_numerical(key: str, module_class: type):
     def factory(module):
         # the named function where the module has its default arguments, else the module itself

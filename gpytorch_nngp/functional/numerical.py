@@ -398,6 +398,7 @@ _NUMERICAL = {
     "silu": (_silu, torch.nn.SiLU),
     "elu": (_elu, torch.nn.ELU),
 }
+# Other elementwise, stateless torch activation modules: the numerical dual of the module itself.
 NUMERICAL_MODULES = (torch.nn.Hardtanh, torch.nn.Mish, torch.nn.SELU, torch.nn.CELU, torch.nn.Softsign,
                      torch.nn.Hardswish, torch.nn.Hardsigmoid, torch.nn.LogSigmoid, torch.nn.Tanhshrink,
                      torch.nn.Softshrink, torch.nn.Hardshrink)
