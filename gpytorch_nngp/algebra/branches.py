@@ -34,7 +34,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from .layer import Layer, build_one, ends_centred, needs_full, walk
+from .layer import Layer, build_one, ends_centred, has_weights, needs_full
 from .state import GAUSSIAN, INPUT, MIXED, pair_gram
 
 MERGES = ("sum", "concat", "prod")
@@ -66,11 +66,6 @@ class Parallel(Layer):
         flags = [ends_centred(b) for b in self.branches]
         return all(flags) if self.merge != "prod" else any(flags)
 
-    @property
-    def weightless(self) -> bool:
-        """No branch has a weighted layer: the block is a fixed function of its input (see transform)."""
-        return not any(layer.weighted for branch in self.branches for layer in walk(branch))
-
     def transform(self, x, side):
         """The block on the input points themselves (a block without weights, in the network's prefix)."""
         outs = []
@@ -93,7 +88,7 @@ class Parallel(Layer):
         if self.merge == "concat":
             return
         if self.merge == "prod" and law != INPUT:
-            shared = [i for i, b in enumerate(self.branches) if not any(layer.weighted for layer in walk(b))]
+            shared = [i for i, b in enumerate(self.branches) if not has_weights(b)]
             if len(shared) > 1:
                 raise ValueError(f"branches {shared} of a product have no Linear/Conv layer of their own, so their "
                                  "outputs are functions of the same values and dependent: the kernel of their product "
@@ -245,8 +240,7 @@ def _read_input(branch):
     branch = list(branch)
     if branch and isinstance(branch[0], InputMap):
         return branch
-    split = next((i for i, layer in enumerate(branch)
-                  if layer.weighted or isinstance(layer, Parallel) and not layer.weightless), len(branch))
+    split = next((i for i, layer in enumerate(branch) if has_weights([layer])), len(branch))
     return ([InputMap(branch[:split])] if split else []) + branch[split:]
 
 
@@ -301,8 +295,8 @@ class Residual(Parallel):
         if geometry.law == GAUSSIAN:
             return geometry
         if geometry.law == INPUT:
-            return replace(geometry, law=MIXED, why=_input_block("sum", geometry),
-                           random=_input_block("sum", geometry))
+            why = _input_block("sum", geometry)
+            return replace(geometry, law=MIXED, why=why, random=why)
         return replace(geometry, law=MIXED, why="the sum of non-Gaussian values and a Gaussian residual branch "
                        "(residual networks have a kernel when each block's skip path carries Gaussian values: "
                        "pre-activation blocks x + f(x) on a Linear/Conv output, f starting with the activation)")

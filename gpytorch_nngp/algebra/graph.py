@@ -107,6 +107,9 @@ class Aggregate(Layer):
                              f"positions ({geometry.shape()})")
         return replace(geometry.linear_image("sums of activations over neighbours"), full=True)
 
+    def reads_side(self) -> bool:
+        return self.graph is None  # each point's own graph
+
     def transform(self, x, side):
         """x (..., n, C, V) -> A x per point; the points' own graphs (side["graph"]) when the layer has none."""
         if self.graph is not None:

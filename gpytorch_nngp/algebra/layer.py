@@ -52,6 +52,10 @@ class Layer:
         (PairState.side: a packed graph's adjacencies, ...), {} when they have none."""
         raise NotImplementedError(f"{self.describe()} cannot act on the input itself")
 
+    def reads_side(self) -> bool:
+        """Whether `transform` reads the points' side data (so that a caller unpacks it only when some layer does)."""
+        return False
+
     def needs_full(self) -> Optional[bool]:
         """True: the layer needs the full P x P state below it; False: the diagonal suffices for it and for every
         layer above (flatten); None: it passes the question on to the layers above."""
@@ -117,3 +121,9 @@ def walk(layers):
         yield layer
         for branch in layer.sublayers():
             yield from walk(branch)
+
+
+def has_weights(layers) -> bool:
+    """Whether any of `layers` (nested blocks included) is a weighted layer: where values stop being a fixed function
+    of the input."""
+    return any(layer.weighted for layer in walk(layers))

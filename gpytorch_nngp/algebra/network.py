@@ -14,7 +14,7 @@ from ..functional.workspace import Workspace
 from .branches import InputMap, Parallel, Residual
 from .elementwise import Nonlinearity
 from .flat import FlatProgram
-from .layer import Layer, build_one, needs_full, walk
+from .layer import Layer, build_one, has_weights, needs_full, walk
 from .linear import Dense
 from .pooling import Flatten, ToDiagonal
 from .state import INPUT, Context, Geometry, PairState, Records, pair_gram
@@ -110,9 +110,7 @@ class Network:
             raise ValueError(f"input_shape must be (d,), (C, L) or (C, H, W) with positive sizes, got {input_shape!r}")
         self.num_parameters = num_parameters
         layers = _simplify(list(layers))
-        starts = [i for i, layer in enumerate(layers) if layer.weighted or isinstance(layer, Parallel)
-                  and not layer.weightless]
-        split = starts[0] if starts else len(layers)
+        split = next((i for i, layer in enumerate(layers) if has_weights([layer])), len(layers))
         if split == len(layers):
             raise ValueError("the network has no Linear, Conv or residual layer: its output is a fixed function of "
                              "the input, with no weights to vary")
@@ -201,7 +199,8 @@ class Network:
         """Input points (..., n, F) as per-point tensors (..., n, *state_shape), after the prefix layers."""
         side = {}
         if self.graphs is not None:
-            side = {"graph": self.graphs.graph(x)} if self.prefix else {}
+            if any(layer.reads_side() for layer in walk(self.prefix)):
+                side = {"graph": self.graphs.graph(x)}
             x = self.graphs.features(x)
         x = x.reshape(*x.shape[:-1], *self.input_shape)
         for layer in self.prefix:
