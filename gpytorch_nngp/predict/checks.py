@@ -8,22 +8,24 @@ from typing import Optional, Tuple
 import torch
 
 
-def _check_matrix(name: str, value, shape: Tuple[int, ...], like: torch.Tensor, symmetric: bool = False):
-    """A kernel matrix argument, checked: a floating point tensor (or array) of `like`'s dtype, of `shape`, with
-    finite entries, and symmetric to sqrt(eps) of its largest entry where `symmetric` (then returned symmetrized,
-    so that no solver depends on which triangle it reads). Moved to like's device. Raises ValueError naming `name`."""
+def _check_matrix(name: str, value, shape: Tuple[Optional[int], ...], like: torch.Tensor, symmetric: bool = False):
+    """A kernel matrix argument, checked: a floating point tensor (or array) of `like`'s dtype, of `shape` (None: any
+    size, e.g. (None, n) for a test-train kernel of n training points), with finite entries, and symmetric to
+    sqrt(eps) of its largest entry where `symmetric` (then returned symmetrized, so that no solver depends on which
+    triangle it reads). Moved to like's device. Raises ValueError naming `name`."""
+    expected = "(" + ", ".join("m" if s is None else str(s) for s in shape) + ")"
     if not isinstance(value, torch.Tensor):
         try:
             value = torch.as_tensor(value)
         except (TypeError, ValueError, RuntimeError):
-            raise ValueError(f"{name} must be a tensor of shape {shape}, got {type(value).__name__}") from None
+            raise ValueError(f"{name} must be a tensor of shape {expected}, got {type(value).__name__}") from None
+    if value.dim() != len(shape) or any(s is not None and s != v for s, v in zip(shape, value.shape)):
+        raise ValueError(f"{name} must have shape {expected}, got {tuple(value.shape)}")
     if not torch.is_floating_point(value):
         raise ValueError(f"{name} must be a floating point tensor, got dtype {value.dtype}")
     if value.dtype != like.dtype:
         raise ValueError(f"{name} is {value.dtype} but y_train is {like.dtype}: pass them in one dtype (e.g. "
                          f"{name}.to({like.dtype}) or y_train.to({value.dtype}))")
-    if tuple(value.shape) != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(value.shape)}")
     value = value.to(like.device)
     finite = torch.isfinite(value)
     if not bool(finite.all()):
@@ -38,19 +40,6 @@ def _check_matrix(name: str, value, shape: Tuple[int, ...], like: torch.Tensor, 
                              f"(its largest entry is {float(scale):.3g}); a training kernel k(X, X) is symmetric")
         value = (value + value.mT) / 2
     return value
-
-
-def _check_cross(name: str, value, n: int, like: torch.Tensor) -> torch.Tensor:
-    """A test-train kernel (m, n) for n training points, checked as _check_matrix does."""
-    if not isinstance(value, torch.Tensor):
-        try:
-            value = torch.as_tensor(value)
-        except (TypeError, ValueError, RuntimeError):
-            pass
-    if not isinstance(value, torch.Tensor) or value.dim() != 2 or value.shape[1] != n:
-        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-        raise ValueError(f"{name} must have shape (m, {n}) for {n} training points, got {shape}")
-    return _check_matrix(name, value, tuple(value.shape), like)
 
 
 def _check_outputs(name: str, value, shape: Tuple[int, ...], like: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,8 @@ from typing import Tuple
 
 import torch
 
+from ..kernels.base import NetworkKernel
+
 Gaussian = namedtuple("Gaussian", "mean covariance")
 GETS = ("nngp", "ntk")
 
@@ -15,8 +17,6 @@ GETS = ("nngp", "ntk")
 def _kinds_of(kernel) -> Tuple[str, ...]:
     """The kernels a network kernel gives: an NTK kernel gives both the NNGP and the NTK (the same architecture and
     variances, through `with_kind`), an NNGP kernel the NNGP only."""
-    from ..kernels.base import NetworkKernel
-
     if isinstance(kernel, NetworkKernel):
         return GETS if kernel.kind == "ntk" else ("nngp",)
     raise TypeError(f"kernel must be a network kernel (NNGPKernel or NTKKernel, fully connected or from from_module, "
@@ -24,23 +24,17 @@ def _kinds_of(kernel) -> Tuple[str, ...]:
                     "gradient_descent_mse or gp_inference")
 
 
-def _of_kind(kernel, kind: str):
-    """The `kind` ("nngp" or "ntk") kernel of the same architecture, sharing the parameters (the user's kernel is
-    never changed)."""
-    return kernel.with_kind(kind)
-
-
 def _matrix(kernel, kind: str, x1, x2=None) -> torch.Tensor:
-    """The dense `kind` matrix of a network kernel, (n, m)."""
+    """The dense `kind` matrix of a network kernel, (n, m) (kernel.with_kind: the user's kernel is never changed)."""
     with torch.no_grad():
-        return _of_kind(kernel, kind)(x1, x2).to_dense()
+        return kernel.with_kind(kind)(x1, x2).to_dense()
 
 
 def _operator(kernel, kind: str, x1, x2=None):
     """The `kind` kernel of x1 and x2 as whatever the kernel's backend makes (a tensor or a linear operator), for
     products."""
     with torch.no_grad():
-        out = _of_kind(kernel, kind)(x1, x2)
+        out = kernel.with_kind(kind)(x1, x2)
         return out.evaluate_kernel() if hasattr(out, "evaluate_kernel") else out
 
 
@@ -63,8 +57,8 @@ def _pack(out: dict, kinds, single: bool):
 
 
 def _ensemble_request(get, available, x_test, x_train, y_train):
-    """(kinds, single, x_test in y_train's dtype) for an ensemble's predict_fn; ValueError for an unknown or
-    unavailable get, or test inputs of the wrong shape."""
+    """(kinds, single, x_test on y_train's device) for an ensemble's predict_fn; ValueError for an unknown or
+    unavailable get, or test inputs of the wrong shape or dtype."""
     kinds, single = _canonical_get(get)
     if "ntkgp" in kinds:
         raise ValueError("get='ntkgp' is a gp_inference mode, not a gradient-descent one")

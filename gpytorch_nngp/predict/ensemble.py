@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 
 from .checks import _check_dtypes, _check_training
-from .common import Gaussian, _ensemble_request, _kinds_of, _matrix, _of_kind, _operator, _pack, _regularized, _times
+from .common import Gaussian, _ensemble_request, _kinds_of, _matrix, _operator, _pack, _regularized, _times
 from .krylov import _Krylov
 from .spectral import _Spectral
 
@@ -253,7 +253,7 @@ class _LanczosFunctions:
     def solver(self, g) -> _Krylov:
         if g not in self.solvers:
             with torch.no_grad():
-                mean_diag = _of_kind(self.kernel, g)(self.x_train, diag=True).mean().item()
+                mean_diag = self.kernel.with_kind(g)(self.x_train, diag=True).mean().item()
             scale = self.diag_reg if self.absolute else self.diag_reg * mean_diag
             self.solvers[g] = _Krylov(lambda u, g=g, scale=scale: self.train_operator(g) @ u + scale * u,
                                       self.x_train.shape[0], self.y.numel(), tol=self.tol, keep_bytes=self.keep)

@@ -5,7 +5,7 @@ from typing import Callable
 
 import torch
 
-from .checks import _check_cross, _check_matrix, _check_training
+from .checks import _check_matrix, _check_training
 from .common import Gaussian, _canonical_get, _cholesky, _pack, _regularized
 
 
@@ -49,7 +49,7 @@ def gp_inference(k_train_train, y_train: torch.Tensor, diag_reg: float = 0.0,
             raise ValueError(f"the {g!r} kernel of {name} is needed here but not given")
         label = name if isinstance(k, torch.Tensor) else f"{name}.{g}"
         if shape is None:
-            return _check_cross(label, value, n, y_train)
+            return _check_matrix(label, value, (None, n), y_train)
         return _check_matrix(label, value, shape, y_train, symmetric=shape == (n, n) and name == "k_train_train")
 
     def train(kind):

@@ -19,20 +19,34 @@ def _resolved_or_raise(evals: torch.Tensor) -> None:
         raise ValueError(SINGULAR)
 
 
+def _orthonormal(w, floor):
+    """(q (n, p), r (p, c)) with w = q r, q orthonormal, dropping directions whose singular value is below floor (the
+    SVD keeps this exact for rank-deficient blocks)."""
+    u, sv, vt = torch.linalg.svd(w, full_matrices=False)
+    keep = sv > floor
+    return u[:, keep], sv[keep, None] * vt[keep]
+
+
+def _reorthogonalize(w, blocks):
+    """w minus its components in every block of the basis, block after block (block modified Gram-Schmidt)."""
+    for block in blocks:
+        w = w - block @ (block.mT @ w)
+    return w
+
+
 class _KrylovRun:
     """One block Lanczos run from the columns V (n, c), kept between requests: its orthonormal basis Q (a list of
     blocks), the block tridiagonal T = Q^T A Q and V's coordinates in Q. A request for other times reuses the space
     and extends it only where the result has not converged for them (see _Krylov)."""
 
-    def __init__(self, matmul, v: torch.Tensor, tol: float, normalization: int):
+    def __init__(self, matmul, v: torch.Tensor, normalization: int):
         self.matmul, self.v, self.normalization = matmul, v, normalization
         n = v.shape[0]
         self.eps = torch.finfo(v.dtype).eps
         self.scale = v.norm().clamp_min(torch.finfo(v.dtype).tiny)
         # Deflation floors at rounding level (10 eps of the block's, or A's, scale): an n eps floor dropped real
         # directions in float32 and gave answers 150 % off.
-        q, self.r = _Krylov._orthonormal(v / self.scale, 10 * self.eps)  # r (p, c): V = scale Q_1 r
-        self.tol = max(tol, 100 * self.eps)  # float32 cannot resolve changes of 1e-10: stop at its rounding level
+        q, self.r = _orthonormal(v / self.scale, 10 * self.eps)  # r (p, c): V = scale Q_1 r
         self.blocks = [q] if q.shape[1] else []
         self.starts, self.diagonal, self.below = [0], [], []  # block offsets, Q_j^T A Q_j, Q_(j+1)^T A Q_j
         self.dim, self.norm_a, self.steps = q.shape[1], 0.0, 0
@@ -56,11 +70,11 @@ class _KrylovRun:
         if self.below:
             w = w - self.blocks[-2] @ self.below[-1].mT
         before = w.norm(dim=0)
-        w = _Krylov._reorthogonalize(w, self.blocks)
+        w = _reorthogonalize(w, self.blocks)
         if bool((w.norm(dim=0) < 0.7 * before).any()):
-            w = _Krylov._reorthogonalize(w, self.blocks)
+            w = _reorthogonalize(w, self.blocks)
         self.steps += 1
-        q_next, b = _Krylov._orthonormal(w, 10 * self.eps * max(self.norm_a, 1e-300))
+        q_next, b = _orthonormal(w, 10 * self.eps * max(self.norm_a, 1e-300))
         q_next, b = q_next[:, : n - self.dim], b[: n - self.dim]
         self.pending = (q_next, b)
         self.closed = q_next.shape[1] == 0
@@ -103,11 +117,10 @@ class _KrylovRun:
         padded = torch.nn.functional.pad(previous, (0, 0, 0, watched.shape[1] - previous.shape[1]))
         return (watched - padded).norm(dim=1) / watched.norm(dim=1).clamp_min(self.eps)
 
-    def solve(self, times, forms: bool = False, max_steps: Optional[int] = None,
-              tol: Optional[float] = None) -> torch.Tensor:
+    def solve(self, times, tol: float, forms: bool = False, max_steps: Optional[int] = None) -> torch.Tensor:
         """(T, n, c): phi_t(A) V for times (T, 1), extending the space until the result changes by less than tol
-        (the run's own by default) between checks, for every time and column, or the space is exhausted."""
-        tol = self.tol if tol is None else max(tol, 100 * self.eps)
+        between checks, for every time and column, or the space is exhausted."""
+        tol = max(tol, 100 * self.eps)  # float32 cannot resolve changes of 1e-10: stop at its rounding level
         n, c = self.v.shape
         if not self.blocks:
             return self.v.new_zeros(times.shape[0], n, c)
@@ -195,8 +208,9 @@ class _Krylov:
         if kept is None or len(kept) != len(starts) or not all(
                 run.v.shape == v[:, s:s + group].shape and torch.equal(run.v, v[:, s:s + group])
                 for run, s in zip(kept, starts)):
-            kept = [self._new_run(v[:, s:s + group]) for s in starts]
-        out = torch.cat([run.solve(times, forms, self.max_steps, tol) for run in kept], dim=-1) if kept else \
+            kept = [_KrylovRun(self.matmul, v[:, s:s + group], self.normalization) for s in starts]
+        tol = self.tol if tol is None else tol
+        out = torch.cat([run.solve(times, tol, forms, self.max_steps) for run in kept], dim=-1) if kept else \
             v.new_zeros(times.shape[0], self.n, 0)
         self.steps_used = max([self.steps_used] + [run.steps for run in kept])
         if key is not None:
@@ -206,20 +220,3 @@ class _Krylov:
                 self.runs[(key, forms)] = kept
         return out
 
-    def _new_run(self, v):
-        return _KrylovRun(self.matmul, v, self.tol, self.normalization)
-
-    @staticmethod
-    def _orthonormal(w, floor):
-        """(q (n, p), r (p, c)) with w = q r, q orthonormal, dropping directions whose singular value is below
-        floor (the SVD keeps this exact for rank-deficient blocks)."""
-        u, sv, vt = torch.linalg.svd(w, full_matrices=False)
-        keep = sv > floor
-        return u[:, keep], sv[keep, None] * vt[keep]
-
-    @staticmethod
-    def _reorthogonalize(w, blocks):
-        """w minus its components in every block of the basis, block after block (block modified Gram-Schmidt)."""
-        for block in blocks:
-            w = w - block @ (block.mT @ w)
-        return w

@@ -7,7 +7,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .checks import _check_cross, _check_matrix, _check_outputs, _check_training
+from .checks import _check_matrix, _check_outputs, _check_training
 from .common import _regularized, _times
 from .spectral import _Spectral
 
@@ -54,7 +54,7 @@ def gradient_descent_mse(k_train_train: torch.Tensor, y_train: torch.Tensor, lea
             raise ValueError("fx_test_0 is given but k_test_train is None: pass the (m, n) test-train kernel")
         k_td = None
         if fx_test_0 is not None:
-            k_td = _check_cross("k_test_train", k_test_train, n, y_train)
+            k_td = _check_matrix("k_test_train", k_test_train, (None, n), y_train)
             fx_test_0 = _check_outputs("fx_test_0", fx_test_0, (k_td.shape[0], y_train.shape[1]), y_train)
         f0 = None if fx_train_0 is None else _check_outputs("fx_train_0", fx_train_0, y_train.shape, y_train)
         residual = y_train if f0 is None else y_train - f0

@@ -6,7 +6,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .checks import _check_cross, _check_matrix, _check_outputs, _check_training
+from .checks import _check_matrix, _check_outputs, _check_training
 from .common import _times
 
 
@@ -82,7 +82,7 @@ def gradient_descent(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         k_td = None
         state = [f_train]
         if fx_test_0 is not None:
-            k_td = _check_cross("k_test_train", k_test_train, y_train.shape[0], y_train)
+            k_td = _check_matrix("k_test_train", k_test_train, (None, y_train.shape[0]), y_train)
             state.append(_check_outputs("fx_test_0", fx_test_0, (k_td.shape[0], y_train.shape[1]), y_train).clone())
         if times.numel() == 0:  # no time asked: empty outputs, as the closed forms give
             empty = [s.new_zeros(*shape, *s.shape) for s in state]
