@@ -72,6 +72,7 @@ class NetworkKernel(Kernel):
     def __init__(self, ard_num_dims: Optional[int] = None, lengthscale_prior="default",
                  lengthscale_constraint: Optional[Interval] = None, **kwargs):
         super().__init__(**kwargs)
+        self._asked = {}  # name -> (the value asked for in float64, the raw parameter then): see _set_raw
         if ard_num_dims is None:
             if lengthscale_constraint is not None or lengthscale_prior not in (None, "default"):
                 raise ValueError("lengthscale_prior and lengthscale_constraint need ard_num_dims (per-input length "
@@ -256,8 +257,6 @@ class NetworkKernel(Kernel):
         value = value.to(raw)
         value = value.view(raw.shape) if value.numel() == raw.numel() else value.expand(raw.shape)
         self.initialize(**{f"raw_{name}": getattr(self, f"raw_{name}_constraint").inverse_transform(value)})
-        if "_asked" not in vars(self):
-            self._asked = {}
         self._asked[name] = (exact, getattr(self, f"raw_{name}").detach().clone())
 
     def _apply(self, fn, *args, **kwargs):
@@ -265,16 +264,14 @@ class NetworkKernel(Kernel):
         for every raw parameter nothing has changed since they were set. Without this, Python floats would pass
         through float32 at construction: weight_var=1.5 read back 1.500000034710427 after .double(), so float64
         kernels were 1e-7 off neural-tangents instead of 1e-15."""
-        asked = vars(self).get("_asked", {})
+        asked = self._asked
         untouched = [name for name, (_, then) in asked.items()
                      if getattr(self, f"raw_{name}").shape == then.shape
                      and torch.equal(getattr(self, f"raw_{name}").detach(), then)]
         out = super()._apply(fn, *args, **kwargs)
         for name in list(asked):
             if name in untouched:
-                exact = asked[name][0]
-                raw = getattr(self, f"raw_{name}")
-                self._set_raw(name, exact.to(device=raw.device) if exact.numel() == 1 else exact.to(raw.device))
+                self._set_raw(name, asked[name][0])  # (_set_raw moves the value to the raw parameter)
             else:
                 del asked[name]  # trained or loaded since: the parameter is the truth now
         return out
