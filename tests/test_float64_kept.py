@@ -45,6 +45,9 @@ def test_graph_helpers_keep_the_dtype():
     assert a.to_dense()[2, 1].item() == 0.75  # repeated edges add up, in float64
     assert adjacency_from_edges(edges, 3).dtype == torch.get_default_dtype()
     assert adjacency_from_edges(edges, 3, dtype=torch.float64).dtype == torch.float64
+    for bad in (torch.int64, "float64"):
+        with pytest.raises(ValueError, match="dtype must be a floating point torch.dtype"):
+            adjacency_from_edges(edges, 3, dtype=bad)
     x = torch.randn(3, 2, dtype=torch.float64)
     data = SimpleNamespace(x=x, edge_index=edges, num_nodes=3, edge_attr=weights)
     features, adjacency = from_pyg(data)

@@ -60,6 +60,8 @@ def adjacency_from_edges(edge_index: torch.Tensor, num_nodes: int, edge_weight: 
     if edge_index.numel() and (edge_index.min() < 0 or edge_index.max() >= num_nodes):
         raise ValueError(f"edge_index has node indices outside [0, {num_nodes}): min {edge_index.min().item()}, "
                          f"max {edge_index.max().item()}")
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating point torch.dtype (e.g. torch.float64) or None, got {dtype!r}")
     weight = torch.ones(edge_index.shape[1], dtype=dtype) if edge_weight is None else torch.as_tensor(edge_weight)
     if dtype is not None or not weight.is_floating_point():
         weight = weight.to(dtype or torch.get_default_dtype())
